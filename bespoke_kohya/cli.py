@@ -1,0 +1,224 @@
+"""The `bespoke-kohya` command: the only place that prints or chooses exit codes.
+
+Each subcommand parses its flags, calls one pipeline stage, and shows the result
+with rich. A `UserError` becomes one red line and exit status 2 (or its own code);
+Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from . import __version__
+from .errors import UserError
+
+# Piped output (logs, CI, tests) gets wide tables instead of rich's 80-column default.
+_WIDTH = None if sys.stdout.isatty() else 200
+console = Console(highlight=False, width=_WIDTH)
+err_console = Console(stderr=True, highlight=False, width=_WIDTH)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATASET = REPO_ROOT / "dataset"
+
+
+def utc_stamp() -> str:
+    """UTC timestamp used in run names, sortable."""
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def warn(lines: list[str]) -> None:
+    for line in lines:
+        err_console.print(Text.assemble(("warning: ", "yellow"), line), soft_wrap=True)
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    """List the shipped presets with their key settings, or explain every field."""
+    from .presets import PRESETS_DIR, Preset, available_presets, explain, read_preset_data
+
+    if args.explain:
+        table = Table(title="Preset fields (the reference manual)", show_lines=False)
+        for col in ("key", "type", "default", "meaning"):
+            table.add_column(col, overflow="fold")
+        for row in explain():
+            table.add_row(*row)
+        console.print(table)
+        return 0
+    table = Table(title="Presets (presets/*.toml)")
+    for col in ("name", "engine", "script", "resolution", "dim/alpha", "epochs", "lr", "repeats", "description"):
+        table.add_column(col, overflow="fold")
+    for name in available_presets():
+        preset = Preset.model_validate(read_preset_data(PRESETS_DIR / f"{name}.toml"))
+        k = preset.kohya
+        table.add_row(
+            name + (" [red](experimental)[/]" if preset.experimental else ""),
+            preset.engine,
+            preset.script or "-",
+            str(preset.resolution),
+            f"{k.network_dim}/{k.network_alpha:g}" if k else "-",
+            str(k.max_train_epochs if k else preset.pixel24.epochs),  # type: ignore[union-attr]
+            f"{k.learning_rate:g}" if k else f"{preset.pixel24.learning_rate:g}",  # type: ignore[union-attr]
+            str(preset.dataset.num_repeats),
+            preset.description,
+        )
+    console.print(table)
+    return 0
+
+
+def _load_preset(args: argparse.Namespace):
+    from .presets import load_preset
+
+    return load_preset(args.preset, args.set or [], experimental=getattr(args, "experimental", False))
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Render kohya's train.toml + dataset.toml and the prepared training images into --out."""
+    from .dataset import check_dataset
+    from .render import render
+
+    preset = _load_preset(args)
+    report = check_dataset(Path(args.dataset), preset.dataset.caption_extension)
+    out = Path(args.out)
+    rendered = render(preset, report, out, run_id=out.name)
+    warn(rendered.warnings)
+    p = rendered.prepared
+    console.print(f"[green]rendered[/] {preset.name} → {rendered.run_dir}")
+    console.print(f"  {p.count} images at {preset.resolution}x{preset.resolution} (NEAREST ×{p.scale:g}) in {p.folder}")
+    if preset.engine == "kohya":
+        console.print(f"  {rendered.run_dir / 'config' / 'train.toml'}\n  {rendered.run_dir / 'config' / 'dataset.toml'}")
+    return 0
+
+
+def cmd_dataset_check(args: argparse.Namespace) -> int:
+    """Check a dataset folder and print what was found."""
+    from .dataset import check_dataset
+
+    report = check_dataset(Path(args.folder), args.caption_extension)
+    s = report.summary()
+    table = Table(title=f"Dataset {report.folder}", show_header=False)
+    table.add_column("what")
+    table.add_column("found", overflow="fold")
+    table.add_row("images", str(s["images"]))
+    table.add_row("sizes", ", ".join(f"{k} ×{v}" for k, v in s["sizes"].items()))
+    table.add_row("modes", ", ".join(f"{k} ×{v}" for k, v in s["modes"].items()))
+    table.add_row("colours per image", f"min {s['colours_min']}, median {s['colours_median']:g}, max {s['colours_max']}")
+    table.add_row("with transparent pixels", str(s["with_transparency"]))
+    table.add_row("missing captions", _names(s["missing_captions"]) or "none")
+    table.add_row("duplicate images", "; ".join(" = ".join(g) for g in s["duplicate_images"]) or "none")
+    table.add_row("duplicate captions", "; ".join(" = ".join(g) for g in s["duplicate_captions"]) or "none")
+    repeated = report.with_repeated_phrases
+    table.add_row(
+        "captions repeating a phrase",
+        f"{len(repeated)}" + (f" (e.g. {repeated[0].name}: '{repeated[0].repeated_phrases[0]}')" if repeated else ""),
+    )
+    table.add_row("content hash", report.content_hash()[:16])
+    console.print(table)
+    if s["missing_captions"]:
+        warn([f"{len(s['missing_captions'])} image(s) have no {args.caption_extension} caption; training uses the preset's default_caption for them"])
+    return 0
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (f" … (+{len(names) - limit})" if len(names) > limit else "")
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Report what is installed or missing, each with how to get it."""
+    from .doctor import doctor_rows
+
+    table = Table(title="bespoke-kohya doctor")
+    for col in ("component", "status", "how to fix"):
+        table.add_column(col, overflow="fold")
+    for component, ok, status, fix in doctor_rows(REPO_ROOT):
+        table.add_row(component, ("[green]" if ok else "[yellow]") + status + "[/]", fix)
+    console.print(table)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Render a run and train it (kohya sd-scripts or the native pixel24 model)."""
+    from .train import train
+
+    return train(args, console=console, err_console=err_console)
+
+
+# ------------------------------------------------------------------ parser
+
+
+def _add_preset_args(p: argparse.ArgumentParser, dataset_required: bool = True) -> None:
+    p.add_argument("--preset", required=True, help="preset name from presets/ (see `bespoke-kohya presets`) or a .toml file")
+    if dataset_required:
+        p.add_argument("--dataset", required=True, help="folder of 24x24 PNG originals with .txt captions")
+    else:
+        p.add_argument("--dataset", default=None, help="folder of 24x24 PNG originals with .txt captions (default: dataset/, or the stand-in for pixel24)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset value, validated like the file (repeatable), e.g. --set network_dim=16")
+    p.add_argument("--experimental", action="store_true", help="allow presets marked experimental")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bespoke-kohya", description="Train a generator of 24x24 Bespoke Punks and find its best epoch.")
+    parser.add_argument("--version", action="version", version=f"bespoke-kohya {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("presets", help="list presets and their key settings")
+    p.add_argument("--explain", action="store_true", help="print every preset field with its meaning")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("render", help="render kohya's TOML files and the prepared dataset")
+    _add_preset_args(p)
+    p.add_argument("--out", required=True, help="new folder to write (never overwritten)")
+    p.set_defaults(func=cmd_render)
+
+    ds = sub.add_parser("dataset", help="dataset tools").add_subparsers(dest="dataset_command", required=True, metavar="SUBCOMMAND")
+    p = ds.add_parser("check", help="check a dataset folder and print what was found")
+    p.add_argument("folder")
+    p.add_argument("--caption-extension", default=".txt")
+    p.set_defaults(func=cmd_dataset_check)
+
+    p = sub.add_parser("doctor", help="what is installed or missing, and how to get it")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("train", help="render a run and train it")
+    _add_preset_args(p, dataset_required=False)
+    p.add_argument("--run-dir", default=None, help="run directory (default runs/<preset>-<UTC time>)")
+    p.add_argument("--dry-run", action="store_true", help="render the run and print the exact command, train nothing")
+    p.add_argument("--resume", default=None, metavar="RUN", help="continue an interrupted run from its saved state")
+    p.add_argument("--num-gpus", type=int, default=1, help="GPUs for accelerate's multi-GPU launcher")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU (no GPU needed; slow for kohya presets)")
+    p.set_defaults(func=cmd_train)
+
+    for register in EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Later pipeline stages add their subcommands here (sample, postprocess, report, ...).
+EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        for i, line in enumerate(str(exc).splitlines()):
+            err_console.print(Text.assemble(("error: " if i == 0 else "       ", "red"), line), soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err_console.print("[red]interrupted[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Launch sd-scripts: build the exact command (pure), run it, stream and parse its output.
+
+sd-scripts prints `epoch N/M` and `saving checkpoint: PATH` on stdout and redraws a
+tqdm bar (`steps: … 8/32 [00:10<00:30, 1.2s/it, avr_loss=0.123]`) on stderr with
+carriage returns. Both streams are merged into one pipe, kept whole in
+`logs/train.log`, and parsed into events for the progress display and the loss
+series. The child runs in its own process group so Ctrl-C can stop all of it
+(accelerate starts workers of its own).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .presets import Preset
+
+EPOCH_RE = re.compile(r"^\s*epoch (\d+)/(\d+)\s*$")
+CHECKPOINT_RE = re.compile(r"saving checkpoint: (.+?\.safetensors)\s*$")
+STEPS_RE = re.compile(r"steps:\s+\d+%\|.*?\|\s*(\d+)/(\d+)\s*\[([^\]]*)\]")
+POSTFIX_RE = re.compile(r"(\w+)=([-+0-9.eEnaif]+)")
+RATE_RE = re.compile(r"([0-9.]+)(s/it|it/s)")
+FAILURE_PATTERNS = [
+    (re.compile(r"No data found"), "sd-scripts found no training images (it exits 0 on this): check the dataset folder"),
+    (re.compile(r"out of memory|OutOfMemoryError", re.I), "out of GPU memory: lower train_batch_size or resolution, or set gradient_checkpointing = true"),
+    (re.compile(r"avr_loss=nan|loss is nan", re.I), "the loss became NaN: try mixed_precision = \"bf16\" or \"no\", or a lower learning_rate"),
+    (re.compile(r"OSError: .*(?:does not appear to have|Can't load|is not a local folder)"), "the base model could not be loaded: check pretrained_model_name_or_path (offline: a local folder or .safetensors file)"),
+]
+
+
+@dataclass
+class Event:
+    """One thing parsed from sd-scripts' output."""
+
+    kind: str  # "epoch" | "step" | "checkpoint" | "failure"
+    data: dict = field(default_factory=dict)
+
+
+def parse_line(line: str) -> Event | None:
+    """Parse one line (or one carriage-return segment) of sd-scripts' output."""
+    if m := EPOCH_RE.match(line):
+        return Event("epoch", {"epoch": int(m.group(1)), "epochs": int(m.group(2))})
+    if m := CHECKPOINT_RE.search(line):
+        return Event("checkpoint", {"path": m.group(1).strip()})
+    if m := STEPS_RE.search(line):
+        data: dict = {"step": int(m.group(1)), "total": int(m.group(2))}
+        bracket = m.group(3)
+        for key, value in POSTFIX_RE.findall(bracket):
+            try:
+                data[key] = float(value)
+            except ValueError:
+                pass
+        if r := RATE_RE.search(bracket):
+            rate = float(r.group(1))
+            data["it_per_s"] = rate if r.group(2) == "it/s" else (1 / rate if rate else 0.0)
+        times = bracket.split(",")[0].split("<")
+        if len(times) == 2:
+            data["elapsed"], data["eta"] = times[0].strip(), times[1].strip()
+        return Event("step", data)
+    for pattern, cause in FAILURE_PATTERNS:
+        if pattern.search(line):
+            return Event("failure", {"cause": cause, "line": line.strip()})
+    return None
+
+
+def build_command(
+    preset: Preset,
+    sd_scripts_dir: Path,
+    python: Path,
+    *,
+    num_gpus: int = 1,
+    cpu: bool = False,
+    resume_state: str | None = None,
+    cpu_threads: int | None = None,
+    tokenizer_cache: Path | None = None,
+) -> list[str]:
+    """The exact `accelerate launch` command for a rendered run (run from the run directory).
+
+    accelerate's own launcher handles one GPU, several GPUs (`--multi_gpu`) and the CPU.
+    """
+    if preset.script is None or preset.kohya is None:
+        raise ValueError(f"preset {preset.name} does not train through sd-scripts")
+    cmd = [str(python), "-m", "accelerate.commands.launch", "--num_machines", "1", "--dynamo_backend", "no"]
+    cmd += ["--num_cpu_threads_per_process", str(cpu_threads or max(1, os.cpu_count() or 1))]
+    if cpu:
+        cmd += ["--cpu", "--num_processes", "1", "--mixed_precision", "no"]
+    elif num_gpus > 1:
+        cmd += ["--multi_gpu", "--num_processes", str(num_gpus), "--mixed_precision", preset.kohya.mixed_precision]
+    else:
+        cmd += ["--num_processes", "1", "--mixed_precision", preset.kohya.mixed_precision]
+    cmd += [str(sd_scripts_dir / preset.script), "--config_file", "config/train.toml", "--dataset_config", "config/dataset.toml"]
+    if tokenizer_cache is not None:
+        # sd-scripts loads the CLIP tokenizer from here before trying the hub (offline use).
+        cmd += ["--tokenizer_cache_dir", str(tokenizer_cache)]
+    if resume_state:
+        # Without skip_until_initial_step sd-scripts restarts its step counter (and data order) at 0.
+        cmd += ["--resume", resume_state, "--skip_until_initial_step"]
+    return cmd
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for sd-scripts: unbuffered output, and no inheritance of our venv."""
+    env = dict(os.environ)
+    env.pop("VIRTUAL_ENV", None)
+    env.pop("PYTHONPATH", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("PYTHONIOENCODING", "utf-8")
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass
+class RunResult:
+    """How a child process ended and what its output said."""
+
+    returncode: int
+    interrupted: bool
+    failure: str | None
+    tail: list[str]
+    checkpoints: list[str]
+    steps: list[dict]
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Terminate the child's whole process group, then kill what is left after ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_streaming(
+    command: list[str],
+    *,
+    cwd: Path,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    tail_lines: int = 40,
+) -> RunResult:
+    """Run ``command``, tee its merged output to ``log_path``, parse events; Ctrl-C stops the whole group."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    tail: deque[str] = deque(maxlen=tail_lines)
+    checkpoints: list[str] = []
+    steps: list[dict] = []
+    failure: str | None = None
+    epoch = 0
+    interrupted = False
+    with open(log_path, "ab") as log:
+        log.write(f"$ {' '.join(command)}\n# cwd: {cwd}\n# started {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        assert proc.stdout is not None
+        buffer = b""
+        try:
+            while chunk := proc.stdout.read1(65536):
+                log.write(chunk)
+                log.flush()
+                buffer += chunk
+                *segments, buffer = re.split(rb"[\r\n]", buffer)
+                for raw in segments:
+                    line = raw.decode("utf-8", "replace")
+                    if not line.strip():
+                        continue
+                    if not line.lstrip().startswith("steps:"):
+                        tail.append(line)
+                    event = parse_line(line)
+                    if event is None:
+                        continue
+                    if event.kind == "epoch":
+                        epoch = event.data["epoch"]
+                    elif event.kind == "checkpoint":
+                        checkpoints.append(event.data["path"])
+                    elif event.kind == "step":
+                        event.data.setdefault("epoch", epoch)
+                        if not steps or steps[-1]["step"] != event.data["step"]:
+                            steps.append(event.data)
+                    elif event.kind == "failure" and failure is None:
+                        failure = event.data["cause"]
+                    if on_event:
+                        on_event(event)
+            proc.wait()
+        except KeyboardInterrupt:
+            interrupted = True
+            stop_group(proc)
+        finally:
+            if proc.poll() is None:
+                stop_group(proc)
+            log.write(f"\n# ended {time.strftime('%Y-%m-%d %H:%M:%S')} with exit status {proc.returncode}\n".encode())
+    return RunResult(proc.returncode if proc.returncode is not None else -1, interrupted, failure, list(tail), checkpoints, steps)

@@ -1,0 +1,363 @@
+"""Presets: one pydantic model validates every preset file in ``presets/``.
+
+The field descriptions below are the reference manual (``bespoke-kohya presets
+--explain`` prints them). What the user typed is validated here; what the
+machine can do (sd-scripts found, GPU present) is checked elsewhere (``doctor``).
+
+kohya sd-scripts accepts any key in its ``--config_file`` and never converts the
+types of those values, so this model is the only guard: unknown keys are refused
+with a did-you-mean, ranges are checked, and cross-field rules name the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+ART_SIZE = 24  # Bespoke Punks are 24x24 art pixels
+
+
+class _Strict(BaseModel):
+    # validate_assignment so that overrides applied after loading are checked too.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetSettings(_Strict):
+    """How the 24×24 originals become a kohya DreamBooth-style training folder."""
+
+    num_repeats: int = Field(10, ge=1, le=1000, description="Times each image is seen per epoch (the `10` in the folder `10_<concept>`). The documented recipe uses 10.")
+    concept: str = Field("bespoke_punk", pattern=r"^[A-Za-z0-9][A-Za-z0-9 _-]*$", description="Concept name: the folder becomes `<num_repeats>_<concept>`.")
+    caption_extension: str = Field(".txt", pattern=r"^\.[A-Za-z0-9]+$", description="Caption file suffix. Written into the dataset TOML because sd-scripts defaults to `.caption` and would silently ignore `.txt` captions.")
+    default_caption: str = Field(
+        "pixel art, 24x24, portrait of bespoke punk, hard color borders, sharp pixel edges",
+        min_length=1,
+        description="Caption written (with a warning) for images that have no caption file.",
+    )
+    alpha_background: str = Field("#ffffff", pattern=r"^#[0-9a-fA-F]{6}$", description="Colour that transparent pixels are flattened onto (sd-scripts loads images as RGB and would drop alpha without compositing).")
+    allow_uneven_pixels: bool = Field(
+        False,
+        description="Allow a resolution that is not a whole multiple of 24 (e.g. 512 = 21.33 px per art pixel, as in the documented recipe). NEAREST then makes art pixels 21 or 22 px wide; a warning is printed. Prefer 576 (24 px per art pixel).",
+    )
+
+
+class KohyaSettings(_Strict):
+    """Arguments passed to sd-scripts' `train_network.py` / `sdxl_train_network.py` (names are sd-scripts' own)."""
+
+    pretrained_model_name_or_path: str = Field(
+        "runwayml/stable-diffusion-v1-5",
+        description="Base model: a hub id, a local diffusers folder, or a single-file `.safetensors`/`.ckpt` checkpoint.",
+    )
+    resolution: int = Field(512, ge=16, le=2048, description="Training resolution in px (square); rendered as the string `\"R,R\"` sd-scripts expects. The 24×24 originals are upscaled with NEAREST to this size.")
+    network_module: Literal["networks.lora"] = Field("networks.lora", description="sd-scripts network module; LoRA.")
+    network_dim: int = Field(32, ge=1, le=1024, description="LoRA rank.")
+    network_alpha: float = Field(16.0, gt=0, le=1024, description="LoRA alpha (scale = alpha/dim). Rendered as a float: an integer would be stored as an int64 tensor in the LoRA file.")
+    max_train_epochs: int = Field(3, ge=1, le=1000, description="Epochs to train.")
+    learning_rate: float = Field(1e-4, gt=0, le=1, description="Base learning rate.")
+    unet_lr: float | None = Field(1e-4, gt=0, le=1, description="U-Net learning rate (defaults to learning_rate when unset).")
+    text_encoder_lr: float | None = Field(5e-5, ge=0, le=1, description="Text-encoder learning rate; 0 trains the U-Net only.")
+    lr_scheduler: Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "adafactor"] = Field(
+        "cosine_with_restarts", description="Learning-rate schedule."
+    )
+    lr_scheduler_num_cycles: int = Field(3, ge=1, le=100, description="Restarts for cosine_with_restarts.")
+    lr_warmup_steps: int = Field(0, ge=0, description="Warm-up steps.")
+    optimizer_type: Literal["AdamW", "AdamW8bit", "Lion", "SGDNesterov", "Prodigy", "Adafactor"] = Field("AdamW", description="Optimizer (AdamW8bit needs bitsandbytes and a CUDA GPU).")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("fp16", description="Mixed precision; use `no` on a CPU.")
+    save_precision: Literal["float", "fp16", "bf16"] = Field("fp16", description="Precision of the saved LoRA files.")
+    noise_offset: float = Field(0.1, ge=0, le=1, description="Noise offset (helps solid, dark or bright backgrounds).")
+    min_snr_gamma: float | None = Field(5.0, gt=0, le=20, description="Min-SNR loss weighting gamma; unset disables it.")
+    train_batch_size: int = Field(1, ge=1, le=256, description="Images per step.")
+    clip_skip: int | None = Field(None, ge=1, le=12, description="Use the output of the N-th last CLIP layer (2 is usual for SDXL/anime bases).")
+    save_every_n_epochs: int = Field(1, ge=1, description="Write a LoRA checkpoint every N epochs (1 = every epoch, so epochs can be compared).")
+    seed: int = Field(42, ge=0, description="Training seed.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    cache_latents: bool = Field(True, description="Encode images with the VAE once (no random augmentation is used, so this is safe).")
+    sdpa: bool = Field(True, description="Use PyTorch scaled-dot-product attention.")
+    max_data_loader_n_workers: int = Field(1, ge=0, le=64, description="Data-loader worker processes.")
+    enable_bucket: bool = Field(False, description="Aspect-ratio buckets. Off: every prepared image has the same square size. If on below 256 px, min_bucket_reso is lowered to the resolution (sd-scripts asserts otherwise).")
+    flip_aug: bool = Field(False, description="Random horizontal flips (off: portraits are not symmetric, e.g. earrings and hair partings).")
+    output_name: str = Field("bespoke", pattern=r"^[A-Za-z0-9_-]+$", description="Checkpoint file stem: `<output_name>-000001.safetensors` … and `<output_name>.safetensors` for the last epoch.")
+    save_state: bool = Field(True, description="Save optimizer state with each checkpoint so `--resume` can continue.")
+
+
+class SampleSettings(_Strict):
+    """How each epoch is sampled for the report: the same prompts × seeds for every epoch."""
+
+    trigger: str = Field("pixel art, 24x24, portrait of bespoke punk", min_length=1, description="Phrase every prompt starts with, joined to each prompt by a space (the captions read `... portrait of bespoke punk lad, ...`).")
+    prompts: list[str] = Field(
+        default_factory=lambda: [
+            "lad, green solid background, black hair, blue eyes, light skin",
+            "lady, blonde hair, purple background, green eyes, slight smile",
+            "lad, wearing gray baseball cap, brown eyes, medium male skin tone, red background",
+            "lady, black curly hair, dark skin tone, yellow background",
+        ],
+        min_length=1,
+        description="Attribute variations appended to the trigger (drawn from the dataset's captions).",
+    )
+    suffix: str = Field("hard color borders, sharp pixel edges", description="Phrase every prompt ends with.")
+    negative_prompt: str = Field("blurry, anti-aliasing, gradient, body, torso, text, watermark", description="Negative prompt (diffusion presets).")
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1, description="Seeds; every epoch uses the same ones so epochs are comparable.")
+    steps: int = Field(30, ge=1, le=500, description="Denoising steps (documented: 30).")
+    guidance_scale: float = Field(7.5, ge=0, le=30, description="Classifier-free guidance scale (documented: 7.5).")
+    scheduler: Literal["euler_a", "euler", "ddim", "dpmsolver++", "pndm"] = Field("euler_a", description="Sampler/scheduler.")
+    width: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="Sample width; defaults to the training resolution.")
+    height: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="Sample height; defaults to the training resolution.")
+    postprocess: Literal["grid", "nearest"] = Field("grid", description="How full-size samples become 24×24: `grid` (detect the art-pixel grid, median of each cell) or `nearest` (the documented baseline).")
+    palette_max_delta_e: float | None = Field(4.0, ge=0, le=50, description="Snap colours to the training palette only when closer than this ΔE76; unset disables snapping.")
+
+    def full_prompts(self) -> list[str]:
+        """The prompt suite as sent to the model."""
+        return [f"{self.trigger} {body}" + (f", {self.suffix}" if self.suffix else "") for body in self.prompts]
+
+
+# --- pixel24 settings (owned by the pixel24 engine) ---
+class Pixel24Settings(_Strict):
+    """The native 24×24 pixel-space diffusion model (no VAE; trains on a CPU)."""
+
+    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 96], min_length=2, max_length=4, description="U-Net channel widths per resolution level (24 → 12 → 6).")
+    layers_per_block: int = Field(1, ge=1, le=4, description="ResNet layers per U-Net block.")
+    epochs: int = Field(3, ge=1, le=10000, description="Training epochs; a checkpoint is written after each.")
+    batch_size: int = Field(64, ge=1, le=4096, description="Images per step.")
+    learning_rate: float = Field(5e-4, gt=0, le=1, description="AdamW learning rate.")
+    num_train_timesteps: int = Field(1000, ge=10, le=4000, description="Diffusion timesteps (DDPM, squaredcos_cap_v2 schedule).")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights used for sampling (0 disables).")
+    cond_dropout: float = Field(0.1, ge=0, le=1, description="Share of captions dropped during training, for classifier-free guidance.")
+    sample_steps: int = Field(25, ge=1, le=1000, description="DDIM steps when sampling.")
+    guidance_scale: float = Field(3.0, ge=0, le=30, description="Classifier-free guidance scale when sampling.")
+    seed: int = Field(0, ge=0, description="Training seed.")
+    init_from: str | None = Field(None, description="Checkpoint (a pixel24 `.safetensors` from an earlier run) to start from, e.g. the CryptoPunks stand-in pretraining.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps in total (keeps quick runs quick); unset trains every epoch fully.")
+# --- end pixel24 settings ---
+
+
+class Preset(_Strict):
+    """A training preset: one file in `presets/`."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$", description="Preset name (the file stem).")
+    description: str = Field(description="One line shown by `bespoke-kohya presets`.")
+    engine: Literal["kohya", "pixel24"] = Field(description="`kohya`: LoRA through sd-scripts (needs a GPU for real use). `pixel24`: the native 24×24 model (CPU).")
+    family: Literal["sd15", "sdxl"] | None = Field(None, description="Base-model family for kohya presets: picks `train_network.py` (sd15) or `sdxl_train_network.py` (sdxl).")
+    experimental: str | None = Field(None, description="Set on presets that are known not to work reliably; the text says why. Using one needs `--experimental`.")
+    requires_local_base: bool = Field(False, description="The base model must be a local single-file checkpoint the user supplies (`--set pretrained_model_name_or_path=/path/model.safetensors`).")
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings, description="Training-folder preparation.")
+    kohya: KohyaSettings | None = Field(None, description="sd-scripts arguments (kohya presets only).")
+    sample: SampleSettings = Field(default_factory=SampleSettings, description="Per-epoch sampling for the report.")
+    pixel24: Pixel24Settings | None = Field(None, description="Native model settings (pixel24 presets only).")
+
+    @model_validator(mode="after")
+    def _engine_sections(self) -> "Preset":
+        if self.engine == "kohya":
+            if self.kohya is None:
+                raise ValueError("engine 'kohya' needs a [kohya] table")
+            if self.family is None:
+                raise ValueError("engine 'kohya' needs `family = \"sd15\"` or `\"sdxl\"`")
+            if self.pixel24 is not None:
+                raise ValueError("a kohya preset cannot have a [pixel24] table; remove it")
+        else:
+            if self.pixel24 is None:
+                raise ValueError("engine 'pixel24' needs a [pixel24] table")
+            if self.kohya is not None:
+                raise ValueError("a pixel24 preset cannot have a [kohya] table; remove it")
+        return self
+
+    @property
+    def script(self) -> str | None:
+        """The sd-scripts entry point this preset trains with."""
+        if self.engine != "kohya":
+            return None
+        return "sdxl_train_network.py" if self.family == "sdxl" else "train_network.py"
+
+    @property
+    def resolution(self) -> int:
+        """Training resolution in px (24 for the native model)."""
+        return self.kohya.resolution if self.kohya else ART_SIZE
+
+    @property
+    def sample_size(self) -> tuple[int, int]:
+        """(width, height) of full-size samples."""
+        return (self.sample.width or self.resolution, self.sample.height or self.resolution)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def available_presets(presets_dir: Path = PRESETS_DIR) -> list[str]:
+    """Names of the shipped presets."""
+    return sorted(p.stem for p in presets_dir.glob("*.toml"))
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _model_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at ``loc`` (for did-you-mean suggestions)."""
+    model: type[BaseModel] = Preset
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not candidates:
+            return None
+        model = candidates[0]
+    return model
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    """Every problem on its own line: `source: dotted.field: what is wrong (value)`; unknown keys get a did-you-mean."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            model = _model_for(loc)
+            hint = _did_you_mean(str(loc[-1]), list(model.model_fields)) if model else ""
+            lines.append(f"{source}: {where}: unknown key{hint}; see `bespoke-kohya presets --explain` for valid keys")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
+        lines.append(f"{source}: {where}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def preset_path(name_or_path: str, presets_dir: Path = PRESETS_DIR) -> Path:
+    """A preset name from `presets/` or a path to a preset file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" or candidate.exists():
+        if not candidate.is_file():
+            raise UserError(f"{candidate}: preset file not found")
+        return candidate
+    path = presets_dir / f"{name_or_path}.toml"
+    if not path.is_file():
+        names = available_presets(presets_dir)
+        raise UserError(f"unknown preset '{name_or_path}'{_did_you_mean(name_or_path, names)}; available: {', '.join(names)}")
+    return path
+
+
+def read_preset_data(path: Path) -> dict[str, Any]:
+    """The raw TOML of a preset file."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from None
+
+
+def _parse_override(raw: str) -> tuple[str, str]:
+    if "=" not in raw:
+        raise UserError(f"--set {raw!r}: expected key=value, e.g. --set network_dim=16")
+    key, value = raw.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise UserError(f"--set {raw!r}: the key is empty; expected key=value")
+    return key, value.strip()
+
+
+def _coerce(value: str) -> Any:
+    """A TOML literal if the value parses as one (numbers, booleans, lists, quoted strings), else the raw string."""
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def _resolve_key(data: dict[str, Any], key: str) -> list[str]:
+    """Dotted path for an override key; unqualified keys are looked up in the preset's sections.
+
+    `network_dim` finds `kohya.network_dim`, `steps` finds `sample.steps`, so the
+    user can type sd-scripts' own names.
+    """
+    parts = key.split(".")
+    if len(parts) > 1 or key in Preset.model_fields:
+        return parts
+    sections = [name for name in ("kohya", "pixel24", "dataset", "sample") if name in data or name in ("dataset", "sample")]
+    owners = [s for s in sections if key in _model_for((s, key)).model_fields]  # type: ignore[union-attr]
+    if len(owners) == 1:
+        return [owners[0], key]
+    if len(owners) > 1:
+        raise UserError(f"--set {key}: ambiguous, it exists in {', '.join(owners)}; write e.g. --set {owners[0]}.{key}=…")
+    every = list(Preset.model_fields) + [f"{s}.{f}" for s in sections for f in _model_for((s, "x")).model_fields]  # type: ignore[union-attr]
+    raise UserError(f"--set {key}: unknown key{_did_you_mean(key, every + [e.split('.')[-1] for e in every])}; see `bespoke-kohya presets --explain`")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of the raw preset data with `key=value` overrides applied (validated later, together)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for raw in overrides:
+        key, value = _parse_override(raw)
+        path = _resolve_key(out, key)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key}: '{part}' is not a table")
+        node[path[-1]] = _coerce(value)
+    return out
+
+
+def load_preset(name_or_path: str, overrides: list[str] | None = None, experimental: bool = False, presets_dir: Path = PRESETS_DIR) -> Preset:
+    """Load, override and validate a preset; every problem is reported at once as a UserError."""
+    path = preset_path(name_or_path, presets_dir)
+    data = apply_overrides(read_preset_data(path), overrides or [])
+    source = f"{path.name}" + (" with --set overrides" if overrides else "")
+    try:
+        preset = Preset.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(format_validation_error(source, exc)) from None
+    if path.parent.resolve() == presets_dir.resolve() and preset.name != path.stem:
+        raise UserError(f"{path}: name = {preset.name!r} but the file is {path.stem}.toml; make them match")
+    check_usable(preset, experimental)
+    return preset
+
+
+def check_usable(preset: Preset, experimental: bool) -> None:
+    """Rules about using a preset (as opposed to its shape): experiments need consent, local bases must exist."""
+    if preset.experimental and not experimental:
+        raise UserError(f"preset {preset.name} is experimental: {preset.experimental} Pass --experimental to run it anyway.")
+    if preset.kohya:
+        res = preset.kohya.resolution
+        if res % 8:
+            raise UserError(f"{preset.name}: kohya.resolution must be a multiple of 8 (the VAE downsamples 8×), got {res}; try {res - res % 8 or 8}")
+        if res % ART_SIZE and not preset.dataset.allow_uneven_pixels:
+            raise UserError(
+                f"{preset.name}: kohya.resolution {res} is not a multiple of {ART_SIZE}, so art pixels would be uneven; "
+                f"use {round(res / ART_SIZE) * ART_SIZE} or --set allow_uneven_pixels=true"
+            )
+        if preset.requires_local_base:
+            base = preset.kohya.pretrained_model_name_or_path
+            if not base or not Path(base).expanduser().is_file():
+                raise UserError(
+                    f"preset {preset.name} needs a local checkpoint file: pass --set pretrained_model_name_or_path=/path/to/model.safetensors"
+                    + (f" (not found: {base})" if base else "")
+                )
+
+
+def explain(model: type[BaseModel] = Preset, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, description) rows for every field: the reference manual."""
+    rows = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        sub = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if sub:
+            rows.append((prefix + name, "table", "", field.description or ""))
+            rows.extend(explain(sub[0], prefix + name + "."))
+            continue
+        default = "" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        rows.append((prefix + name, _type_name(ann), default, field.description or ""))
+    return rows
+
+
+def _type_name(ann: Any) -> str:
+    text = str(ann).replace("typing.", "")
+    return text.replace("<class '", "").replace("'>", "")

@@ -1,0 +1,206 @@
+"""Render a preset into what sd-scripts reads: train.toml, dataset.toml, sample_prompts.txt.
+
+The builders are pure (preset in, dict out) so tests can assert exact values.
+Paths inside the TOML files are relative to the run directory, and sd-scripts is
+launched with the run directory as its working directory: a run can be moved or
+copied to another machine and still train.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from .dataset import DatasetReport, Prepared, prepare, training_folder_name
+from .errors import UserError
+from .presets import Preset
+
+CHECKPOINTS = "checkpoints"
+TENSORBOARD = "logs/tensorboard"
+DATA = "data"
+TOKENIZER_CACHE = "tokenizer_cache"
+
+
+def train_args(preset: Preset, run_id: str = "") -> dict[str, dict[str, Any]]:
+    """sd-scripts `--config_file` contents, grouped in sections (sd-scripts flattens them).
+
+    Types matter: sd-scripts never converts config-file values, so resolution is
+    the string "R,R" and network_alpha a float.
+    """
+    k = preset.kohya
+    if k is None:
+        raise ValueError(f"preset {preset.name} is not a kohya preset")
+    model: dict[str, Any] = {"pretrained_model_name_or_path": k.pretrained_model_name_or_path}
+    network: dict[str, Any] = {"network_module": k.network_module, "network_dim": k.network_dim, "network_alpha": float(k.network_alpha)}
+    optimizer: dict[str, Any] = {"optimizer_type": k.optimizer_type, "learning_rate": k.learning_rate}
+    if k.unet_lr is not None:
+        optimizer["unet_lr"] = k.unet_lr
+    if k.text_encoder_lr == 0:
+        network["network_train_unet_only"] = True
+    elif k.text_encoder_lr is not None:
+        optimizer["text_encoder_lr"] = k.text_encoder_lr
+    optimizer["lr_scheduler"] = k.lr_scheduler
+    if k.lr_scheduler == "cosine_with_restarts":
+        optimizer["lr_scheduler_num_cycles"] = k.lr_scheduler_num_cycles
+    if k.lr_warmup_steps:
+        optimizer["lr_warmup_steps"] = k.lr_warmup_steps
+    training: dict[str, Any] = {
+        "resolution": f"{k.resolution},{k.resolution}",
+        "max_train_epochs": k.max_train_epochs,
+        "train_batch_size": k.train_batch_size,
+        "mixed_precision": k.mixed_precision,
+        "noise_offset": k.noise_offset,
+        "seed": k.seed,
+        "max_data_loader_n_workers": k.max_data_loader_n_workers,
+    }
+    if k.min_snr_gamma is not None:
+        training["min_snr_gamma"] = k.min_snr_gamma
+    if k.clip_skip is not None:
+        training["clip_skip"] = k.clip_skip
+    for flag in ("gradient_checkpointing", "cache_latents", "sdpa"):
+        if getattr(k, flag):
+            training[flag] = True
+    saving: dict[str, Any] = {
+        "output_dir": CHECKPOINTS,
+        "output_name": k.output_name,
+        "save_model_as": "safetensors",
+        "save_every_n_epochs": k.save_every_n_epochs,
+        "save_precision": k.save_precision,
+    }
+    if k.save_state:
+        saving["save_state"] = True
+    logging: dict[str, Any] = {"logging_dir": TENSORBOARD, "log_prefix": preset.name + "-"}
+    if run_id:
+        logging["training_comment"] = f"bespoke-kohya run {run_id} preset {preset.name}"
+    return {"model": model, "network": network, "optimizer": optimizer, "training": training, "saving": saving, "logging": logging}
+
+
+def dataset_config(preset: Preset) -> dict[str, Any]:
+    """sd-scripts `--dataset_config` contents: one DreamBooth subset with repeats and .txt captions."""
+    k = preset.kohya
+    if k is None:
+        raise ValueError(f"preset {preset.name} is not a kohya preset")
+    d = preset.dataset
+    general: dict[str, Any] = {
+        "resolution": k.resolution,
+        "caption_extension": d.caption_extension,  # sd-scripts defaults to .caption
+        "shuffle_caption": False,
+        "keep_tokens": 0,
+        "flip_aug": k.flip_aug,
+        "color_aug": False,
+        "random_crop": False,
+        "enable_bucket": k.enable_bucket,
+        "resize_interpolation": "nearest",  # sd-scripts resizes with lanczos otherwise
+    }
+    if k.enable_bucket and k.resolution < 256:
+        # Default min_bucket_reso is 256; sd-scripts asserts it is <= resolution.
+        general["min_bucket_reso"] = k.resolution - k.resolution % 8 or 8
+        general["max_bucket_reso"] = k.resolution
+    subset = {
+        "image_dir": f"{DATA}/{training_folder_name(d.num_repeats, d.concept)}",
+        "num_repeats": d.num_repeats,
+        "class_tokens": d.concept.replace("_", " "),
+        "caption_extension": d.caption_extension,
+    }
+    return {"general": general, "datasets": [{"batch_size": k.train_batch_size, "subsets": [subset]}]}
+
+
+def sample_prompts(preset: Preset) -> str:
+    """sd-scripts' prompt-file format (one prompt a line with --n/--w/--h/--l/--s/--d options), for reference and for sd-scripts' own sampler."""
+    s = preset.sample
+    width, height = preset.sample_size
+    lines = [f"# {preset.name}: the fixed prompt suite; bespoke-kohya samples these for every epoch with seeds {s.seeds}"]
+    for prompt in s.full_prompts():
+        for seed in s.seeds:
+            lines.append(f"{prompt} --n {s.negative_prompt} --w {width} --h {height} --l {s.guidance_scale} --s {s.steps} --d {seed}")
+    return "\n".join(lines) + "\n"
+
+
+def advice(preset: Preset) -> list[str]:
+    """Warnings about a valid preset that sd-scripts would not give until it is too late."""
+    notes = []
+    k = preset.kohya
+    if k and preset.family == "sdxl" and k.clip_skip is not None:
+        notes.append("clip_skip is set for an SDXL preset: sd-scripts v0.10.1 only warns 'clip_skip will be unexpected' for SDXL (library/sdxl_train_util.py); kept as configured")
+    if k and k.resolution < 64:
+        notes.append(f"resolution {k.resolution} px gives {k.resolution // 8}x{k.resolution // 8} latents; expect failure or garbage (this is the native-24 experiment)")
+    if k and k.optimizer_type == "AdamW8bit":
+        notes.append("AdamW8bit needs bitsandbytes and a CUDA GPU")
+    return notes
+
+
+# --------------------------------------------------------------- writing runs
+
+
+@dataclass
+class RenderedRun:
+    """A run directory with configs and prepared data, ready to launch."""
+
+    run_dir: Path
+    prepared: Prepared
+    warnings: list[str]
+
+
+def _toml(data: dict[str, Any]) -> str:
+    return tomli_w.dumps(data)
+
+
+def write_run_files(preset: Preset, report: DatasetReport, run_dir: Path, run_id: str) -> RenderedRun:
+    """Write configs and prepared data into an existing, empty ``run_dir``."""
+    d = preset.dataset
+    prepared = prepare(
+        report,
+        run_dir / DATA,
+        resolution=preset.resolution,
+        num_repeats=d.num_repeats,
+        concept=d.concept,
+        default_caption=d.default_caption,
+        background=d.alpha_background,
+        caption_extension=d.caption_extension,
+    )
+    config = run_dir / "config"
+    config.mkdir()
+    (config / "preset.json").write_text(json.dumps(preset.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+    if preset.engine == "kohya":
+        header = f"# Rendered by bespoke-kohya from preset {preset.name}; paths are relative to the run directory.\n"
+        (config / "train.toml").write_text(header + _toml(train_args(preset, run_id)), encoding="utf-8")
+        (config / "dataset.toml").write_text(header + _toml(dataset_config(preset)), encoding="utf-8")
+    (config / "sample_prompts.txt").write_text(sample_prompts(preset), encoding="utf-8")
+    return RenderedRun(run_dir=run_dir, prepared=prepared, warnings=prepared.warnings + advice(preset))
+
+
+def create_run_dir(target: Path, build) -> Any:
+    """Create ``target`` atomically: ``build(tmp_dir)`` fills a hidden sibling that is renamed into place.
+
+    An existing target is never overwritten; a failure or Ctrl-C leaves nothing behind.
+    """
+    target = target.resolve()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UserError(f"{target}: already exists; runs are never overwritten, choose another --out/--run-dir or remove it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        result = build(tmp)
+        if target.exists():
+            target.rmdir()  # an empty folder the user made on purpose
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
+
+
+def render(preset: Preset, report: DatasetReport, out_dir: Path, run_id: str) -> RenderedRun:
+    """Render configs + prepared data into a new directory ``out_dir`` (atomically)."""
+    rendered = create_run_dir(out_dir, lambda tmp: write_run_files(preset, report, tmp, run_id))
+    # Built in a temporary sibling: point the result at the final location.
+    rendered.run_dir = out_dir.resolve()
+    rendered.prepared.folder = rendered.run_dir / DATA / rendered.prepared.folder.name
+    return rendered

@@ -1,0 +1,95 @@
+"""The command line as a user meets it: real subprocesses, exit codes, one-line errors, no partial output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_punk
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bespoke_kohya", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def test_presets_lists_every_preset():
+    r = cli("presets")
+    assert r.returncode == 0
+    for name in ("sd15_512", "sd15_576", "sdxl_512", "sdxl_24_native", "pixnite_sd15", "pixel24"):
+        assert name in r.stdout
+    assert "network_dim" in cli("presets", "--explain").stdout
+
+
+def test_render_sd15_512_end_to_end(punks_dir: Path, tmp_path: Path):
+    out = tmp_path / "X"
+    r = cli("render", "--preset", "sd15_512", "--dataset", str(punks_dir), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert (out / "config" / "train.toml").is_file() and (out / "config" / "dataset.toml").is_file()
+    assert len(list((out / "data" / "10_bespoke_punk").glob("*.png"))) == 184
+    assert "no caption" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("bad_override", "kohya.network_dim: Input should be greater than or equal to 1 (got -3)"),
+        ("missing_dataset", "dataset folder not found"),
+        ("wrong_size", "bad.png: image is 23x24, expected 24x24"),
+    ],
+)
+def test_bad_input_one_line_nonzero_nothing_written(case: str, expect: str, small_punks: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    dataset = small_punks
+    extra: list[str] = []
+    if case == "bad_override":
+        extra = ["--set", "network_dim=-3"]
+    elif case == "missing_dataset":
+        dataset = tmp_path / "no such folder"
+    else:
+        make_punk(small_punks / "bad.png", size=(23, 24))
+    r = cli("render", "--preset", "sd15_512", "--dataset", str(dataset), "--out", str(out), *extra)
+    assert r.returncode != 0
+    lines = error_lines(r)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists() and list(tmp_path.glob(".out*")) == []
+
+
+def test_existing_run_is_refused(small_punks: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    assert cli("render", "--preset", "sd15_576", "--dataset", str(small_punks), "--out", str(out)).returncode == 0
+    before = sorted(p.name for p in out.rglob("*"))
+    r = cli("render", "--preset", "sd15_576", "--dataset", str(small_punks), "--out", str(out))
+    assert r.returncode != 0 and "already exists" in r.stderr
+    assert sorted(p.name for p in out.rglob("*")) == before
+
+
+def test_dataset_check_prints_the_table(punks_dir: Path):
+    r = cli("dataset", "check", str(punks_dir))
+    assert r.returncode == 0
+    assert "184" in r.stdout and "lad_057_Hughx" in r.stdout and "lady_063_PVR" in r.stdout
+
+
+def test_doctor_runs_and_names_fixes():
+    r = cli("doctor")
+    assert r.returncode == 0
+    assert "torch" in r.stdout and "sd-scripts" in r.stdout
+
+
+def test_train_dry_run_prints_the_command_and_writes_only_the_run(small_punks: Path, tmp_path: Path):
+    run = tmp_path / "my run"
+    r = cli("train", "--preset", "sd15_576", "--dataset", str(small_punks), "--run-dir", str(run), "--dry-run", "--cpu")
+    assert r.returncode == 0, r.stderr
+    assert "accelerate.commands.launch" in r.stdout and "train_network.py" in r.stdout and "--cpu" in r.stdout
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "dry-run" and record["resolved"]["kohya"]["mixed_precision"] == "no"
+    assert sorted(p.name for p in run.iterdir()) == ["config", "data", "run.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my run", "small punks"]

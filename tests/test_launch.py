@@ -1,0 +1,127 @@
+"""Launching: the exact command, parsing sd-scripts' real output format, and process-group handling."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bespoke_kohya.launch import build_command, parse_line, run_streaming
+from bespoke_kohya.presets import load_preset
+
+SD = Path("/opt/sd scripts")
+PY = Path("/opt/sd scripts/.venv/bin/python")
+
+
+def test_single_gpu_command_is_exact():
+    cmd = build_command(load_preset("sd15_576"), SD, PY, cpu_threads=2)
+    assert cmd == [
+        str(PY), "-m", "accelerate.commands.launch", "--num_machines", "1", "--dynamo_backend", "no",
+        "--num_cpu_threads_per_process", "2", "--num_processes", "1", "--mixed_precision", "fp16",
+        str(SD / "train_network.py"), "--config_file", "config/train.toml", "--dataset_config", "config/dataset.toml",
+    ]
+
+
+def test_multi_gpu_cpu_sdxl_and_resume():
+    multi = build_command(load_preset("sdxl_512"), SD, PY, num_gpus=4, cpu_threads=2)
+    assert multi[multi.index("--multi_gpu") + 1 : multi.index("--multi_gpu") + 3] == ["--num_processes", "4"]
+    assert str(SD / "sdxl_train_network.py") in multi
+    cpu = build_command(load_preset("sd15_576"), SD, PY, cpu=True, cpu_threads=2)
+    assert "--cpu" in cpu and cpu[cpu.index("--mixed_precision") + 1] == "no"
+    resumed = build_command(load_preset("sd15_576"), SD, PY, resume_state="checkpoints/bespoke-000001-state")
+    assert resumed[-3:] == ["--resume", "checkpoints/bespoke-000001-state", "--skip_until_initial_step"]
+
+
+def test_parse_sd_scripts_lines():
+    assert parse_line("epoch 2/3").data == {"epoch": 2, "epochs": 3}
+    ck = parse_line("saving checkpoint: checkpoints/bespoke-000001.safetensors")
+    assert ck.kind == "checkpoint" and ck.data["path"] == "checkpoints/bespoke-000001.safetensors"
+    step = parse_line("steps:  25%|██▌       | 8/32 [00:10<00:30,  1.25s/it, avr_loss=0.123]")
+    assert step.kind == "step" and step.data["step"] == 8 and step.data["total"] == 32
+    assert step.data["avr_loss"] == pytest.approx(0.123) and step.data["it_per_s"] == pytest.approx(0.8)
+    assert step.data["eta"] == "00:30"
+    assert parse_line("steps:  50%|█████     | 16/32 [00:20<00:20,  1.2it/s, avr_loss=nan]").kind == "step"
+    assert parse_line("No data found. Please verify arguments").kind == "failure"
+    assert parse_line("torch.OutOfMemoryError: CUDA out of memory.").data["cause"].startswith("out of GPU memory")
+    assert parse_line("loading u-net: <All keys matched successfully>") is None
+
+
+FAKE = textwrap.dedent(
+    """
+    import sys, time
+    print("epoch 1/2", flush=True)
+    for i in range(1, 5):
+        sys.stderr.write(f"\\rsteps:  {i*25}%|##  | {i}/4 [00:0{i}<00:01,  2.00it/s, avr_loss=0.{i}]")
+        sys.stderr.flush()
+        time.sleep(0.05)
+    print("\\nsaving checkpoint: checkpoints/x-000001.safetensors", flush=True)
+    mode = sys.argv[1]
+    if mode == "hang":
+        import subprocess
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        print(f"child {child.pid}", flush=True)
+        time.sleep(600)
+    sys.exit(3 if mode == "fail" else 0)
+    """
+)
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Path:
+    script = tmp_path / "fake trainer.py"
+    script.write_text(FAKE)
+    return script
+
+
+def test_run_streaming_parses_and_logs(fake: Path, tmp_path: Path):
+    events = []
+    result = run_streaming([sys.executable, str(fake), "ok"], cwd=tmp_path, log_path=tmp_path / "logs" / "train.log", on_event=events.append)
+    assert result.returncode == 0 and not result.interrupted
+    assert [s["step"] for s in result.steps] == [1, 2, 3, 4]
+    assert result.steps[-1]["avr_loss"] == pytest.approx(0.4) and result.steps[-1]["epoch"] == 1
+    assert result.checkpoints == ["checkpoints/x-000001.safetensors"]
+    assert "avr_loss=0.4" in (tmp_path / "logs" / "train.log").read_text()
+
+
+def test_failing_run_keeps_the_tail(fake: Path, tmp_path: Path):
+    result = run_streaming([sys.executable, str(fake), "fail"], cwd=tmp_path, log_path=tmp_path / "train.log")
+    assert result.returncode == 3
+    assert any("saving checkpoint" in line for line in result.tail)
+
+
+def test_ctrl_c_stops_the_whole_group(fake: Path, tmp_path: Path):
+    """A KeyboardInterrupt in the parent kills the child and its own children."""
+    log = tmp_path / "train.log"
+
+    def interrupt_when_started():
+        for _ in range(200):
+            if log.exists() and "child " in log.read_text():
+                break
+            time.sleep(0.05)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_started, daemon=True).start()
+    result = run_streaming([sys.executable, str(fake), "hang"], cwd=tmp_path, log_path=log)
+    assert result.interrupted
+    grandchild = int(log.read_text().split("child ")[1].split()[0])
+    assert not _alive(grandchild)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for a reaper counts as gone)."""
+    for _ in range(40):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except FileNotFoundError:
+            return False
+        if state == "Z":
+            return False
+        time.sleep(0.05)
+    return True

@@ -1,0 +1,126 @@
+"""Every shipped preset loads; bad values and unknown keys are refused with advice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bespoke_kohya.errors import UserError
+from bespoke_kohya.presets import PRESETS_DIR, Preset, apply_overrides, available_presets, explain, load_preset, read_preset_data
+
+EXPECTED = {"pixel24", "pixnite_sd15", "sd15_192", "sd15_512", "sd15_576", "sdxl_24_native", "sdxl_512"}
+
+
+def test_every_preset_file_validates():
+    assert set(available_presets()) == EXPECTED
+    for name in available_presets():
+        preset = Preset.model_validate(read_preset_data(PRESETS_DIR / f"{name}.toml"))
+        assert preset.name == name
+        text = (PRESETS_DIR / f"{name}.toml").read_text()
+        assert text.startswith("#"), f"{name}.toml should open with a comment giving its command"
+
+
+def test_sd15_512_is_the_documented_recipe():
+    p = load_preset("sd15_512")
+    k = p.kohya
+    assert p.script == "train_network.py"
+    assert k.pretrained_model_name_or_path == "runwayml/stable-diffusion-v1-5"
+    assert (k.resolution, k.network_dim, k.network_alpha, k.max_train_epochs) == (512, 32, 16.0, 3)
+    assert (k.learning_rate, k.unet_lr, k.text_encoder_lr) == (1e-4, 1e-4, 5e-5)
+    assert (k.lr_scheduler, k.lr_scheduler_num_cycles, k.optimizer_type, k.mixed_precision) == ("cosine_with_restarts", 3, "AdamW", "fp16")
+    assert (k.noise_offset, k.min_snr_gamma, k.save_every_n_epochs) == (0.1, 5.0, 1)
+    assert p.dataset.num_repeats == 10
+    assert (p.sample.steps, p.sample.guidance_scale) == (30, 7.5)
+
+
+def test_sd15_576_differs_only_in_resolution():
+    a, b = load_preset("sd15_512"), load_preset("sd15_576")
+    assert b.kohya.resolution == 576 and 576 % 24 == 0 and 576 % 64 == 0
+    assert a.kohya.model_dump(exclude={"resolution"}) == b.kohya.model_dump(exclude={"resolution"})
+    assert not b.dataset.allow_uneven_pixels
+
+
+def test_sdxl_uses_the_sdxl_script():
+    p = load_preset("sdxl_512")
+    assert p.script == "sdxl_train_network.py"
+    assert p.kohya.clip_skip == 2
+    assert p.kohya.pretrained_model_name_or_path == "stabilityai/stable-diffusion-xl-base-1.0"
+
+
+@pytest.mark.parametrize("name", ["sdxl_24_native", "sd15_192"])
+def test_experiments_need_consent(name):
+    with pytest.raises(UserError, match="--experimental"):
+        load_preset(name)
+    assert load_preset(name, experimental=True).experimental
+
+
+def test_native_24_explains_latents_and_turns_buckets_off():
+    with pytest.raises(UserError, match="3x3 latents"):
+        load_preset("sdxl_24_native")
+    p = load_preset("sdxl_24_native", experimental=True)
+    assert p.kohya.resolution == 24 and not p.kohya.enable_bucket
+
+
+def test_pixnite_needs_a_local_file(tmp_path: Path):
+    with pytest.raises(UserError, match="pretrained_model_name_or_path=/path/to/model.safetensors"):
+        load_preset("pixnite_sd15")
+    with pytest.raises(UserError, match="not found"):
+        load_preset("pixnite_sd15", [f"pretrained_model_name_or_path={tmp_path / 'missing.safetensors'}"])
+    ckpt = tmp_path / "pix nite.safetensors"
+    ckpt.write_bytes(b"x")
+    assert load_preset("pixnite_sd15", [f"pretrained_model_name_or_path={ckpt}"]).kohya.pretrained_model_name_or_path == str(ckpt)
+
+
+def test_overrides_are_validated_like_the_file():
+    assert load_preset("sd15_576", ["network_dim=16", "sample.steps=20", "num_repeats=5"]).kohya.network_dim == 16
+    with pytest.raises(UserError) as e:
+        load_preset("sd15_512", ["network_dim=-3"])
+    assert str(e.value) == "sd15_512.toml with --set overrides: kohya.network_dim: Input should be greater than or equal to 1 (got -3)"
+    with pytest.raises(UserError, match="did you mean 'learning_rate'"):
+        load_preset("sd15_512", ["learnig_rate=1e-4"])
+    with pytest.raises(UserError, match="expected key=value"):
+        load_preset("sd15_512", ["network_dim"])
+    with pytest.raises(UserError, match="Input should be a valid number"):
+        load_preset("sd15_512", ["learning_rate=fast"])
+
+
+def test_unknown_key_in_a_file_gets_did_you_mean(tmp_path: Path):
+    text = (PRESETS_DIR / "sd15_576.toml").read_text().replace("network_dim = 32", "network_dimm = 32")
+    (tmp_path / "mine.toml").write_text(text)
+    with pytest.raises(UserError) as e:
+        load_preset(str(tmp_path / "mine.toml"))
+    assert "kohya.network_dimm: unknown key (did you mean 'network_dim'?)" in str(e.value)
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path):
+    text = (PRESETS_DIR / "sd15_576.toml").read_text().replace("network_dim = 32", "network_dim = 0").replace("max_train_epochs = 3", "max_train_epochs = -1")
+    (tmp_path / "two.toml").write_text(text)
+    with pytest.raises(UserError) as e:
+        load_preset(str(tmp_path / "two.toml"))
+    assert "kohya.network_dim" in str(e.value) and "kohya.max_train_epochs" in str(e.value)
+
+
+def test_uneven_resolution_needs_consent():
+    with pytest.raises(UserError, match="not a multiple of 24"):
+        load_preset("sd15_576", ["resolution=512"])
+    with pytest.raises(UserError, match="multiple of 8"):
+        load_preset("sd15_576", ["resolution=500", "allow_uneven_pixels=true"])
+
+
+def test_unknown_preset_suggests():
+    with pytest.raises(UserError, match="did you mean 'sd15_512'"):
+        load_preset("sd15_521")
+
+
+def test_every_field_is_documented():
+    rows = explain()
+    assert len(rows) > 40
+    missing = [key for key, _, _, doc in rows if not doc]
+    assert not missing, f"fields without a description: {missing}"
+
+
+def test_apply_overrides_does_not_touch_the_input():
+    data = {"kohya": {"network_dim": 32}}
+    out = apply_overrides(data, ["network_dim=8"])
+    assert data["kohya"]["network_dim"] == 32 and out["kohya"]["network_dim"] == 8

@@ -1,0 +1,128 @@
+"""Rendering: exact documented values, keys sd-scripts accepts, deterministic bytes, atomic output."""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bespoke_kohya.dataset import check_dataset
+from bespoke_kohya.errors import UserError
+from bespoke_kohya.presets import available_presets, load_preset
+from bespoke_kohya.render import create_run_dir, dataset_config, render, train_args
+
+DATA = Path(__file__).parent / "data"
+
+
+def _flat(sections: dict) -> dict:
+    return {k: v for section in sections.values() for k, v in section.items()}
+
+
+def test_sd15_512_renders_the_documented_values():
+    args = _flat(train_args(load_preset("sd15_512")))
+    documented = {
+        "pretrained_model_name_or_path": "runwayml/stable-diffusion-v1-5",
+        "resolution": "512,512",
+        "network_dim": 32,
+        "network_alpha": 16.0,
+        "max_train_epochs": 3,
+        "learning_rate": 1e-4,
+        "unet_lr": 1e-4,
+        "text_encoder_lr": 5e-5,
+        "lr_scheduler": "cosine_with_restarts",
+        "lr_scheduler_num_cycles": 3,
+        "optimizer_type": "AdamW",
+        "mixed_precision": "fp16",
+        "noise_offset": 0.1,
+        "min_snr_gamma": 5.0,
+        "save_every_n_epochs": 1,
+    }
+    assert {k: args[k] for k in documented} == documented
+    assert isinstance(args["network_alpha"], float) and isinstance(args["resolution"], str)
+
+
+def _names(path: Path) -> set[str]:
+    return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
+
+
+@pytest.mark.parametrize("name", [n for n in available_presets() if n != "pixel24"])
+def test_every_rendered_key_is_one_sd_scripts_accepts(name: str, tmp_path: Path):
+    ckpt = tmp_path / "base.safetensors"
+    ckpt.write_bytes(b"x")
+    preset = load_preset(name, [f"pretrained_model_name_or_path={ckpt}"] if name == "pixnite_sd15" else [], experimental=True)
+    accepted = _names(DATA / "sd_scripts_v0.10.1_args.txt")
+    if preset.family == "sdxl":
+        accepted |= _names(DATA / "sd_scripts_v0.10.1_sdxl_args.txt")
+    unknown = set(_flat(train_args(preset))) - accepted
+    assert not unknown, f"keys sd-scripts v0.10.1 would silently ignore: {unknown}"
+    keys = _names(DATA / "sd_scripts_v0.10.1_dataset_keys.txt")
+    cfg = dataset_config(preset)
+    used = {f"general.{k}" for k in cfg["general"]}
+    used |= {f"datasets.{k}" for k in cfg["datasets"][0] if k != "subsets"}
+    used |= {f"datasets.subsets.{k}" for k in cfg["datasets"][0]["subsets"][0]}
+    assert not used - keys, f"dataset keys sd-scripts v0.10.1 rejects: {used - keys}"
+
+
+def test_render_real_dataset(punks_dir: Path, tmp_path: Path):
+    out = tmp_path / "run with spaces"
+    rendered = render(load_preset("sd15_512"), check_dataset(punks_dir), out, run_id="r1")
+    train = tomllib.loads((out / "config" / "train.toml").read_text())
+    data = tomllib.loads((out / "config" / "dataset.toml").read_text())
+    assert train["training"]["resolution"] == "512,512"
+    sub = data["datasets"][0]["subsets"][0]
+    assert (sub["num_repeats"], sub["caption_extension"], sub["image_dir"]) == (10, ".txt", "data/10_bespoke_punk")
+    assert data["general"]["resize_interpolation"] == "nearest" and data["general"]["enable_bucket"] is False
+    images = sorted((out / "data" / "10_bespoke_punk").glob("*.png"))
+    assert len(images) == 184 == len(list((out / "data" / "10_bespoke_punk").glob("*.txt")))
+    assert {Image.open(p).size for p in images} == {(512, 512)}
+    assert (out / "config" / "sample_prompts.txt").read_text().count("--d ") == 16
+    assert rendered.run_dir == out.resolve()
+
+
+def test_render_is_deterministic(small_punks: Path, tmp_path: Path):
+    preset = load_preset("sd15_576")
+    report = check_dataset(small_punks)
+
+    def digest(folder: Path) -> dict[str, str]:
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    render(preset, report, tmp_path / "a", run_id="same")
+    render(preset, report, tmp_path / "b", run_id="same")
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+
+
+def test_prepared_images_downscale_back_to_the_originals(small_punks: Path, tmp_path: Path):
+    render(load_preset("sd15_576"), check_dataset(small_punks), tmp_path / "r", run_id="r")
+    for original in small_punks.glob("*.png"):
+        big = Image.open(tmp_path / "r" / "data" / "10_bespoke_punk" / original.name)
+        back = np.asarray(big.resize((24, 24), Image.NEAREST))
+        assert (back == np.asarray(Image.open(original).convert("RGB"))).all()
+
+
+def test_existing_output_is_never_overwritten(small_punks: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="already exists"):
+        render(load_preset("sd15_576"), check_dataset(small_punks), out, run_id="x")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_failure_leaves_nothing(tmp_path: Path):
+    def boom(tmp: Path):
+        (tmp / "half").write_text("written")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        create_run_dir(tmp_path / "run", boom)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_buckets_below_256_lower_min_bucket_reso():
+    preset = load_preset("sdxl_24_native", ["enable_bucket=true"], experimental=True)
+    general = dataset_config(preset)["general"]
+    assert general["min_bucket_reso"] <= 24 and general["max_bucket_reso"] == 24
