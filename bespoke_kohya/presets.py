@@ -20,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import UserError
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+# A checkout has presets/ beside the package; an installed wheel carries them inside it.
+_CHECKOUT_PRESETS = Path(__file__).resolve().parent.parent / "presets"
+PRESETS_DIR = _CHECKOUT_PRESETS if _CHECKOUT_PRESETS.is_dir() else Path(__file__).resolve().parent / "presets_data"
 ART_SIZE = 24  # Bespoke Punks are 24x24 art pixels
 
 
