@@ -12,6 +12,7 @@ DATASET ?=
 RUN ?=
 ARGS ?=
 SD_SCRIPTS_SRC ?=
+SD_SCRIPTS_TORCH ?=
 
 DATASET_ARG = $(if $(DATASET),--dataset "$(DATASET)",)
 
@@ -23,6 +24,8 @@ $(BIN)/bespoke-kohya: pyproject.toml constraints.txt
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install "$(TORCH_SPEC)"
 	$(BIN)/pip install -c constraints.txt -e '.[test]'
+	# Only for its CLIP BPE vocabulary (offline tokenizer); its own deps would pull a torchvision that breaks CPU torch.
+	$(BIN)/pip install --no-deps open-clip-torch==3.3.0
 	@touch $@
 
 # The README's test command; CI runs exactly this.
@@ -52,7 +55,7 @@ reproduce: setup
 	$(BIN)/bespoke-kohya reproduce --preset "$(if $(filter command line,$(origin PRESET)),$(PRESET),sd15_512)" $(DATASET_ARG) $(ARGS)
 
 vendor: setup
-	$(BIN)/python -m bespoke_kohya.vendor $(if $(SD_SCRIPTS_SRC),--source "$(SD_SCRIPTS_SRC)",)
+	$(BIN)/python -m bespoke_kohya.vendor $(if $(SD_SCRIPTS_SRC),--source "$(SD_SCRIPTS_SRC)",) $(if $(SD_SCRIPTS_TORCH),--torch "$(SD_SCRIPTS_TORCH)",)
 
 doctor: setup
 	$(BIN)/bespoke-kohya doctor

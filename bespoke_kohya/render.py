@@ -76,7 +76,8 @@ def train_args(preset: Preset, run_id: str = "") -> dict[str, dict[str, Any]]:
     }
     if k.save_state:
         saving["save_state"] = True
-    logging: dict[str, Any] = {"logging_dir": TENSORBOARD, "log_prefix": preset.name + "-"}
+    # console_log_simple: one plain line per log message instead of rich's wrapped boxes, so it parses.
+    logging: dict[str, Any] = {"logging_dir": TENSORBOARD, "log_prefix": preset.name + "-", "console_log_simple": True}
     if run_id:
         logging["training_comment"] = f"bespoke-kohya run {run_id} preset {preset.name}"
     return {"model": model, "network": network, "optimizer": optimizer, "training": training, "saving": saving, "logging": logging}

@@ -30,6 +30,7 @@ from .dataset import check_dataset
 from .errors import UserError
 from .presets import Preset, load_preset
 from .render import CHECKPOINTS, TENSORBOARD, render
+from .vendor import find_sd_scripts, tokenizer_cache_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNS_DIR = Path("runs")
@@ -216,8 +217,6 @@ def train(args: argparse.Namespace, console: Console, err_console: Console) -> i
         preset = load_preset(args.preset, overrides, experimental=args.experimental)
     sd = None
     if preset.engine == "kohya":
-        from .vendor import find_sd_scripts
-
         sd = find_sd_scripts(REPO_ROOT)
         if sd is None and not args.dry_run:
             raise UserError("kohya sd-scripts is not installed: run `make vendor` (or set SD_SCRIPTS_DIR and SD_SCRIPTS_PYTHON); `bespoke-kohya doctor` shows what was found")
@@ -253,11 +252,6 @@ def _kohya_command(preset: Preset, sd: Any, args: argparse.Namespace, resume_sta
     sd_dir = sd.path if sd else Path("<sd-scripts>")
     python = sd.python if sd else Path("<sd-scripts-python>")
     return build_command(preset, sd_dir, python, num_gpus=args.num_gpus, cpu=args.cpu, resume_state=resume_state, tokenizer_cache=tokenizer_cache_dir())
-
-
-def tokenizer_cache_dir() -> Path:
-    """Where sd-scripts finds (or stores) the CLIP tokenizers, shared by all runs."""
-    return Path(os.environ.get("BESPOKE_CACHE", Path.home() / ".cache" / "bespoke-kohya")) / "tokenizers"
 
 
 def _train_kohya(preset: Preset, run_dir: Path, record: dict[str, Any], sd: Any, args: argparse.Namespace, console: Console, err_console: Console) -> int:
@@ -328,25 +322,34 @@ def _finish_message(record: dict[str, Any], run_dir: Path, console: Console, err
 
 
 def resume(run_dir: Path, args: argparse.Namespace, console: Console, err_console: Console) -> int:
-    """Continue a kohya run from its newest saved state."""
-    record = read_run(run_dir)
-    if record.get("status") == "finished":
-        raise UserError(f"{run_dir}: this run already finished; start a new one instead")
-    preset = Preset.model_validate(record["resolved"])
-    if preset.engine != "kohya" or preset.kohya is None:
-        raise UserError(f"{run_dir}: resume is supported for kohya runs; pixel24 runs are short, start a new one")
-    states = sorted((run_dir / CHECKPOINTS).glob(f"{preset.kohya.output_name}-*-state"))
-    if not states:
-        raise UserError(f"{run_dir}: no saved state ({preset.kohya.output_name}-NNNNNN-state) to resume from; sd-scripts writes one with each checkpoint when save_state is on")
-    from .vendor import find_sd_scripts
+    """Train an existing run: start a rendered one, continue an interrupted or failed one, leave a finished one.
 
+    Safe to repeat (a rented GPU box that lost its SSH session): finished work is kept.
+    """
+    run_dir = run_dir.resolve()
+    record = read_run(run_dir)
+    status = record.get("status")
+    if status == "finished":
+        console.print(f"{run_dir}: training already finished ({len(record.get('epochs', {}))} epochs); nothing to do")
+        return 0
+    preset = Preset.model_validate(record["resolved"])
+    if preset.engine == "pixel24":
+        prepared = next((run_dir / "data").iterdir())
+        return _train_pixel24(preset, prepared, run_dir, record, args, console, err_console)
+    assert preset.kohya is not None
     sd = find_sd_scripts(REPO_ROOT)
     if sd is None:
-        raise UserError("kohya sd-scripts is not installed: run `make vendor`")
-    command = _kohya_command(preset, sd, args, resume_state=f"{CHECKPOINTS}/{states[-1].name}")
-    record.setdefault("resumed", []).append({"from": states[-1].name, "at": now_iso()})
-    record["command"] = command
-    return _launch(preset, run_dir.resolve(), record, command, sd, console, err_console)
+        raise UserError("kohya sd-scripts is not installed: run `make vendor` (or set SD_SCRIPTS_DIR and SD_SCRIPTS_PYTHON)")
+    states = sorted((run_dir / CHECKPOINTS).glob(f"{preset.kohya.output_name}-*-state"))
+    state = f"{CHECKPOINTS}/{states[-1].name}" if states and status not in ("rendered", "dry-run") else None
+    command = _kohya_command(preset, sd, args, resume_state=state)
+    if state:
+        record.setdefault("resumed", []).append({"from": state, "at": now_iso()})
+    record.update(command=command, cwd=str(run_dir), sd_scripts=sd.to_dict())
+    if args.dry_run:
+        console.print(" ".join(_quote(c) for c in command), soft_wrap=True, markup=False)
+        return 0
+    return _launch(preset, run_dir, record, command, sd, console, err_console)
 
 
 def _train_pixel24(preset: Preset, dataset_dir: Path, run_dir: Path, record: dict[str, Any], args: argparse.Namespace, console: Console, err_console: Console) -> int:

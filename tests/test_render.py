@@ -54,9 +54,7 @@ def test_every_rendered_key_is_one_sd_scripts_accepts(name: str, tmp_path: Path)
     ckpt = tmp_path / "base.safetensors"
     ckpt.write_bytes(b"x")
     preset = load_preset(name, [f"pretrained_model_name_or_path={ckpt}"] if name == "pixnite_sd15" else [], experimental=True)
-    accepted = _names(DATA / "sd_scripts_v0.10.1_args.txt")
-    if preset.family == "sdxl":
-        accepted |= _names(DATA / "sd_scripts_v0.10.1_sdxl_args.txt")
+    accepted = _names(DATA / ("sd_scripts_v0.10.1_sdxl_args.txt" if preset.family == "sdxl" else "sd_scripts_v0.10.1_args.txt"))
     unknown = set(_flat(train_args(preset))) - accepted
     assert not unknown, f"keys sd-scripts v0.10.1 would silently ignore: {unknown}"
     keys = _names(DATA / "sd_scripts_v0.10.1_dataset_keys.txt")
