@@ -1,0 +1,447 @@
+"""The diffusers sampler on a tiny random-weight SD1.5 built here and real kohya-format LoRAs.
+
+What is proved: a LoRA changes the output and every one of its modules lands on a
+layer; removing it restores the base output bit for bit; a seed reproduces exactly
+and different seeds differ; each epoch is drawn the same way whatever was sampled
+before it; the files and samples.json are complete and merge across calls; bad
+inputs (missing, corrupt, mismatched LoRAs, bad bases, bad devices) are one clear
+UserError naming the file, and leave nothing half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from bespoke_kohya import sample
+from bespoke_kohya.errors import UserError
+from bespoke_kohya.postprocess import PostprocessOptions, postprocess
+from bespoke_kohya.presets import Preset, SampleSettings
+from bespoke_kohya.sample import SampleJob
+
+from tiny_sd import build_tiny_sd15, kohya_lora_state_dict, kohya_metadata, write_kohya_lora
+
+SIZE = (64, 64)
+PROMPTS = [
+    "pixel art, 24x24, portrait of bespoke punk lad, green solid background, black hair",
+    "pixel art, 24x24, portrait of bespoke punk lady, blonde hair, purple background",
+]
+NEGATIVE = "blurry, gradient"
+
+
+def tiny_preset(base: Path | str, family: str = "sd15", **sample_over: object) -> Preset:
+    """A kohya preset whose base is the tiny model, sampling 64×64 in 2 steps."""
+    sample_table = {"steps": 2, "guidance_scale": 7.5, "scheduler": "euler_a", "width": 64, "height": 64,
+                    "seeds": [1, 2], "postprocess": "nearest", "palette_max_delta_e": None, **sample_over}
+    return Preset.model_validate({
+        "name": "tiny", "description": "tiny random SD1.5", "engine": "kohya", "family": family,
+        "kohya": {"pretrained_model_name_or_path": str(base), "resolution": 64, "output_name": "bespoke"},
+        "sample": sample_table,
+    })
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: the tiny model gains nothing from two, and on a shared CPU two
+    threads that wait on each other made each call 3-10× slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny base folder and a run folder holding two epoch LoRAs for it."""
+    root = tmp_path_factory.mktemp("tiny_sd")
+    base = build_tiny_sd15(root / "base")
+    run = root / "run"
+    ckpt = run / "checkpoints"
+    return {
+        "base": base,
+        "run": run,
+        "lora1": write_kohya_lora(base, ckpt / "bespoke-000001.safetensors", seed=1, epoch=1),
+        "lora2": write_kohya_lora(base, ckpt / "bespoke.safetensors", seed=2, epoch=2),
+    }
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny: dict[str, Path]):
+    """The tiny base, loaded once through the sampler's own loader (as a local diffusers folder)."""
+    p = sample.load_base(tiny_preset(tiny["base"]), device="cpu")
+    p.scheduler = sample.scheduler_for("euler_a", p.scheduler.config)
+    return p
+
+
+SETTINGS = SampleSettings(steps=2, guidance_scale=7.5, scheduler="euler_a", seeds=[1, 2], postprocess="nearest", palette_max_delta_e=None)
+
+
+def draw(pipe, seed: int = 1, prompt: str = PROMPTS[0]) -> np.ndarray:
+    return np.asarray(sample.generate(pipe, prompt, seed, SETTINGS, SIZE, NEGATIVE))
+
+
+# ------------------------------------------------------------------ apply / remove / seeds
+
+
+def test_lora_changes_output_and_removing_it_restores_the_base_exactly(pipe, tiny) -> None:
+    before = draw(pipe)
+    tensors, _ = sample.read_lora(tiny["lora1"])
+    expected_modules = len(sample.lora_module_names(tensors))
+    with sample.lora_applied(pipe, tiny["lora1"]) as metadata:
+        # Every kohya module (U-Net and text encoder) found its layer: none silently dropped.
+        assert sample._adapted_modules(pipe, sample.ADAPTER) == expected_modules
+        assert expected_modules > 40 and any(n.startswith("lora_te_") for n in sample.lora_module_names(tensors))
+        with_lora = draw(pipe)
+    assert metadata["ss_epoch"] == "1" and metadata["ss_network_dim"] == "4"
+    assert sample._adapted_modules(pipe, sample.ADAPTER) == 0
+    after = draw(pipe)
+    diff = np.abs(with_lora.astype(int) - before.astype(int))
+    assert diff.mean() > 5, f"the LoRA barely changed the image (mean |diff| {diff.mean():.2f})"
+    assert np.array_equal(after, before), "unloading the LoRA did not restore the base output exactly"
+
+
+def test_text_encoder_part_of_the_lora_is_applied_too(pipe, tiny, tmp_path: Path) -> None:
+    # A LoRA with only its lora_te_* modules must still change the prompt embedding.
+    tensors = {k: v for k, v in kohya_lora_state_dict(tiny["base"], seed=3).items() if k.startswith("lora_te_")}
+    path = tmp_path / "te-only.safetensors"
+    save_file(tensors, str(path), metadata=kohya_metadata(4, 2.0, 1))
+    ids = pipe.tokenizer(PROMPTS[0], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        base_emb = pipe.text_encoder(ids)[0]
+        with sample.lora_applied(pipe, path):
+            lora_emb = pipe.text_encoder(ids)[0]
+        restored = pipe.text_encoder(ids)[0]
+    assert (lora_emb - base_emb).abs().max() > 1e-2
+    assert torch.equal(restored, base_emb)
+
+
+def test_same_seed_is_bit_exact_and_other_seeds_differ(pipe) -> None:
+    a, b, c = draw(pipe, 1), draw(pipe, 1), draw(pipe, 2)
+    assert np.array_equal(a, b)
+    assert (a != c).mean() > 0.5, "seeds 1 and 2 gave (nearly) the same image"
+
+
+def test_one_sampling_call_is_fast(pipe) -> None:
+    start = time.perf_counter()
+    draw(pipe, 7)
+    seconds = time.perf_counter() - start
+    print(f"one 64x64, 2-step tiny sampling call: {seconds:.3f} s")
+    assert seconds < 10
+
+
+# ------------------------------------------------------------------ sample_epochs: files and samples.json
+
+
+@pytest.mark.slow
+def test_sample_epochs_writes_every_file_and_records_them(pipe, tiny, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    lora = run / "checkpoints" / "bespoke-000001.safetensors"
+    lora.write_bytes(tiny["lora1"].read_bytes())
+    options = PostprocessOptions(method="grid")
+    jobs = [SampleJob(0, None), SampleJob(1, lora)]
+    doc = sample.sample_epochs(pipe, jobs, PROMPTS, [1, 2], SETTINGS, run / "samples", size=SIZE,
+                               negative_prompt=NEGATIVE, postprocess_options=options, progress=False)
+
+    on_disk = json.loads((run / "samples" / "samples.json").read_text(encoding="utf-8"))
+    assert on_disk == doc
+    assert doc["version"] == 1 and doc["seeds"] == [1, 2]
+    assert doc["prompts"] == [{"id": "p01", "prompt": PROMPTS[0]}, {"id": "p02", "prompt": PROMPTS[1]}]
+    s = doc["settings"]
+    assert (s["steps"], s["guidance_scale"], s["scheduler"], s["width"], s["height"]) == (2, 7.5, "euler_a", 64, 64)
+    assert s["negative_prompt"] == NEGATIVE and s["device"] == "cpu" and s["dtype"] == "float32"
+    assert s["postprocess_options"]["method"] == "grid" and s["base"] == str(tiny["base"])
+    assert list(doc["epochs"]) == ["0", "1"]
+    e0, e1 = doc["epochs"]["0"], doc["epochs"]["1"]
+    assert e0["base_only"] and e0["checkpoint"] is None and e0["sha256"] is None
+    assert e1["checkpoint"] == "checkpoints/bespoke-000001.safetensors"
+    assert e1["sha256"] == hashlib.sha256(lora.read_bytes()).hexdigest() == sample.lora_sha256(lora)
+    assert e1["lora_metadata"]["ss_epoch"] == "1"
+    assert e0["suite_id"] == e1["suite_id"] == doc["suite_id"]
+
+    for epoch, entry in doc["epochs"].items():
+        assert [(i["prompt_id"], i["seed"]) for i in entry["images"]] == [("p01", 1), ("p01", 2), ("p02", 1), ("p02", 2)]
+        for img in entry["images"]:
+            assert img["full"] == f"samples/epoch-{int(epoch):03d}/{img['prompt_id']}-s{img['seed']}.png"
+            full, art, preview = (Image.open(run / img[k]) for k in ("full", "art", "preview"))
+            assert full.size == SIZE and art.size == (24, 24) and preview.size == (192, 192)
+            # The 24x24 file is the post-processor's result and the preview its exact x8 enlargement.
+            expected_art, grid = postprocess(full.convert("RGB"), options)
+            assert np.array_equal(np.asarray(art.convert("RGB")), np.asarray(expected_art))
+            assert np.array_equal(np.asarray(preview.convert("RGB")), np.asarray(expected_art).repeat(8, 0).repeat(8, 1))
+            assert img["grid"] == grid.to_dict()
+    # Epoch 0 is the base alone: the same pixels the pipeline draws without any LoRA.
+    first = run / e0["images"][0]["full"]
+    assert np.array_equal(np.asarray(Image.open(first).convert("RGB")), draw(pipe, 1, PROMPTS[0]))
+    # The LoRA epoch differs from the base on the same prompt and seed.
+    lora_full = np.asarray(Image.open(run / e1["images"][0]["full"]).convert("RGB"))
+    assert np.abs(lora_full.astype(int) - draw(pipe, 1, PROMPTS[0]).astype(int)).mean() > 5
+    # No staging folders or temporary files are left behind.
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch-000", "epoch-001", "samples.json"]
+    assert not [p for p in (run / "samples").rglob(".*")]
+
+
+def test_an_epoch_looks_the_same_whatever_was_sampled_before_it(pipe, tiny, tmp_path: Path) -> None:
+    opts = PostprocessOptions(method="nearest")
+    kw = dict(size=SIZE, negative_prompt=NEGATIVE, postprocess_options=opts, progress=False)
+    both = sample.sample_epochs(pipe, [SampleJob(1, tiny["lora1"]), SampleJob(2, tiny["lora2"])], PROMPTS[:1], [1], SETTINGS, tmp_path / "a" / "samples", **kw)
+    alone = sample.sample_epochs(pipe, [SampleJob(2, tiny["lora2"])], PROMPTS[:1], [1], SETTINGS, tmp_path / "b" / "samples", **{**kw, "progress": True})
+    read = lambda root, doc, e: np.asarray(Image.open(root / doc["epochs"][e]["images"][0]["full"]))  # noqa: E731
+    e1, e2_after_e1 = read(tmp_path / "a", both, "1"), read(tmp_path / "a", both, "2")
+    e2_alone = read(tmp_path / "b", alone, "2")
+    assert np.array_equal(e2_after_e1, e2_alone), "epoch 1's LoRA leaked into epoch 2"
+    assert np.abs(e1.astype(int) - e2_alone.astype(int)).mean() > 5, "two different LoRAs drew the same image"
+
+
+def test_samples_json_accumulates_and_resampling_replaces_an_epoch(pipe, tiny, tmp_path: Path) -> None:
+    out = tmp_path / "run" / "samples"
+    kw = dict(size=SIZE, negative_prompt=NEGATIVE, postprocess_options=PostprocessOptions(method="nearest"), progress=False)
+    sample.sample_epochs(pipe, [SampleJob(2, tiny["lora2"])], PROMPTS[:1], [1, 2], SETTINGS, out, **kw)
+    doc = sample.sample_epochs(pipe, [SampleJob(1, tiny["lora1"])], PROMPTS[:1], [1, 2], SETTINGS, out, **kw)
+    assert list(doc["epochs"]) == ["1", "2"]  # sorted numerically, both kept
+    assert json.loads((out / "samples.json").read_text(encoding="utf-8"))["epochs"].keys() == {"1", "2"}
+    # A LoRA outside the run folder is recorded by its absolute path.
+    assert doc["epochs"]["2"]["checkpoint"] == str(tiny["lora2"].resolve())
+    # Re-sampling epoch 1 with one seed replaces its folder: no stale seed-2 file remains.
+    doc = sample.sample_epochs(pipe, [SampleJob(1, tiny["lora1"])], PROMPTS[:1], [1], SETTINGS, out, **kw)
+    assert sorted(p.name for p in (out / "epoch-001").iterdir()) == ["p01-s1.24.png", "p01-s1.png", "p01-s1.x8.png"]
+    assert len(doc["epochs"]["1"]["images"]) == 1 and len(doc["epochs"]["2"]["images"]) == 2
+    # Epoch 2 was drawn with another seed list: its suite id tells the report it is not comparable.
+    assert doc["epochs"]["1"]["suite_id"] == doc["suite_id"] != doc["epochs"]["2"]["suite_id"]
+
+
+def test_a_failure_mid_epoch_keeps_the_previous_samples_intact(pipe, tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run" / "samples"
+    kw = dict(size=SIZE, negative_prompt=NEGATIVE, postprocess_options=PostprocessOptions(method="nearest"), progress=False)
+    sample.sample_epochs(pipe, [SampleJob(1, tiny["lora1"])], PROMPTS[:1], [1, 2], SETTINGS, out, **kw)
+    before_json = (out / "samples.json").read_bytes()
+    before_files = {p.name: p.read_bytes() for p in (out / "epoch-001").iterdir()}
+    real_generate, calls = sample.generate, []
+
+    def failing_generate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second image of the re-run: one image of it is already on disk
+            raise KeyboardInterrupt
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(sample, "generate", failing_generate)
+    with pytest.raises(KeyboardInterrupt):
+        sample.sample_epochs(pipe, [SampleJob(1, tiny["lora2"])], PROMPTS[:1], [1, 2], SETTINGS, out, **kw)
+    assert (out / "samples.json").read_bytes() == before_json
+    assert {p.name: p.read_bytes() for p in (out / "epoch-001").iterdir()} == before_files
+    assert sorted(p.name for p in out.iterdir()) == ["epoch-001", "samples.json"], "a staging folder was left behind"
+    assert sample._adapted_modules(pipe, sample.ADAPTER) == 0, "the interrupted epoch's LoRA stayed applied"
+
+
+def test_prompt_ids_are_zero_padded_in_suite_order() -> None:
+    assert sample.prompt_ids(["a", "b"]) == ["p01", "p02"]
+    assert sample.prompt_ids(["x"] * 120)[-1] == "p120" and sample.prompt_ids(["x"] * 120)[0] == "p001"
+
+
+# ------------------------------------------------------------------ bad LoRAs
+
+
+@pytest.mark.parametrize("damage", ["random-bytes", "truncated", "empty", "not-a-lora", "wrong-suffix"])
+def test_damaged_lora_is_a_user_error_naming_the_file_and_writes_nothing(pipe, tiny, tmp_path: Path, damage: str) -> None:
+    path = tmp_path / ("bespoke-000003.ckpt" if damage == "wrong-suffix" else "bespoke-000003.safetensors")
+    good = tiny["lora1"].read_bytes()
+    if damage == "random-bytes":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    elif damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "not-a-lora":
+        save_file({"model.diffusion_model.weight": torch.zeros(2, 2)}, str(path))
+    else:
+        path.write_bytes(good)
+    out = tmp_path / "run" / "samples"
+    with pytest.raises(UserError) as err:
+        sample.sample_epochs(pipe, [SampleJob(0, None), SampleJob(3, path)], PROMPTS[:1], [1], SETTINGS, out, size=SIZE,
+                             negative_prompt=NEGATIVE, postprocess_options=PostprocessOptions(method="nearest"), progress=False)
+    assert str(path) in str(err.value)
+    assert not out.exists(), "a refused LoRA must be found before anything is drawn or written"
+
+
+def test_missing_lora_is_a_user_error_naming_the_file(pipe, tmp_path: Path) -> None:
+    missing = tmp_path / "checkpoints" / "bespoke-000009.safetensors"
+    with pytest.raises(UserError, match="not found") as err:
+        sample.sample_epochs(pipe, [SampleJob(9, missing)], PROMPTS[:1], [1], SETTINGS, tmp_path / "samples", size=SIZE,
+                             negative_prompt=NEGATIVE, postprocess_options=PostprocessOptions(), progress=False)
+    assert str(missing) in str(err.value)
+    with pytest.raises(UserError, match="not found"):
+        sample.lora_sha256(missing)
+
+
+@pytest.mark.parametrize("mismatch", ["extra-module", "sdxl-text-encoder", "wrong-shape"])
+def test_lora_for_another_model_is_refused_not_half_applied(pipe, tiny, tmp_path: Path, mismatch: str) -> None:
+    tensors = kohya_lora_state_dict(tiny["base"], seed=4)
+    if mismatch == "extra-module":  # a layer this base does not have: diffusers would only warn
+        for tail in ("lora_down.weight", "lora_up.weight", "alpha"):
+            tensors[f"lora_unet_down_blocks_7_attentions_0_proj_in.{tail}"] = tensors[f"lora_unet_down_blocks_0_attentions_0_proj_in.{tail}"].clone()
+    elif mismatch == "sdxl-text-encoder":  # SDXL's second text encoder: dropped by an SD1.5 pipeline
+        tensors = {k.replace("lora_te_", "lora_te2_"): v for k, v in tensors.items()}
+    else:
+        key = "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"
+        tensors[key] = torch.zeros(4, 48, 1, 1, dtype=torch.float16)
+    path = tmp_path / f"{mismatch}.safetensors"
+    save_file(tensors, str(path), metadata=kohya_metadata(4, 2.0, 1))
+    before = draw(pipe)
+    with pytest.raises(UserError) as err:
+        sample.apply_lora(pipe, path)
+    assert str(path) in str(err.value)
+    assert ("of its" in str(err.value)) if mismatch != "wrong-shape" else ("does not fit" in str(err.value))
+    assert sample._adapted_modules(pipe, sample.ADAPTER) == 0
+    assert np.array_equal(draw(pipe), before), "a refused LoRA left layers behind"
+
+
+# ------------------------------------------------------------------ base models and devices
+
+
+def test_resolve_device() -> None:
+    if torch.cuda.is_available():
+        assert sample.resolve_device(None) == ("cuda", torch.float16)
+    elif not torch.backends.mps.is_available():
+        assert sample.resolve_device(None) == ("cpu", torch.float32)
+    assert sample.resolve_device("CPU") == ("cpu", torch.float32)
+    with pytest.raises(UserError, match="'gpu'"):
+        sample.resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            sample.resolve_device("cuda:0")
+
+
+def test_base_errors_name_the_path_and_the_fix(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "nowhere" / "model.safetensors"
+    with pytest.raises(UserError, match="no such file") as err:
+        sample.load_base(tiny_preset(missing), device="cpu")
+    assert str(missing) in str(err.value)
+
+    ckpt = tmp_path / "pixnite.ckpt"
+    ckpt.write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(UserError, match=r"\.safetensors only"):
+        sample.load_base(tiny_preset(ckpt), device="cpu")
+
+    corrupt = tmp_path / "pixnite.safetensors"
+    corrupt.write_bytes(b"\x00" * 64)
+    with pytest.raises(UserError, match="could not load this single-file checkpoint") as err:
+        sample.load_base(tiny_preset(corrupt), device="cpu")
+    assert str(corrupt) in str(err.value)
+
+    empty_dir = tmp_path / "not-a-model"
+    empty_dir.mkdir()
+    with pytest.raises(UserError, match="no model_index.json"):
+        sample.load_base(tiny_preset(empty_dir), device="cpu")
+
+    with pytest.raises(UserError, match="family is sdxl"):
+        sample.load_base(tiny_preset(tiny["base"], family="sdxl"), device="cpu")
+
+    with pytest.raises(UserError, match="is empty"):
+        sample.load_base(tiny_preset(""), device="cpu")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError) as err:
+        sample.load_base(tiny_preset("bespoke-test/no-such-model-cached"), device="cpu")
+    assert "'bespoke-test/no-such-model-cached'" in str(err.value) and "HF_HUB_OFFLINE" in str(err.value)
+    assert "hf download bespoke-test/no-such-model-cached" in str(err.value) and "--base" in str(err.value)
+
+
+def test_pixel24_runs_are_not_sampled_here() -> None:
+    preset = Preset.model_validate({"name": "p", "description": "d", "engine": "pixel24", "pixel24": {}})
+    with pytest.raises(UserError, match="pixel24 engine"):
+        sample.load_base(preset, device="cpu")
+
+
+def test_scheduler_choice_changes_the_image_and_is_checked(pipe) -> None:
+    original = pipe.scheduler
+    try:
+        a = draw(pipe)
+        pipe.scheduler = sample.scheduler_for("ddim", original.config)
+        assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+        assert not np.array_equal(draw(pipe), a)
+        dpm = sample.scheduler_for("dpmsolver++", original.config)
+        assert dpm.config.algorithm_type == "dpmsolver++"
+    finally:
+        pipe.scheduler = original
+    with pytest.raises(UserError, match="'lms'"):
+        sample.scheduler_for("lms", original.config)
+
+
+def test_bad_suite_is_refused_before_sampling(pipe, tmp_path: Path) -> None:
+    kw = dict(negative_prompt="", postprocess_options=PostprocessOptions(), progress=False)
+    with pytest.raises(UserError, match="seeds repeat"):
+        sample.sample_epochs(pipe, [SampleJob(0, None)], PROMPTS, [1, 1], SETTINGS, tmp_path, size=SIZE, **kw)
+    with pytest.raises(UserError, match="multiples of 2"):
+        sample.sample_epochs(pipe, [SampleJob(0, None)], PROMPTS, [1], SETTINGS, tmp_path, size=(65, 64), **kw)
+    with pytest.raises(UserError, match="listed twice"):
+        sample.sample_epochs(pipe, [SampleJob(0, None), SampleJob(0, None)], PROMPTS, [1], SETTINGS, tmp_path, size=SIZE, **kw)
+    assert not (tmp_path / "samples.json").exists()
+
+
+def test_clip_skip_follows_kohya_numbering(tiny) -> None:
+    preset = tiny_preset(tiny["base"])
+    assert sample.kohya_clip_skip_to_diffusers(preset) is None
+    preset.kohya.clip_skip = 2  # kohya: penultimate layer = diffusers clip_skip 1
+    assert sample.kohya_clip_skip_to_diffusers(preset) == 1
+    sdxl = tiny_preset(tiny["base"], family="sdxl")
+    sdxl.kohya.clip_skip = 2
+    assert sample.kohya_clip_skip_to_diffusers(sdxl) is None
+
+
+# ------------------------------------------------------------------ a whole run
+
+
+def write_run(run: Path, base: Path, dataset: Path, epochs: dict[str, str], palette: float | None) -> None:
+    preset = tiny_preset(base, palette_max_delta_e=palette, seeds=[5], postprocess="grid")
+    preset.sample.prompts = ["lad, green solid background, black hair"]
+    record = {"preset": "tiny", "engine": "kohya", "resolved": preset.model_dump(mode="json"), "status": "finished",
+              "dataset": {"path": str(dataset)}, "epochs": epochs}
+    (run / "run.json").write_text(json.dumps(record), encoding="utf-8")
+
+
+def test_sample_run_on_a_run_folder_snaps_to_the_real_training_palette(tiny, tmp_path: Path, punks_dir: Path) -> None:
+    from bespoke_kohya.postprocess import dataset_palette
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "bespoke-000001.safetensors").write_bytes(tiny["lora1"].read_bytes())
+    write_run(run, tiny["base"], punks_dir, {"1": "checkpoints/bespoke-000001.safetensors"}, palette=50.0)
+    doc = sample.sample_run(run, device="cpu", include_base=True, progress=False)
+    assert list(doc["epochs"]) == ["0", "1"]
+    assert doc["prompts"][0]["prompt"].startswith("pixel art, 24x24, portrait of bespoke punk lad, green")
+    palette = {tuple(c) for c in dataset_palette(punks_dir)}
+    assert doc["settings"]["postprocess_options"]["palette"]["colours"] == len(palette)
+    art = np.asarray(Image.open(run / doc["epochs"]["1"]["images"][0]["art"]).convert("RGB")).reshape(-1, 3)
+    # With a ΔE 50 snapping radius nearly every colour of the random model's render lands on a training colour.
+    on_palette = np.mean([tuple(c) in palette for c in art])
+    assert on_palette > 0.9, f"only {on_palette:.2f} of pixels were snapped to the training palette"
+
+
+def test_sample_run_refuses_unknown_epochs_and_missing_palette_data(tiny, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    write_run(run, tiny["base"], tmp_path / "gone", {"1": "checkpoints/bespoke-000001.safetensors"}, palette=4.0)
+    with pytest.raises(UserError, match=r"--epochs: 4 not in .*recorded epochs: 1"):
+        sample.sample_run(run, epochs=[4], device="cpu", progress=False)
+    with pytest.raises(UserError, match="palette_max_delta_e = 4.0") as err:
+        sample.sample_run(run, device="cpu", progress=False)
+    assert str(tmp_path / "gone") in str(err.value)
+
+
+def test_prompts_file(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.txt"
+    path.write_text("# my suite\npixel art, lad\n\n  pixel art, lady  \n", encoding="utf-8")
+    assert sample.read_prompts_file(path) == ["pixel art, lad", "pixel art, lady"]
+    path.write_text("# only a comment\n", encoding="utf-8")
+    with pytest.raises(UserError, match="no prompts"):
+        sample.read_prompts_file(path)
+    with pytest.raises(UserError, match="not found"):
+        sample.read_prompts_file(tmp_path / "nope.txt")
