@@ -14,15 +14,19 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable, Iterator
 
 from .presets import Preset
 
 EPOCH_RE = re.compile(r"^\s*epoch (\d+)/(\d+)\s*$")
+# Printed once before training: max_train_steps = epochs × optimizer steps per epoch, exactly.
+PLAN_RE = re.compile(r"override steps\. steps for (\d+) epochs is .*?:\s*(\d+)\s*$")
 CHECKPOINT_RE = re.compile(r"saving checkpoint: (.+?\.safetensors)\s*$")
 STEPS_RE = re.compile(r"steps:\s+\d+%\|.*?\|\s*(\d+)/(\d+)\s*\[([^\]]*)\]")
 POSTFIX_RE = re.compile(r"(\w+)=([-+0-9.eEnaif]+)")
@@ -39,7 +43,7 @@ FAILURE_PATTERNS = [
 class Event:
     """One thing parsed from sd-scripts' output."""
 
-    kind: str  # "epoch" | "step" | "checkpoint" | "failure"
+    kind: str  # "epoch" | "plan" | "step" | "checkpoint" | "failure"
     data: dict = field(default_factory=dict)
 
 
@@ -47,6 +51,8 @@ def parse_line(line: str) -> Event | None:
     """Parse one line (or one carriage-return segment) of sd-scripts' output."""
     if m := EPOCH_RE.match(line):
         return Event("epoch", {"epoch": int(m.group(1)), "epochs": int(m.group(2))})
+    if m := PLAN_RE.search(line):
+        return Event("plan", {"epochs": int(m.group(1)), "total_steps": int(m.group(2))})
     if m := CHECKPOINT_RE.search(line):
         return Event("checkpoint", {"path": m.group(1).strip()})
     if m := STEPS_RE.search(line):
@@ -127,20 +133,130 @@ class RunResult:
     tail: list[str]
     checkpoints: list[str]
     steps: list[dict]
+    steps_per_epoch: int | None = None
+
+    def epoch_of(self, step: int) -> int | None:
+        """The 1-based epoch a global optimizer step belongs to (None when sd-scripts did not print its plan)."""
+        return -(-step // self.steps_per_epoch) if self.steps_per_epoch else None
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group still exists (signal 0 only checks)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member we may not signal still exists
+        return True
+    return True
+
+
+def _wait_group(proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for the leader and then every other member of its group to exit."""
+    deadline = time.monotonic() + timeout
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    # The leader (accelerate's launcher) can exit before the training process it started
+    # and that process's data-loader workers: wait for the group, not just the leader.
+    while _group_alive(proc.pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """Terminate the child's whole process group, then kill what is left after ``grace`` seconds."""
+    """Terminate the child's whole process group, then kill what is left after ``grace`` seconds.
+
+    A second Ctrl-C while waiting skips the rest of the grace period and kills at once.
+    """
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
+            proc.poll()
             return
         try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
+            if _wait_group(proc, wait):
+                return
+        except KeyboardInterrupt:
             continue
+
+
+@contextmanager
+def _termination_as_interrupt() -> Iterator[None]:
+    """While the child runs, SIGTERM and SIGHUP (a closed SSH session, `kill`, a job scheduler) act
+    like Ctrl-C, so the child's group is stopped and the run recorded, not left training alone.
+
+    Signals someone chose to ignore (nohup) stay ignored; outside the main thread nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    saved = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            saved[sig] = signal.signal(sig, _raise)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class _Parsed:
+    """What the output said so far (filled line by line while the child runs)."""
+
+    tail: deque
+    checkpoints: list[str] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+    failure: str | None = None
+    epoch: int = 0
+    steps_per_epoch: int | None = None
+
+    def feed(self, line: str) -> Event | None:
+        """Record one output line; returns its event, if it is one."""
+        if not line.lstrip().startswith("steps:"):
+            self.tail.append(line)
+        event = parse_line(line)
+        if event is None:
+            return None
+        if event.kind == "epoch":
+            self.epoch = event.data["epoch"]
+        elif event.kind == "plan" and event.data["epochs"]:
+            self.steps_per_epoch = event.data["total_steps"] // event.data["epochs"]
+        elif event.kind == "checkpoint":
+            self.checkpoints.append(event.data["path"])
+        elif event.kind == "step":
+            event.data.setdefault("epoch", self.epoch)
+            if not self.steps or self.steps[-1]["step"] != event.data["step"]:
+                self.steps.append(event.data)
+        elif event.kind == "failure" and self.failure is None:
+            self.failure = event.data["cause"]
+        return event
+
+
+def _pump(proc: subprocess.Popen, log: BinaryIO, parsed: _Parsed, on_event: Callable[[Event], None] | None) -> None:
+    """Copy the child's output to the log as it comes and parse it, until the child closes it."""
+    assert proc.stdout is not None
+    buffer = b""
+    while chunk := proc.stdout.read1(65536):
+        log.write(chunk)
+        log.flush()
+        buffer += chunk
+        # tqdm redraws with carriage returns: each redraw is a line of its own.
+        *segments, buffer = re.split(rb"[\r\n]", buffer)
+        for raw in segments:
+            line = raw.decode("utf-8", "replace")
+            if line.strip() and (event := parsed.feed(line)) is not None and on_event:
+                on_event(event)
 
 
 def run_streaming(
@@ -154,11 +270,7 @@ def run_streaming(
 ) -> RunResult:
     """Run ``command``, tee its merged output to ``log_path``, parse events; Ctrl-C stops the whole group."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    tail: deque[str] = deque(maxlen=tail_lines)
-    checkpoints: list[str] = []
-    steps: list[dict] = []
-    failure: str | None = None
-    epoch = 0
+    parsed = _Parsed(tail=deque(maxlen=tail_lines))
     interrupted = False
     with open(log_path, "ab") as log:
         log.write(f"$ {' '.join(command)}\n# cwd: {cwd}\n# started {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
@@ -166,36 +278,10 @@ def run_streaming(
         proc = subprocess.Popen(
             command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
         )
-        assert proc.stdout is not None
-        buffer = b""
         try:
-            while chunk := proc.stdout.read1(65536):
-                log.write(chunk)
-                log.flush()
-                buffer += chunk
-                *segments, buffer = re.split(rb"[\r\n]", buffer)
-                for raw in segments:
-                    line = raw.decode("utf-8", "replace")
-                    if not line.strip():
-                        continue
-                    if not line.lstrip().startswith("steps:"):
-                        tail.append(line)
-                    event = parse_line(line)
-                    if event is None:
-                        continue
-                    if event.kind == "epoch":
-                        epoch = event.data["epoch"]
-                    elif event.kind == "checkpoint":
-                        checkpoints.append(event.data["path"])
-                    elif event.kind == "step":
-                        event.data.setdefault("epoch", epoch)
-                        if not steps or steps[-1]["step"] != event.data["step"]:
-                            steps.append(event.data)
-                    elif event.kind == "failure" and failure is None:
-                        failure = event.data["cause"]
-                    if on_event:
-                        on_event(event)
-            proc.wait()
+            with _termination_as_interrupt():
+                _pump(proc, log, parsed, on_event)
+                proc.wait()
         except KeyboardInterrupt:
             interrupted = True
             stop_group(proc)
@@ -203,4 +289,7 @@ def run_streaming(
             if proc.poll() is None:
                 stop_group(proc)
             log.write(f"\n# ended {time.strftime('%Y-%m-%d %H:%M:%S')} with exit status {proc.returncode}\n".encode())
-    return RunResult(proc.returncode if proc.returncode is not None else -1, interrupted, failure, list(tail), checkpoints, steps)
+    return RunResult(
+        proc.returncode if proc.returncode is not None else -1, interrupted, parsed.failure, list(parsed.tail),
+        parsed.checkpoints, parsed.steps, parsed.steps_per_epoch,
+    )

@@ -91,51 +91,99 @@ def epoch_checkpoints(checkpoint_dir: Path, output_name: str, last_epoch: int) -
 
 
 def write_loss_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write loss.csv (columns LOSS_FIELDS) via a temporary file and rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=LOSS_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: row.get(k, "") for k in LOSS_FIELDS})
+    os.replace(tmp, path)
+
+
+def read_loss_csv(path: Path) -> list[dict[str, Any]]:
+    """The rows of a loss.csv written earlier (numbers parsed; empty cells left out); [] if there is none."""
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for raw in csv.DictReader(f):
+            try:
+                row: dict[str, Any] = {"step": int(raw["step"])}
+            except (KeyError, TypeError, ValueError):
+                continue
+            for key in LOSS_FIELDS[1:]:
+                if raw.get(key):
+                    row[key] = int(raw[key]) if key == "epoch" else float(raw[key])
+            rows.append(row)
+    return rows
 
 
 # TensorBoard's reader runs in sd-scripts' own environment (it ships tensorboard),
-# so our package does not need it; this prints step,tag,value lines.
+# so our package does not need it; this prints step,tag,value lines for the event
+# folders given as arguments.
 _TB_EXPORT = """
 import sys
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-import glob, os
-for d in sorted({os.path.dirname(p) for p in glob.glob(os.path.join(sys.argv[1], '**', 'events.out.tfevents.*'), recursive=True)}):
+for d in sys.argv[1:]:
     acc = EventAccumulator(d, size_guidance={'scalars': 0}); acc.Reload()
     for tag in acc.Tags().get('scalars', []):
         for e in acc.Scalars(tag):
             print(f"{e.step},{tag},{e.value}")
 """
+# Per-step scalars sd-scripts' train_network.py logs (epoch averages are logged at step=epoch: skipped).
+_STEP_TAGS = {"loss/current": "loss", "loss/average": "avg_loss", "lr/unet": "lr"}
 
 
-def tensorboard_losses(python: Path, logdir: Path) -> list[dict[str, Any]]:
-    """Per-step loss/lr rows read from sd-scripts' TensorBoard events (empty if unavailable)."""
+def event_dirs(logdir: Path) -> list[Path]:
+    """The folders holding TensorBoard event files under ``logdir``; one per training session, oldest first
+    (sd-scripts names them ``<log_prefix><YYYYmmddHHMMSS>/network_train``)."""
     if not logdir.is_dir():
         return []
+    return sorted({p.parent for p in logdir.rglob("events.out.tfevents.*")})
+
+
+def tensorboard_losses(python: Path, dirs: list[Path]) -> list[dict[str, Any]]:
+    """Per-step loss/lr rows read from sd-scripts' TensorBoard event folders (empty if unavailable)."""
+    if not dirs:
+        return []
     try:
-        out = subprocess.run([str(python), "-c", _TB_EXPORT, str(logdir)], capture_output=True, text=True, timeout=300, check=True).stdout
+        out = subprocess.run([str(python), "-c", _TB_EXPORT, *map(str, dirs)], capture_output=True, text=True, timeout=300, check=True).stdout
     except (subprocess.SubprocessError, OSError):
         return []
     rows: dict[int, dict[str, Any]] = {}
-    epoch_ends: list[tuple[int, float]] = []
     for line in out.splitlines():
         step_s, tag, value_s = line.split(",", 2)
-        step, value = int(step_s), float(value_s)
-        row = rows.setdefault(step, {"step": step})
-        if tag.endswith("loss/current"):
-            row["loss"] = value
-        elif tag.endswith("loss/average"):
-            row["avg_loss"] = value
-        elif tag.endswith("lr/unet") or (tag.startswith("lr/") and "lr" not in row):
-            row["lr"] = value
-        elif tag.endswith("loss/epoch_average") or tag.endswith("loss/epoch"):
-            epoch_ends.append((step, value))
+        if tag in _STEP_TAGS:
+            rows.setdefault(int(step_s), {"step": int(step_s)})[_STEP_TAGS[tag]] = float(value_s)
     return [rows[s] for s in sorted(rows)]
+
+
+def merge_losses(previous: list[dict[str, Any]], session: list[dict[str, Any]], resume_step: int | None) -> list[dict[str, Any]]:
+    """The loss series of a run after one more training session.
+
+    A session resumed from a state saved after ``resume_step`` steps keeps the earlier
+    rows up to that step (later ones were trained again) and continues after it.
+    sd-scripts v0.10.1 restarts its TensorBoard step count when it resumes at an epoch
+    boundary (`global_step = initial_step` after the skipped epochs, train_network.py),
+    so such a session's steps are shifted to follow ``resume_step``; a version that
+    keeps counting is left as it is. A fresh session replaces everything.
+    """
+    if not resume_step:
+        return session
+    kept = [r for r in previous if r["step"] <= resume_step]
+    first = min((r["step"] for r in session), default=resume_step + 1)
+    shift = resume_step - (first - 1) if first <= resume_step else 0
+    return kept + [{**r, "step": r["step"] + shift} for r in session]
+
+
+def state_step(state_dir: Path) -> int | None:
+    """The optimizer steps done when sd-scripts saved a `-state` folder (its train_state.json), if recorded."""
+    try:
+        return int(json.loads((state_dir / "train_state.json").read_text(encoding="utf-8"))["current_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # ------------------------------------------------------------------ progress
@@ -205,24 +253,12 @@ def resolve_dataset(arg: str | None, preset: Preset, console: Console) -> Path:
     raise UserError(f"no --dataset given and {default} has no images; put your 24x24 PNGs and .txt captions there or pass --dataset DIR")
 
 
-def train(args: argparse.Namespace, console: Console, err_console: Console) -> int:
-    """The `train` command."""
-    if args.resume:
-        return resume(Path(args.resume), args, console, err_console)
-    overrides = list(args.set or [])
-    preset = load_preset(args.preset, overrides, experimental=args.experimental)
-    if preset.engine == "kohya" and args.cpu and preset.kohya and preset.kohya.mixed_precision != "no":
-        err_console.print("warning: --cpu: mixed_precision set to 'no' (fp16/bf16 training needs a GPU)")
-        overrides.append("mixed_precision=no")
-        preset = load_preset(args.preset, overrides, experimental=args.experimental)
-    sd = None
-    if preset.engine == "kohya":
-        sd = find_sd_scripts(REPO_ROOT)
-        if sd is None and not args.dry_run:
-            raise UserError("kohya sd-scripts is not installed: run `make vendor` (or set SD_SCRIPTS_DIR and SD_SCRIPTS_PYTHON); `bespoke-kohya doctor` shows what was found")
-    dataset_dir = resolve_dataset(args.dataset, preset, console)
+def create_run(preset: Preset, overrides: list[str], dataset_dir: Path, run_dir: Path, err_console: Console) -> tuple[Path, dict[str, Any], Path]:
+    """Check the dataset, render the run directory atomically and write its first run.json.
+
+    Returns (run directory, the run.json record, the prepared training folder).
+    """
     report = check_dataset(dataset_dir, preset.dataset.caption_extension)
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(preset)
     rendered = render(preset, report, run_dir, run_id=run_dir.name)
     run_dir = rendered.run_dir
     for line in rendered.warnings:
@@ -240,10 +276,32 @@ def train(args: argparse.Namespace, console: Console, err_console: Console) -> i
         "created": now_iso(),
         "epochs": {},
     }
+    write_json_atomic(run_dir / "run.json", record)
+    return run_dir, record, rendered.prepared.folder
+
+
+def train(args: argparse.Namespace, console: Console, err_console: Console) -> int:
+    """The `train` command."""
+    if args.resume:
+        return resume(Path(args.resume), args, console, err_console)
+    overrides = list(args.set or [])
+    preset = load_preset(args.preset, overrides, experimental=args.experimental)
+    if preset.engine == "kohya" and args.cpu and preset.kohya and preset.kohya.mixed_precision != "no":
+        err_console.print("warning: --cpu: mixed_precision set to 'no' (fp16/bf16 training needs a GPU)")
+        overrides.append("mixed_precision=no")
+        preset = load_preset(args.preset, overrides, experimental=args.experimental)
+    sd = None
+    if preset.engine == "kohya":
+        sd = find_sd_scripts(REPO_ROOT)
+        if sd is None and not args.dry_run:
+            raise UserError("kohya sd-scripts is not installed: run `make vendor` (or set SD_SCRIPTS_DIR and SD_SCRIPTS_PYTHON); `bespoke-kohya doctor` shows what was found")
+    dataset_dir = resolve_dataset(args.dataset, preset, console)
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(preset)
+    run_dir, record, prepared = create_run(preset, overrides, dataset_dir, run_dir, err_console)
     if preset.engine == "kohya":
         return _train_kohya(preset, run_dir, record, sd, args, console, err_console)
     # pixel24 trains on the prepared copy: alpha flattened, captions completed and de-duplicated.
-    return _train_pixel24(preset, rendered.prepared.folder, run_dir, record, args, console, err_console)
+    return _train_pixel24(preset, prepared, run_dir, record, args, console, err_console)
 
 
 def _kohya_command(preset: Preset, sd: Any, args: argparse.Namespace, resume_state: str | None = None) -> list[str]:
@@ -277,7 +335,12 @@ def _quote(arg: str) -> str:
     return shlex.quote(arg)
 
 
-def _launch(preset: Preset, run_dir: Path, record: dict[str, Any], command: list[str], sd: Any, console: Console, err_console: Console) -> int:
+def _launch(preset: Preset, run_dir: Path, record: dict[str, Any], command: list[str], sd: Any, console: Console, err_console: Console,
+            resume_step: int | None = None) -> int:
+    """Run sd-scripts for one session, then record its checkpoints, loss series and outcome in run.json.
+
+    ``resume_step``: the steps already done by the state this session resumes from.
+    """
     from .launch import child_env, run_streaming
 
     assert preset.kohya is not None
@@ -285,13 +348,18 @@ def _launch(preset: Preset, run_dir: Path, record: dict[str, Any], command: list
     record.update(status="running", started=now_iso(), ended=None, exit_code=None, failure=None)
     write_json_atomic(run_dir / "run.json", record)
     console.print(f"[bold]training[/] {preset.name} in {run_dir} (log: {run_dir / 'logs' / 'train.log'})")
+    earlier_sessions = set(event_dirs(run_dir / TENSORBOARD))
     with TrainProgress(console, total=None) as view:
         result = run_streaming(command, cwd=run_dir, log_path=run_dir / "logs" / "train.log", env=child_env(), on_event=lambda e: view.update(e.data) if e.kind in ("step", "epoch") else None)
     epochs = epoch_checkpoints(run_dir / CHECKPOINTS, preset.kohya.output_name, preset.kohya.max_train_epochs)
-    losses = tensorboard_losses(sd.python, run_dir / TENSORBOARD) or [
-        {"step": s["step"], "epoch": s.get("epoch", ""), "avg_loss": s.get("avr_loss")} for s in result.steps
+    session = tensorboard_losses(sd.python, [d for d in event_dirs(run_dir / TENSORBOARD) if d not in earlier_sessions]) or [
+        {"step": s["step"], "avg_loss": s.get("avr_loss")} for s in result.steps  # tqdm's running average when TensorBoard is unreadable
     ]
-    write_loss_csv(run_dir / "logs" / "loss.csv", losses)
+    loss_csv = run_dir / "logs" / "loss.csv"
+    losses = merge_losses(read_loss_csv(loss_csv), session, resume_step)
+    for row in losses:
+        row["epoch"] = result.epoch_of(row["step"]) or row.get("epoch", "")
+    write_loss_csv(loss_csv, losses)
     record.update(ended=now_iso(), exit_code=result.returncode, epochs=epochs)
     if result.interrupted:
         record["status"] = "interrupted"
@@ -343,13 +411,14 @@ def resume(run_dir: Path, args: argparse.Namespace, console: Console, err_consol
     states = sorted((run_dir / CHECKPOINTS).glob(f"{preset.kohya.output_name}-*-state"))
     state = f"{CHECKPOINTS}/{states[-1].name}" if states and status not in ("rendered", "dry-run") else None
     command = _kohya_command(preset, sd, args, resume_state=state)
+    resume_step = state_step(run_dir / state) if state else None
     if state:
-        record.setdefault("resumed", []).append({"from": state, "at": now_iso()})
+        record.setdefault("resumed", []).append({"from": state, "step": resume_step, "at": now_iso()})
     record.update(command=command, cwd=str(run_dir), sd_scripts=sd.to_dict())
     if args.dry_run:
         console.print(" ".join(_quote(c) for c in command), soft_wrap=True, markup=False)
         return 0
-    return _launch(preset, run_dir, record, command, sd, console, err_console)
+    return _launch(preset, run_dir, record, command, sd, console, err_console, resume_step=resume_step)
 
 
 def _train_pixel24(preset: Preset, dataset_dir: Path, run_dir: Path, record: dict[str, Any], args: argparse.Namespace, console: Console, err_console: Console) -> int:
