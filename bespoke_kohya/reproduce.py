@@ -159,7 +159,7 @@ def _training_blockers(preset: Preset, cpu: bool) -> list[tuple[str, str]]:
     if find_sd_scripts(REPO_ROOT) is None:
         blockers.append(("kohya sd-scripts is not installed", "make vendor"))
     if not cpu and not _gpu_available():
-        blockers.append(("no CUDA GPU on this machine (the documented run took 40-45 min on a 48 GB GPU)", "run on a GPU box, or see `bespoke-kohya bundle`"))
+        blockers.append(("no CUDA GPU on this machine (the documented run took 40-45 min on a 48 GB GPU)", "make reproduce on a machine with a CUDA GPU (`bespoke-kohya bundle` packs a run for one)"))
     base = preset.kohya.pretrained_model_name_or_path if preset.kohya else ""
     found, _ = _hub_or_local(base)
     if not found and os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -209,10 +209,12 @@ def run_checklist(args: Any, console: Any, err_console: Any) -> tuple[Checklist,
             "; ".join(diffs) if diffs else f"{len(DOCUMENTED_ARGS)}/{len(DOCUMENTED_ARGS)} keys equal (config/train.toml)",
             reason="differs from the documented recipe" if diffs else "",
         )
+    config_row = checklist.steps[-1]
     blockers = [] if native else _training_blockers(preset, args.cpu)
-    train_cmd = f"bespoke-kohya train --resume {run_dir}"
     if blockers:
-        checklist.add(2, "training launches", SKIPPED, "", reason="; ".join(b[0] for b in blockers), command=" && ".join(dict.fromkeys(b[1] for b in blockers)) + f" && {train_cmd}")
+        # The config check passed or failed on its own; training is what could not run here.
+        config_row.reason = "; ".join(filter(None, [config_row.reason, "training not launched: " + "; ".join(b[0] for b in blockers)]))
+        config_row.command = "; ".join(dict.fromkeys(b[1] for b in blockers))
         return _finish(checklist, run_dir, trained=False)
     from .train import read_run, resume
 
@@ -220,8 +222,10 @@ def run_checklist(args: Any, console: Any, err_console: Any) -> tuple[Checklist,
     code = resume(run_dir, train_args, console, err_console)
     record = read_run(run_dir)
     epochs = {int(k): v for k, v in record.get("epochs", {}).items()}
-    checklist.add(2, "training launches and writes a checkpoint per epoch", PASS if code == 0 and epochs else FAIL, f"status {record.get('status')}, epochs {sorted(epochs)} in checkpoints/", reason="" if code == 0 else f"exit status {code}; see logs/train.log")
+    config_row.evidence += f"; trained: status {record.get('status')}, epochs {sorted(epochs)} in checkpoints/"
     if code != 0 or not epochs:
+        config_row.status = FAIL
+        config_row.reason = f"training failed (exit status {code}); see logs/train.log"
         return _finish(checklist, run_dir, trained=False)
     return _after_training(checklist, preset, run_dir, epochs, args, dataset_dir)
 
@@ -284,10 +288,11 @@ def _downscale_both(run_dir: Path, epoch: int, images: list[dict[str, Any]]) -> 
 def _finish(checklist: Checklist, run_dir: Path, trained: bool) -> tuple[Checklist, Path]:
     """Mark the steps that never ran as skipped, sort, write RUN/reproduce.json."""
     done = {s.step for s in checklist.steps}
-    why = "training did not run here" if not trained else "an earlier step failed"
+    why = "needs trained checkpoints (training did not run)" if not trained else "an earlier step failed"
+    then = f"bespoke-kohya train --resume {run_dir} && bespoke-kohya sample --run {run_dir} && bespoke-kohya report --run {run_dir}"
     for step in range(3, 7):
         if step not in done:
-            checklist.add(step, {3: f"take epoch {DOCUMENTED_EPOCH}", 4: "generate with that epoch", 5: "downscale to 24x24", 6: "score and report"}[step], SKIPPED, "", reason=why, command=f"bespoke-kohya train --resume {run_dir}" if not trained else "")
+            checklist.add(step, {3: f"take epoch {DOCUMENTED_EPOCH}", 4: "generate with that epoch", 5: "downscale to 24x24", 6: "score and report"}[step], SKIPPED, "", reason=why, command=then if not trained else "")
     checklist.steps.sort(key=lambda s: s.step)
     checklist.write(run_dir / "reproduce.json")
     return checklist, run_dir
