@@ -195,7 +195,7 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
     if not paths:
         raise UserError(f"no images found in {', '.join(args.images)}")
     palette = None if args.palette in (None, "none") else dataset_palette(Path(args.palette))
-    options = PostprocessOptions(method=args.method, palette=palette, max_delta_e=args.max_delta_e, merge=args.merge, max_colors=args.max_colors)
+    options = PostprocessOptions(method=args.method, palette=palette, max_delta_e=args.max_delta_e, merge={"auto": "auto", "on": True, "off": False}[args.merge], max_colors=args.max_colors)
     records = postprocess_files(paths, Path(args.out), options)
     console.print(f"[green]wrote[/] {len(records)} 24x24 image(s) and previews to {args.out}")
     return 0
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["nearest", "grid"], default="grid", help="grid: detect the art-pixel grid (default); nearest: plain NEAREST resize")
     p.add_argument("--palette", default="none", help="dataset folder whose colours close colours snap to, or none")
     p.add_argument("--max-delta-e", type=float, default=4.0, help="snap only colours closer than this ΔE76")
-    p.add_argument("--merge", action="store_true", help="merge the image's own near-identical colours (noisy inputs)")
+    p.add_argument("--merge", choices=["auto", "on", "off"], default="auto", help="merge the image's own near-identical colours: auto = only when the image is noisy (default)")
     p.add_argument("--max-colors", type=int, default=None, help="cap the colour count (median cut, no dithering)")
     p.set_defaults(func=cmd_postprocess)
 

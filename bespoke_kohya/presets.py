@@ -122,19 +122,33 @@ class SampleSettings(_Strict):
 class Pixel24Settings(_Strict):
     """The native 24×24 pixel-space diffusion model (no VAE; trains on a CPU)."""
 
-    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 96], min_length=2, max_length=4, description="U-Net channel widths per resolution level (24 → 12 → 6).")
+    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 96], min_length=2, max_length=4, description="U-Net channel widths per resolution level (24 → 12 → 6); attention only at the lowest level. Each must be a multiple of 8.")
     layers_per_block: int = Field(1, ge=1, le=4, description="ResNet layers per U-Net block.")
     epochs: int = Field(3, ge=1, le=10000, description="Training epochs; a checkpoint is written after each.")
     batch_size: int = Field(64, ge=1, le=4096, description="Images per step.")
-    learning_rate: float = Field(5e-4, gt=0, le=1, description="AdamW learning rate.")
+    learning_rate: float = Field(5e-4, gt=0, le=1, description="AdamW peak learning rate.")
+    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="After warm-up: cosine decay to 10% of the peak over the run (cleaner final samples), or constant.")
+    warmup_steps: int = Field(50, ge=0, description="Linear learning-rate warm-up steps (capped at a quarter of the run).")
     num_train_timesteps: int = Field(1000, ge=10, le=4000, description="Diffusion timesteps (DDPM, squaredcos_cap_v2 schedule).")
-    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights used for sampling (0 disables).")
-    cond_dropout: float = Field(0.1, ge=0, le=1, description="Share of captions dropped during training, for classifier-free guidance.")
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = Field("v_prediction", description="What the U-Net predicts: velocity (v_prediction; measured: heads after 157 steps where epsilon still gave noise, because epsilon's estimate of the clean image is poor at high noise), the noise (epsilon) or the clean image (sample).")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights, saved in the checkpoints and used for sampling (0 disables); warmed up as min(decay, (1+step)/(10+step)).")
+    text_dim: int = Field(64, ge=8, le=1024, description="Width of the caption word/phrase embeddings.")
+    vocab_min_count: int = Field(2, ge=1, description="A caption word enters the vocabulary when it occurs at least this often in the training captions; prompt words outside it are reported as unknown.")
+    cond_dropout: float = Field(0.1, ge=0, le=1, description="Share of captions replaced by the empty (null) caption during training, for classifier-free guidance.")
+    phrase_dropout: float = Field(0.3, ge=0, lt=1, description="Chance of dropping each comma-separated phrase of a training caption, so short prompts resemble training captions.")
     sample_steps: int = Field(25, ge=1, le=1000, description="DDIM steps when sampling.")
     guidance_scale: float = Field(3.0, ge=0, le=30, description="Classifier-free guidance scale when sampling.")
-    seed: int = Field(0, ge=0, description="Training seed.")
-    init_from: str | None = Field(None, description="Checkpoint (a pixel24 `.safetensors` from an earlier run) to start from, e.g. the CryptoPunks stand-in pretraining.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps in total (keeps quick runs quick); unset trains every epoch fully.")
+    seed: int = Field(0, ge=0, description="Training seed (weights, data order, noise).")
+    init_from: str | None = Field(None, description="Start from a pixel24 checkpoint (`.safetensors`) or a pixel24 run folder (its last epoch), e.g. the CryptoPunks stand-in pretraining; the vocabulary is extended with the new captions' words.")
+    max_steps: int | None = Field(None, ge=1, description="Cap on optimizer steps in total (keeps quick runs quick): each epoch is shortened to ceil(max_steps / epochs) steps so every epoch still writes a checkpoint; unset trains every epoch fully.")
+
+    @field_validator("block_out_channels")
+    @classmethod
+    def _channels_multiple_of_8(cls, value: list[int]) -> list[int]:
+        bad = [c for c in value if c < 8 or c % 8]
+        if bad:
+            raise ValueError(f"every width must be a multiple of 8 (at least 8), got {value}")
+        return value
 # --- end pixel24 settings ---
 
 

@@ -228,7 +228,9 @@ class TrainProgress:
         elif data.get("it_per_s"):
             fields["speed"] = f"{data['it_per_s']:.2f} it/s"
         total = data.get("total") or data.get("total_steps")
-        self.progress.update(self.task, completed=data.get("step", 0), total=total, **fields)
+        if "step" in data:  # an epoch event carries no step: keep the bar where it is
+            fields["completed"] = data["step"]
+        self.progress.update(self.task, total=total, **fields)
 
 
 # ------------------------------------------------------------------ entry
