@@ -161,6 +161,24 @@ def _int_list(text: str | None, flag: str) -> list[int] | None:
         raise UserError(f"{flag} {text!r}: expected comma-separated whole numbers, e.g. {flag} 1,2,3") from None
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    """Render a run and pack it with this package and go.sh, to train on a rented GPU box."""
+    from .bundle import build_bundle, human_size
+
+    result = build_bundle(
+        args.preset, Path(args.dataset), Path(args.out), args.set or [],
+        experimental=args.experimental, include_base=args.include_base,
+        wheel=Path(args.wheel) if args.wheel else None,
+        err_console=err_console, log=lambda line: console.print(line, markup=False, highlight=False),
+    )
+    warn(result.notes)
+    console.print(f"[green]bundle[/] {result.path} ({human_size(result.size)}, {result.files} files, wheel {result.wheel})")
+    console.print("on the GPU box:", markup=False)
+    console.print(f"  tar xzf {result.path.name} && cd {result.run_id} && ./go.sh", markup=False, soft_wrap=True)
+    console.print(f"back home: copy {result.run_id}/results.tar.gz here, tar xzf it, then bespoke-kohya report --run {result.run_id}", markup=False, soft_wrap=True)
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     """Sample every epoch (or --epochs) of a run with the fixed prompt suite and seeds."""
     from .sample import sample_any_run
@@ -241,8 +259,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ parser
 
 
-def _add_preset_args(p: argparse.ArgumentParser, dataset_required: bool = True) -> None:
-    p.add_argument("--preset", required=True, help="preset name from presets/ (see `bespoke-kohya presets`) or a .toml file")
+def _add_preset_args(p: argparse.ArgumentParser, dataset_required: bool = True, preset_required: bool = True) -> None:
+    p.add_argument("--preset", required=preset_required, help="preset name from presets/ (see `bespoke-kohya presets`) or a .toml file")
     if dataset_required:
         p.add_argument("--dataset", required=True, help="folder of 24x24 PNG originals with .txt captions")
     else:
@@ -280,13 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("train", help="render a run and train it")
-    _add_preset_args(p, dataset_required=False)
+    _add_preset_args(p, dataset_required=False, preset_required=False)
     p.add_argument("--run-dir", default=None, help="run directory (default runs/<preset>-<UTC time>)")
     p.add_argument("--dry-run", action="store_true", help="render the run and print the exact command, train nothing")
     p.add_argument("--resume", default=None, metavar="RUN", help="continue an interrupted run from its saved state")
     p.add_argument("--num-gpus", type=int, default=1, help="GPUs for accelerate's multi-GPU launcher")
     p.add_argument("--cpu", action="store_true", help="train on the CPU (no GPU needed; slow for kohya presets)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bundle", help="pack a rendered run, this package and go.sh into one .tar.gz for a rented GPU box")
+    _add_preset_args(p)
+    p.add_argument("--out", required=True, help="new NAME.tar.gz to write (never overwritten); the run folder inside is NAME")
+    p.add_argument("--include-base", action="store_true", help="also pack the local base model (file or folder) into the run's base/")
+    p.add_argument("--wheel", default=None, help="use this bespoke-kohya wheel instead of building one from the checkout")
+    p.set_defaults(func=cmd_bundle)
 
     p = sub.add_parser("sample", help="sample each epoch with the fixed prompts x seeds, and post-process to 24x24")
     p.add_argument("--run", required=True, help="run directory")

@@ -132,6 +132,8 @@ def advice(preset: Preset) -> list[str]:
         notes.append("clip_skip is set for an SDXL preset: sd-scripts v0.10.1 only warns 'clip_skip will be unexpected' for SDXL (library/sdxl_train_util.py); kept as configured")
     if k and k.resolution < 64:
         notes.append(f"resolution {k.resolution} px gives {k.resolution // 8}x{k.resolution // 8} latents; expect failure or garbage (this is the native-24 experiment)")
+    if k and k.pretrained_model_name_or_path == "runwayml/stable-diffusion-v1-5":
+        notes.append("runwayml/stable-diffusion-v1-5 (as documented) was removed from the Hugging Face hub in 2024; unless it is in your cache, use the same weights with --set pretrained_model_name_or_path=stable-diffusion-v1-5/stable-diffusion-v1-5")
     if k and k.optimizer_type == "AdamW8bit":
         notes.append("AdamW8bit needs bitsandbytes and a CUDA GPU")
     return notes
@@ -153,6 +155,18 @@ def _toml(data: dict[str, Any]) -> str:
     return tomli_w.dumps(data)
 
 
+def _header(preset_name: str) -> str:
+    return f"# Rendered by bespoke-kohya from preset {preset_name}; paths are relative to the run directory.\n"
+
+
+def write_train_toml(run_dir: Path, args: dict[str, dict[str, Any]], preset_name: str) -> None:
+    """Write config/train.toml atomically (it is rewritten when an existing run changes device)."""
+    path = run_dir / "config" / "train.toml"
+    tmp = path.with_name(".train.toml.tmp")
+    tmp.write_text(_header(preset_name) + _toml(args), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def write_run_files(preset: Preset, report: DatasetReport, run_dir: Path, run_id: str) -> RenderedRun:
     """Write configs and prepared data into an existing, empty ``run_dir``."""
     d = preset.dataset
@@ -170,9 +184,8 @@ def write_run_files(preset: Preset, report: DatasetReport, run_dir: Path, run_id
     config.mkdir()
     (config / "preset.json").write_text(json.dumps(preset.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
     if preset.engine == "kohya":
-        header = f"# Rendered by bespoke-kohya from preset {preset.name}; paths are relative to the run directory.\n"
-        (config / "train.toml").write_text(header + _toml(train_args(preset, run_id)), encoding="utf-8")
-        (config / "dataset.toml").write_text(header + _toml(dataset_config(preset)), encoding="utf-8")
+        write_train_toml(run_dir, train_args(preset, run_id), preset.name)
+        (config / "dataset.toml").write_text(_header(preset.name) + _toml(dataset_config(preset)), encoding="utf-8")
     (config / "sample_prompts.txt").write_text(sample_prompts(preset), encoding="utf-8")
     return RenderedRun(run_dir=run_dir, prepared=prepared, warnings=prepared.warnings + advice(preset))
 

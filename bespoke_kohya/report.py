@@ -297,6 +297,8 @@ def _background(record: dict[str, Any]) -> tuple[int, int, int]:
 def load_reference(run_dir: Path, record: dict[str, Any]) -> tuple[list[str], list[np.ndarray], str, list[Notice]]:
     """The training originals: the dataset folder run.json names, else the run's data/ copy downsampled."""
     dataset = Path((record.get("dataset") or {}).get("path") or "")
+    if str(dataset) and not dataset.is_absolute():
+        dataset = run_dir / dataset  # bundles record the originals relative to the run
     bg = _background(record)
     if str(dataset) not in ("", ".") and dataset.is_dir():
         paths = sorted(p for p in dataset.glob("*.png") if p.is_file())

@@ -666,8 +666,8 @@ def sample_run(
     jobs = select_jobs(run_dir, record, epochs, include_base)
     prompts = prompts or (read_prompts_file(prompts_file) if prompts_file else preset.sample.full_prompts())
     seeds = list(seeds) if seeds else list(preset.sample.seeds)
-    if dataset_dir is None and (record.get("dataset") or {}).get("path"):
-        dataset_dir = Path(record["dataset"]["path"])
+    if dataset_dir is None:
+        dataset_dir = training_images_dir(run_dir, record, None)
     options = postprocess_options_for(preset.sample, dataset_dir)
     _check_suite(prompts, seeds, preset.sample_size)
     pipe = load_base(preset, device, base_override)
@@ -773,8 +773,10 @@ def training_images_dir(run_dir: Path, record: dict[str, Any], dataset_dir: Path
     if dataset_dir is not None:
         return dataset_dir
     recorded = (record.get("dataset") or {}).get("path")
-    if recorded and Path(recorded).is_dir():
-        return Path(recorded)
+    if recorded:
+        path = Path(recorded) if Path(recorded).is_absolute() else run_dir / recorded  # bundles record it relative to the run
+        if path.is_dir():
+            return path
     prepared = sorted(p for p in (run_dir / "data").glob("*_*") if p.is_dir())
     return prepared[0] if prepared else None
 

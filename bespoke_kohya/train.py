@@ -286,6 +286,8 @@ def train(args: argparse.Namespace, console: Console, err_console: Console) -> i
     """The `train` command."""
     if args.resume:
         return resume(Path(args.resume), args, console, err_console)
+    if not args.preset:
+        raise UserError("train needs --preset NAME (see `bespoke-kohya presets`), or --resume RUN to continue a run")
     overrides = list(args.set or [])
     preset = load_preset(args.preset, overrides, experimental=args.experimental)
     if preset.engine == "kohya" and args.cpu and preset.kohya and preset.kohya.mixed_precision != "no":
@@ -391,6 +393,19 @@ def _finish_message(record: dict[str, Any], run_dir: Path, console: Console, err
     return 1
 
 
+def _cpu_precision(preset: Preset, run_dir: Path, record: dict[str, Any], err_console: Console) -> Preset:
+    """--cpu on an existing run: fp16/bf16 need a GPU, so re-render train.toml with mixed_precision = "no"."""
+    from .render import train_args, write_train_toml
+
+    assert preset.kohya is not None
+    err_console.print("warning: --cpu: mixed_precision set to 'no' (fp16/bf16 training needs a GPU)")
+    preset = preset.model_copy(update={"kohya": preset.kohya.model_copy(update={"mixed_precision": "no"})})
+    write_train_toml(run_dir, train_args(preset, run_dir.name), preset.name)
+    record["resolved"] = preset.model_dump(mode="json")
+    record.setdefault("overrides", []).append("mixed_precision=no")
+    return preset
+
+
 def resume(run_dir: Path, args: argparse.Namespace, console: Console, err_console: Console) -> int:
     """Train an existing run: start a rendered one, continue an interrupted or failed one, leave a finished one.
 
@@ -410,6 +425,8 @@ def resume(run_dir: Path, args: argparse.Namespace, console: Console, err_consol
     sd = find_sd_scripts(REPO_ROOT)
     if sd is None:
         raise UserError("kohya sd-scripts is not installed: run `make vendor` (or set SD_SCRIPTS_DIR and SD_SCRIPTS_PYTHON)")
+    if getattr(args, "cpu", False) and preset.kohya.mixed_precision != "no":
+        preset = _cpu_precision(preset, run_dir, record, err_console)
     states = sorted((run_dir / CHECKPOINTS).glob(f"{preset.kohya.output_name}-*-state"))
     state = f"{CHECKPOINTS}/{states[-1].name}" if states and status not in ("rendered", "dry-run") else None
     command = _kohya_command(preset, sd, args, resume_state=state)

@@ -37,7 +37,8 @@ def test_sd15_512_is_the_documented_recipe():
 def test_sd15_576_differs_only_in_resolution():
     a, b = load_preset("sd15_512"), load_preset("sd15_576")
     assert b.kohya.resolution == 576 and 576 % 24 == 0 and 576 % 64 == 0
-    assert a.kohya.model_dump(exclude={"resolution"}) == b.kohya.model_dump(exclude={"resolution"})
+    assert a.kohya.model_dump(exclude={"resolution", "pretrained_model_name_or_path"}) == b.kohya.model_dump(exclude={"resolution", "pretrained_model_name_or_path"})
+    assert b.kohya.pretrained_model_name_or_path == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert not b.dataset.allow_uneven_pixels
 
 

@@ -18,7 +18,10 @@ from bespoke_kohya.reproduce import FAIL, NA, PASS, SKIPPED, Checklist, check_up
 
 def test_documented_preset_has_no_config_differences():
     assert config_differences(load_preset("sd15_512")) == []
-    assert config_differences(load_preset("sd15_576")) == ["resolution: '512,512' → '576,576'"]
+    assert config_differences(load_preset("sd15_576")) == [
+        "pretrained_model_name_or_path: 'runwayml/stable-diffusion-v1-5' → 'stable-diffusion-v1-5/stable-diffusion-v1-5'",
+        "resolution: '512,512' → '576,576'",
+    ]
 
 
 def test_exit_status_tells_pass_skip_and_fail_apart():
