@@ -773,12 +773,14 @@ def training_images_dir(run_dir: Path, record: dict[str, Any], dataset_dir: Path
     if dataset_dir is not None:
         return dataset_dir
     recorded = (record.get("dataset") or {}).get("path")
+    path = None
     if recorded:
         path = Path(recorded) if Path(recorded).is_absolute() else run_dir / recorded  # bundles record it relative to the run
         if path.is_dir():
             return path
     prepared = sorted(p for p in (run_dir / "data").glob("*_*") if p.is_dir())
-    return prepared[0] if prepared else None
+    # Neither: return the recorded path so the error names what is missing.
+    return prepared[0] if prepared else path
 
 
 def sample_any_run(

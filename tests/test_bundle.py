@@ -169,9 +169,9 @@ def test_run_json_is_portable_and_rendered(unpacked: Path, punks_dir: Path):
     # The copied originals are the same training data, byte for byte in pixels and captions.
     assert check_dataset(unpacked / "originals").content_hash() == report.content_hash()
     preset = Preset.model_validate(record["resolved"])
-    assert preset.name == "sd15_576" and preset.kohya.pretrained_model_name_or_path == "runwayml/stable-diffusion-v1-5"
+    assert preset.name == "sd15_576" and preset.kohya.pretrained_model_name_or_path == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     toml = tomllib.loads((unpacked / "config" / "train.toml").read_text(encoding="utf-8"))
-    assert toml["saving"]["output_dir"] == "checkpoints" and toml["model"]["pretrained_model_name_or_path"] == "runwayml/stable-diffusion-v1-5"
+    assert toml["saving"]["output_dir"] == "checkpoints" and toml["model"]["pretrained_model_name_or_path"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     manifest = json.loads((unpacked / "bundle.json").read_text(encoding="utf-8"))
     assert manifest["wheel"] == next((unpacked / "wheels").glob("*.whl")).name and manifest["sd_scripts_tag"] == "v0.10.1"
 
@@ -207,7 +207,7 @@ def test_dry_run_in_a_fresh_folder_shows_every_stage(unpacked: Path, built: Bund
     ]
     for stage in ("[1/8] install", "[2/8] sd-scripts", "[3/8] base model", "[4/8] gpu", "[5/8] train", "[6/8] sample", "[7/8] report", "[8/8] results"):
         assert stage in out
-    assert "to do: runwayml/stable-diffusion-v1-5 is not in the Hugging Face cache and HF_HUB_OFFLINE is set" in out
+    assert "to do: stable-diffusion-v1-5/stable-diffusion-v1-5 is not in the Hugging Face cache and HF_HUB_OFFLINE is set" in out
     for path in (str(REPO), str(punks_dir), str(punks_dir.resolve())):
         assert path not in out and path not in done.stderr
     assert snapshot(unpacked) == before, "a dry run changed the run folder"
@@ -238,7 +238,7 @@ def test_dry_run_options_reach_their_commands(unpacked: Path, tmp_path: Path):
     assert [".venv/bin/bespoke-kohya", "train", "--resume", ".", "--preset", "sd15_576", "--cpu"] in cmds
     assert [".venv/bin/bespoke-kohya", "sample", "--run", ".", "--dataset", "originals", "--device", "cpu"] in cmds
     assert "skip: --cpu given" in done.stdout and not any("torch.cuda" in " ".join(c) for c in cmds)
-    assert tomllib.loads((unpacked / "config" / "train.toml").read_text())["model"]["pretrained_model_name_or_path"] == "runwayml/stable-diffusion-v1-5"
+    assert tomllib.loads((unpacked / "config" / "train.toml").read_text())["model"]["pretrained_model_name_or_path"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
 def test_go_sh_refuses_bad_input_with_one_clear_line(unpacked: Path, tmp_path: Path):
@@ -329,13 +329,13 @@ def test_set_base_rewrites_the_run_and_is_idempotent(unpacked: Path, tmp_path: P
     base.write_bytes(b"weights")
     train_toml = unpacked / "config" / "train.toml"
     header = train_toml.read_text().splitlines()[0]
-    assert set_base(unpacked, str(base)) == f"kohya.pretrained_model_name_or_path: runwayml/stable-diffusion-v1-5 -> {base}"
+    assert set_base(unpacked, str(base)) == f"kohya.pretrained_model_name_or_path: stable-diffusion-v1-5/stable-diffusion-v1-5 -> {base}"
     assert train_toml.read_text().splitlines()[0] == header  # comments and layout kept
     assert tomllib.loads(train_toml.read_text())["model"]["pretrained_model_name_or_path"] == str(base)
     assert json.loads((unpacked / "config" / "preset.json").read_text())["kohya"]["pretrained_model_name_or_path"] == str(base)
     record = read_run(unpacked)
     assert record["resolved"]["kohya"]["pretrained_model_name_or_path"] == str(base)
-    assert record["base_changes"][0]["from"] == "runwayml/stable-diffusion-v1-5"
+    assert record["base_changes"][0]["from"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert set_base(unpacked, str(base)) == f"kohya.pretrained_model_name_or_path is already {base}"
     assert stage_state(unpacked, "base") == bundle_mod.StageState(True, f"local base {base} is present")
     with pytest.raises(UserError, match="BASE_MODEL=/no/such.safetensors: no such file or folder"):
@@ -393,7 +393,7 @@ def test_local_base_is_packed_only_when_asked(tmp_path: Path, small_punks: Path,
         if path.is_file() and path.suffix in (".json", ".toml", ".txt"):
             assert str(model.parent) not in path.read_text(encoding="utf-8"), path
 
-    with pytest.raises(UserError, match="--include-base packs a local base model, but kohya.pretrained_model_name_or_path = 'runwayml/stable-diffusion-v1-5' is a hub id"):
+    with pytest.raises(UserError, match="--include-base packs a local base model, but kohya.pretrained_model_name_or_path = 'stable-diffusion-v1-5/stable-diffusion-v1-5' is a hub id"):
         build_bundle("sd15_576", small_punks, tmp_path / "hub.tar.gz", include_base=True, wheel=wheel)
     assert not (tmp_path / "hub.tar.gz").exists()
 
@@ -416,7 +416,7 @@ def test_cli_bundle_command(tmp_path: Path, small_punks: Path, wheel: Path, caps
     assert cli.main(["bundle", "--preset", "sd15_576", "--dataset", str(small_punks), "--out", str(out), "--wheel", str(wheel), "--set", "network_dim=16"]) == 0
     printed = capsys.readouterr().out
     assert f"tar xzf {out.name} && cd cli-run && ./go.sh" in printed
-    assert re.search(r"\(\d+\.\d (KiB|MiB)\)", printed), printed
+    assert re.search(r"\(\d+\.\d (KiB|MiB),", printed), printed
     with tarfile.open(out) as tar:
         train_toml = tar.extractfile("cli-run/config/train.toml").read().decode()  # type: ignore[union-attr]
     assert tomllib.loads(train_toml)["network"]["network_dim"] == 16
