@@ -179,6 +179,22 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_smoke(args: argparse.Namespace) -> int:
+    """Prove this install trains and samples offline in minutes: 2 tiny epochs through sd-scripts on the CPU, then each epoch's LoRA sampled."""
+    from .smoke import run_smoke
+
+    rows = run_smoke(work_dir=Path(args.work_dir) if args.work_dir else None,
+                     dataset=Path(args.dataset) if args.dataset else None, keep=args.keep, console=console)
+    table = Table(title="bespoke-kohya smoke")
+    for col in ("stage", "result", "detail"):
+        table.add_column(col, overflow="fold")
+    for name, ok, detail in rows:
+        result = "[green]pass[/]" if ok else ("[yellow]skipped[/]" if detail.startswith("skipped") else "[red]FAIL[/]")
+        table.add_row(name, result, Text(detail))
+    console.print(table)
+    return 0 if all(ok for _, ok, _ in rows) else 1
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     """Sample every epoch (or --epochs) of a run with the fixed prompt suite and seeds."""
     from .sample import sample_any_run
@@ -334,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", choices=["auto", "on", "off"], default="auto", help="merge the image's own near-identical colours: auto = only when the image is noisy (default)")
     p.add_argument("--max-colors", type=int, default=None, help="cap the colour count (median cut, no dithering)")
     p.set_defaults(func=cmd_postprocess)
+
+    p = sub.add_parser("smoke", help="prove this install works offline in minutes: 2 tiny sd-scripts epochs on the CPU, then sampling")
+    p.add_argument("--dataset", default=None, help="take 8 images from this folder (default: dataset/, else the shared Bespoke Punks, else punks drawn in code)")
+    p.add_argument("--work-dir", default=None, help="folder for the run and samples (default: a temporary folder, removed when every stage passes)")
+    p.add_argument("--keep", action="store_true", help="keep the run and samples even when every stage passes")
+    p.set_defaults(func=cmd_smoke)
 
     p = sub.add_parser("report", help="write the epoch-comparison report of a run")
     p.add_argument("--run", required=True, help="run directory")

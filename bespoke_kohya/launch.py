@@ -219,6 +219,7 @@ class _Parsed:
     steps: list[dict] = field(default_factory=list)
     failure: str | None = None
     epoch: int = 0
+    epochs: int | None = None
     steps_per_epoch: int | None = None
 
     def feed(self, line: str) -> Event | None:
@@ -229,13 +230,15 @@ class _Parsed:
         if event is None:
             return None
         if event.kind == "epoch":
-            self.epoch = event.data["epoch"]
+            self.epoch, self.epochs = event.data["epoch"], event.data["epochs"]
         elif event.kind == "plan" and event.data["epochs"]:
             self.steps_per_epoch = event.data["total_steps"] // event.data["epochs"]
         elif event.kind == "checkpoint":
             self.checkpoints.append(event.data["path"])
         elif event.kind == "step":
             event.data.setdefault("epoch", self.epoch)
+            if self.epochs:
+                event.data.setdefault("epochs", self.epochs)
             if not self.steps or self.steps[-1]["step"] != event.data["step"]:
                 self.steps.append(event.data)
         elif event.kind == "failure" and self.failure is None:

@@ -201,6 +201,7 @@ def create_run_dir(target: Path, build) -> Any:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a run is an ordinary folder
         result = build(tmp)
         if target.exists():
             target.rmdir()  # an empty folder the user made on purpose

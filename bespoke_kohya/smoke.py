@@ -255,17 +255,20 @@ SMOKE_IMAGES = 8
 SMOKE_RESOLUTION = 64  # 8x8 latents: the smallest size sd-scripts' SD1.x path handles
 SMOKE_EPOCHS = 2
 # Small and fast, and everything else the preset's own: the smoke run trains through the
-# same render/launch/record code as `bespoke-kohya train`. The higher learning rate makes
-# 16 steps move the LoRA far enough to change a sample visibly.
+# same render/launch/record code as `bespoke-kohya train`. Batches of 4 give 2 steps an
+# epoch (at 64 px a step costs about the same for 1 image or 4: the weights dominate), and
+# the higher learning rate moves the LoRA far enough in 4 steps to change a sample visibly.
 SMOKE_OVERRIDES = [
-    f"resolution={SMOKE_RESOLUTION}", "allow_uneven_pixels=true", f"max_train_epochs={SMOKE_EPOCHS}",
+    f"resolution={SMOKE_RESOLUTION}", "allow_uneven_pixels=true", f"max_train_epochs={SMOKE_EPOCHS}", "train_batch_size=4",
     "network_dim=4", "network_alpha=2.0", "num_repeats=1", "cache_latents=false", "mixed_precision=no",
     "save_state=false", "learning_rate=1e-3", "unet_lr=1e-3", "text_encoder_lr=5e-4",
     "steps=2", "seeds=[1]", 'prompts=["lad, green solid background, black hair"]',
 ]
+REPO_DATASET = Path(__file__).resolve().parents[1] / "dataset"
 SYNTH_CAPTION = "pixel art, 24x24, portrait of bespoke punk {kind}, {bg} background, {hair} hair"
 
 StageRow = tuple[str, bool, str]
+SKIPPED = "skipped: an earlier stage failed"
 
 
 class StageFailed(Exception):
@@ -321,8 +324,7 @@ def choose_images(dataset: Path | None, out_dir: Path, count: int = SMOKE_IMAGES
     Source: ``dataset``, else `dataset/` of the checkout when it holds PNGs, else the shared
     Bespoke Punks when present, else synthetic punks drawn here.
     """
-    repo_dataset = Path(__file__).resolve().parents[1] / "dataset"
-    candidates = [dataset] if dataset is not None else [repo_dataset, shared_dataset_dir()]
+    candidates = [dataset] if dataset is not None else [REPO_DATASET, shared_dataset_dir()]
     for folder in candidates:
         if folder is None or not folder.is_dir():
             if dataset is not None:
@@ -454,8 +456,6 @@ def run_smoke(work_dir: Path | None = None, dataset: Path | None = None, keep: b
     """
     from rich.console import Console
 
-    from .vendor import tokenizer_cache_dir
-
     console = console or Console()
     err_console = Console(stderr=True)
     own_dir = work_dir is None
@@ -466,12 +466,11 @@ def run_smoke(work_dir: Path | None = None, dataset: Path | None = None, keep: b
         if path.exists():
             raise UserError(f"{path} exists: give `smoke` an empty or new --work-dir (nothing there is overwritten)")
     base_dir = smoke_cache_dir() / "sd15-random"
-    image_source: list[str] = []
     stages: list[tuple[str, Any]] = [
         ("sd-scripts found", _stage_sd_scripts),
         ("random SD1.5 base", lambda: _stage_base(base_dir)),
         ("tokenizer cache", _stage_tokenizers),
-        (f"{SMOKE_IMAGES} training images", lambda: image_source.append(choose_images(dataset, images)) or image_source[-1]),
+        (f"{SMOKE_IMAGES} training images", lambda: choose_images(dataset, images)),
         (f"train {SMOKE_EPOCHS} epochs (sd-scripts, CPU)", lambda: _stage_train(images, run_dir, base_dir, console, err_console)),
         ("epoch checkpoints", lambda: _stage_checkpoints(run_dir)),
         ("loss series", lambda: _stage_losses(run_dir)),
@@ -490,12 +489,15 @@ def run_smoke(work_dir: Path | None = None, dataset: Path | None = None, keep: b
                 rows.append((name, False, f"{exc.__class__.__name__}: {exc}"))
                 break
     passed = len(rows) == len(stages) and all(ok for _, ok, _ in rows)
-    rows += [(name, False, "not run: an earlier stage failed") for name, _ in stages[len(rows):]]
+    rows += [(name, False, SKIPPED) for name, _ in stages[len(rows):]]
     if passed and not keep:
         shutil.rmtree(work if own_dir else images, ignore_errors=True)
         if not own_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
-    elif work.exists():
+    elif not any(work.iterdir()):  # failed before writing anything: nothing worth keeping
+        if own_dir:
+            work.rmdir()
+    else:
         # Informational (ok): the failing row above already decides the outcome.
         rows.append(("work folder", True, f"kept: {work}" + ("" if passed or not run_dir.exists() else f"; training log: {run_dir / 'logs' / 'train.log'}")))
     return rows
