@@ -105,13 +105,15 @@ class SampleSettings(_Strict):
     suffix: str = Field("hard color borders, sharp pixel edges", description="Phrase every prompt ends with.")
     negative_prompt: str = Field("blurry, anti-aliasing, gradient, body, torso, text, watermark", description="Negative prompt (diffusion presets).")
     seeds: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1, description="Seeds; every epoch uses the same ones so epochs are comparable.")
-    steps: int = Field(30, ge=1, le=500, description="Denoising steps (documented: 30).")
-    guidance_scale: float = Field(7.5, ge=0, le=30, description="Classifier-free guidance scale (documented: 7.5).")
+    steps: int = Field(30, ge=1, le=500, description="Denoising steps (documented: 30). pixel24 uses pixel24.sample_steps instead.")
+    guidance_scale: float = Field(7.5, ge=0, le=30, description="Classifier-free guidance scale (documented: 7.5). pixel24 uses pixel24.guidance_scale instead.")
     scheduler: Literal["euler_a", "euler", "ddim", "dpmsolver++", "pndm"] = Field("euler_a", description="Sampler/scheduler.")
     width: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="Sample width; defaults to the training resolution.")
     height: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="Sample height; defaults to the training resolution.")
     postprocess: Literal["grid", "nearest"] = Field("grid", description="How full-size samples become 24×24: `grid` (detect the art-pixel grid, median of each cell) or `nearest` (the documented baseline).")
     palette_max_delta_e: float | None = Field(4.0, ge=0, le=50, description="Snap colours to the training palette only when closer than this ΔE76; unset disables snapping.")
+    merge: Literal["auto", "on", "off"] = Field("auto", description="Merge the image's own near-identical colours (ΔE < 3) before snapping: auto = only when the render is noisy.")
+    max_colors: int | None = Field(None, ge=2, le=256, description="Cap the colours of each 24×24 result (median cut, no dithering); unset keeps them. Bespoke Punks use 13–50 (5th–95th percentile).")
 
     def full_prompts(self) -> list[str]:
         """The prompt suite as sent to the model."""
@@ -124,9 +126,9 @@ class Pixel24Settings(_Strict):
 
     block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 96], min_length=2, max_length=4, description="U-Net channel widths per resolution level (24 → 12 → 6); attention only at the lowest level. Each must be a multiple of 8.")
     layers_per_block: int = Field(1, ge=1, le=4, description="ResNet layers per U-Net block.")
-    epochs: int = Field(3, ge=1, le=10000, description="Training epochs; a checkpoint is written after each.")
+    epochs: int = Field(5, ge=1, le=10000, description="Training epochs; a checkpoint is written after each. 5 passes over the 10,000-image stand-in give recognisable punks (measured: heads after 4, ~50,000 images seen).")
     batch_size: int = Field(64, ge=1, le=4096, description="Images per step.")
-    learning_rate: float = Field(5e-4, gt=0, le=1, description="AdamW peak learning rate.")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="AdamW peak learning rate (1e-3 measured on the stand-in; use ~2e-4 to fine-tune from init_from).")
     lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="After warm-up: cosine decay to 10% of the peak over the run (cleaner final samples), or constant.")
     warmup_steps: int = Field(50, ge=0, description="Linear learning-rate warm-up steps (capped at a quarter of the run).")
     num_train_timesteps: int = Field(1000, ge=10, le=4000, description="Diffusion timesteps (DDPM, squaredcos_cap_v2 schedule).")
@@ -137,7 +139,7 @@ class Pixel24Settings(_Strict):
     cond_dropout: float = Field(0.1, ge=0, le=1, description="Share of captions replaced by the empty (null) caption during training, for classifier-free guidance.")
     phrase_dropout: float = Field(0.3, ge=0, lt=1, description="Chance of dropping each comma-separated phrase of a training caption, so short prompts resemble training captions.")
     sample_steps: int = Field(25, ge=1, le=1000, description="DDIM steps when sampling.")
-    guidance_scale: float = Field(3.0, ge=0, le=30, description="Classifier-free guidance scale when sampling.")
+    guidance_scale: float = Field(2.0, ge=0, le=30, description="Classifier-free guidance scale when sampling (measured: 1.5–2 natural colours, 3 and above oversaturated faces).")
     seed: int = Field(0, ge=0, description="Training seed (weights, data order, noise).")
     init_from: str | None = Field(None, description="Start from a pixel24 checkpoint (`.safetensors`) or a pixel24 run folder (its last epoch), e.g. the CryptoPunks stand-in pretraining; the vocabulary is extended with the new captions' words.")
     max_steps: int | None = Field(None, ge=1, description="Cap on optimizer steps in total (keeps quick runs quick): each epoch is shortened to ceil(max_steps / epochs) steps so every epoch still writes a checkpoint; unset trains every epoch fully.")

@@ -294,6 +294,19 @@ def _background(record: dict[str, Any]) -> tuple[int, int, int]:
         return (255, 255, 255)
 
 
+# Leave-one-out nearest-neighbour distances grow with the square of the set: a 10,000-image
+# stand-in would take minutes, so large sets are measured on an evenly spaced sample.
+MAX_REFERENCE = 500
+
+
+def _sample_paths(paths: list[Path]) -> tuple[list[Path], list[Notice]]:
+    if len(paths) <= MAX_REFERENCE:
+        return paths, []
+    picked = [paths[i] for i in np.linspace(0, len(paths) - 1, MAX_REFERENCE).round().astype(int)]
+    note = Notice("info", f"the training set has {len(paths)} images; the metrics compare against an evenly spaced {MAX_REFERENCE} of them (near-copies of the others are not detected)")
+    return picked, [note]
+
+
 def load_reference(run_dir: Path, record: dict[str, Any]) -> tuple[list[str], list[np.ndarray], str, list[Notice]]:
     """The training originals: the dataset folder run.json names, else the run's data/ copy downsampled."""
     dataset = Path((record.get("dataset") or {}).get("path") or "")
@@ -301,15 +314,15 @@ def load_reference(run_dir: Path, record: dict[str, Any]) -> tuple[list[str], li
         dataset = run_dir / dataset  # bundles record the originals relative to the run
     bg = _background(record)
     if str(dataset) not in ("", ".") and dataset.is_dir():
-        paths = sorted(p for p in dataset.glob("*.png") if p.is_file())
+        paths, notes = _sample_paths(sorted(p for p in dataset.glob("*.png") if p.is_file()))
         arrays = [load_rgb(p, bg) for p in paths]
         keep = [(p.stem, a) for p, a in zip(paths, arrays) if a.shape[:2] == (ART, ART)]
         if keep:
-            return [n for n, _ in keep], [a for _, a in keep], str(dataset), []
-    prepared = sorted((run_dir / "data").glob("*/*.png"))
+            return [n for n, _ in keep], [a for _, a in keep], str(dataset), notes
+    prepared, notes = _sample_paths(sorted((run_dir / "data").glob("*/*.png")))
     if prepared:
         note = Notice("info", f"training originals not found at {dataset}; using the run's prepared copies in data/ downsampled to 24x24 with NEAREST")
-        return [p.stem for p in prepared], [_art_from_prepared(p) for p in prepared], "data/ (NEAREST 24x24)", [note]
+        return [p.stem for p in prepared], [_art_from_prepared(p) for p in prepared], "data/ (NEAREST 24x24)", [note, *notes]
     note = Notice("warn", f"training originals not found (neither {dataset} nor the run's data/ folder): no reference row and no comparison against the training set")
     return [], [], "", [note]
 

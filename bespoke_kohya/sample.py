@@ -618,9 +618,10 @@ def postprocess_options_for(settings: SampleSettings, dataset_dir: Path | None) 
                 f"are not at {dataset_dir}; put them back there or pass --dataset FOLDER"
             )
         palette = dataset_palette(dataset_dir)
+    merge = {"auto": "auto", "on": True, "off": False}[settings.merge]
     if palette is None:
-        return PostprocessOptions(method=settings.postprocess)
-    return PostprocessOptions(method=settings.postprocess, palette=palette, max_delta_e=settings.palette_max_delta_e)
+        return PostprocessOptions(method=settings.postprocess, merge=merge, max_colors=settings.max_colors)
+    return PostprocessOptions(method=settings.postprocess, palette=palette, max_delta_e=settings.palette_max_delta_e, merge=merge, max_colors=settings.max_colors)
 
 
 def select_jobs(run_dir: Path, record: dict[str, Any], epochs: list[int] | None, include_base: bool) -> list[SampleJob]:
@@ -711,12 +712,13 @@ def sample_pixel24(run_dir: Path, preset: Preset, jobs: list[SampleJob], prompts
     if any(job.lora is None for job in jobs):
         raise UserError("sample: --include-base has no meaning for pixel24 (there is no base model)")
     _check_suite(prompts, seeds, (24, 24), factor=1)
-    steps, guidance = preset.sample.steps, preset.sample.guidance_scale
+    assert preset.pixel24 is not None
+    steps, guidance = preset.pixel24.sample_steps, preset.pixel24.guidance_scale
     out_dir = run_dir / "samples"
     json_path = out_dir / SAMPLES_JSON
     doc = read_samples_json(json_path) or {"version": FORMAT_VERSION, "epochs": {}}
     recorded = preset.sample.model_dump(mode="json")
-    recorded.update(width=24, height=24, engine="pixel24", postprocess_options=_options_record(options))
+    recorded.update(steps=steps, guidance_scale=guidance, width=24, height=24, engine="pixel24", postprocess_options=_options_record(options))
     suite = {"settings": recorded, "prompts": [{"id": pid, "prompt": p} for pid, p in zip(prompt_ids(prompts), prompts)], "seeds": list(seeds)}
     sid = suite_id(suite)
     doc.update(suite, suite_id=sid)
