@@ -295,4 +295,8 @@ def _finish(checklist: Checklist, run_dir: Path, trained: bool) -> tuple[Checkli
             checklist.add(step, {3: f"take epoch {DOCUMENTED_EPOCH}", 4: "generate with that epoch", 5: "downscale to 24x24", 6: "score and report"}[step], SKIPPED, "", reason=why, command=then if not trained else "")
     checklist.steps.sort(key=lambda s: s.step)
     checklist.write(run_dir / "reproduce.json")
+    if (run_dir / "report" / "index.html").is_file():
+        from .report import write_report
+
+        write_report(run_dir)  # again, so the page shows the finished table
     return checklist, run_dir

@@ -60,3 +60,20 @@ def test_reproduce_without_gpu_passes_steps_1_and_2_and_skips_the_rest(punks_dir
     assert all(s["reason"] and s["command"] for s in table["steps"] if s["status"] == "skipped")
     assert table["exit_code"] == 3
     assert "184/184" in next(s for s in table["steps"] if s["step"] == 1)["evidence"]
+
+
+def test_reproduce_pixel24_passes_every_applicable_step_on_cpu(small_punks: Path, tmp_path: Path):
+    run = tmp_path / "p24 run"
+    tiny = ["pixel24.max_steps=4", "pixel24.epochs=2", "pixel24.block_out_channels=[16, 32]", "pixel24.batch_size=8", "pixel24.sample_steps=2", "seeds=[1, 2]"]
+    args = [sys.executable, "-m", "bespoke_kohya", "reproduce", "--preset", "pixel24", "--dataset", str(small_punks), "--run-dir", str(run)]
+    for item in tiny:
+        args += ["--set", item]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    table = json.loads((run / "reproduce.json").read_text())
+    status = {s["step"]: s["status"] for s in table["steps"]}
+    assert status == {1: "n/a", 2: "pass", 3: "pass", 4: "pass", 5: "n/a", 6: "pass"}
+    assert all(s["reason"] for s in table["steps"] if s["status"] == "n/a")
+    assert (run / "report" / "index.html").is_file() and (run / "samples" / "epoch-002").is_dir()
+    page = (run / "report" / "index.html").read_text()
+    assert "take epoch 2 as documented" in page and "score with the report" in page
