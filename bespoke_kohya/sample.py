@@ -451,6 +451,19 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
+@contextmanager
+def _staged_epoch(out_dir: Path, name: str) -> Iterator[Path]:
+    """A private folder to draw an epoch into; on success it replaces ``out_dir/name`` whole, on failure it is removed."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+        _swap_in(staging, out_dir / name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def _swap_in(staging: Path, final: Path) -> None:
     """Replace ``final`` by the complete ``staging`` folder (the old one is removed only afterwards)."""
     old = None
@@ -540,19 +553,13 @@ def sample_epochs(
     with _progress(progress, len(jobs) * len(prompts) * len(seeds)) as tick:
         for job in jobs:
             name = f"epoch-{job.epoch:03d}"
-            staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
-            try:
+            with _staged_epoch(out_dir, name) as staging:
                 started = time.perf_counter()
                 entry: dict[str, Any] = {"checkpoint": None, "sha256": None, "base_only": job.lora is None}
                 if job.lora is not None:
                     entry.update(checkpoint=_rel(job.lora, run_dir), sha256=lora_sha256(job.lora))
                 with lora_applied(pipe, job.lora) as metadata:
                     images = _epoch_images(pipe, staging, f"{out_dir.name}/{name}", prompts, seeds, settings, size, negative_prompt, postprocess_options, clip_skip, tick)
-                staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
-                _swap_in(staging, out_dir / name)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
             entry.update(
                 lora_metadata={k: metadata[k] for k in KEPT_METADATA if k in metadata},
                 suite_id=sid, sampled=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -734,15 +741,9 @@ def sample_pixel24(run_dir: Path, preset: Preset, jobs: list[SampleJob], prompts
                     if unknown:
                         warnings.append(f"prompt {prompt!r}: the model never saw these words, they have no effect: {', '.join(unknown)}")
             name = f"epoch-{job.epoch:03d}"
-            staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
-            try:
+            with _staged_epoch(out_dir, name) as staging:
                 started = time.perf_counter()
                 images = _pixel24_epoch(model, staging, f"{out_dir.name}/{name}", prompts, seeds, steps, guidance, options)
-                staging.chmod(0o755)
-                _swap_in(staging, out_dir / name)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
             doc["epochs"][str(job.epoch)] = {
                 "checkpoint": _rel(job.lora, run_dir), "sha256": lora_sha256(job.lora), "base_only": False,
                 "suite_id": sid, "sampled": datetime.now(timezone.utc).isoformat(timespec="seconds"),
