@@ -21,7 +21,6 @@ Three measurements, all in one run:
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 import time
@@ -199,17 +198,19 @@ def finetune(args: argparse.Namespace, work: Path, pretrained: Path) -> None:
             (train_dir / p.with_suffix(".txt").name).symlink_to(p.with_suffix(".txt"))
     preset = load_preset(args.preset)
     steps = estimate_steps(args.preset, args.finetune_minutes, preset.pixel24.batch_size)
-    overrides = ["epochs=1", f"max_steps={steps}", f"init_from={pretrained}", f"learning_rate={args.finetune_lr}"] + list(args.set or [])
+    # One epoch of ~`steps` steps: the 147 images repeated (an epoch of them alone is 3 steps).
+    repeats = max(1, round(steps * preset.pixel24.batch_size / len(train_paths)))
+    overrides = ["epochs=1", f"num_repeats={repeats}", f"init_from={pretrained}", f"learning_rate={args.finetune_lr}"] + list(args.set or [])
     preset = load_preset(args.preset, overrides)
     print(f"\n## 3. Fine-tuning on {len(train_paths)} Bespoke Punks, {len(held)} held out ({args.finetune_minutes:g} min ≈ {steps} steps)")
     result = pixel24.train(preset, train_dir, work / "finetune", on_step=None)
     ref = metrics.Reference.from_images([p.stem for p in train_paths], [load_rgb(p) for p in train_paths])
     captions = [p.with_suffix(".txt").read_text(encoding="utf-8").strip() if p.with_suffix(".txt").exists() else preset.dataset.default_caption for p in held]
-    n = max(1, math.ceil(args.samples / len(captions)))
     model = pixel24.load_checkpoint(work / "finetune" / result["epochs"][1])
     unknown = sorted({w for c in captions for w in pixel24.encode_prompt(model, c)[1]})
-    images = pixel24.sample(model, captions, list(range(1, n + 1)), steps=preset.pixel24.sample_steps, guidance_scale=preset.pixel24.guidance_scale)
-    flat = [im for row in images for im in row][: args.samples]
+    # Output k: held-out caption k (cycled) with seed k + 1, so no two outputs share starting noise.
+    s = preset.pixel24
+    flat = [pixel24.sample(model, [captions[k % len(captions)]], [k + 1], steps=s.sample_steps, guidance_scale=s.guidance_scale)[0][0] for k in range(args.samples)]
     ours = metrics.epoch_metrics(flat, ref)
     ours_tidy = metrics.epoch_metrics([tidy(im) for im in flat], ref)
     originals = metrics.epoch_metrics([load_rgb(p) for p in held], ref)
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--standin", help="existing stand-in folder (default: build one in the work folder)")
     ap.add_argument("--bespoke", default=str(DEFAULT_BESPOKE), help="Bespoke Punks folder for the held-out comparison")
     ap.add_argument("--work", help="keep outputs here (default: a temporary folder, kept and printed)")
-    ap.add_argument("--minutes", type=float, default=3.0, help="pretraining budget")
+    ap.add_argument("--minutes", type=float, default=4.0, help="pretraining budget")
     ap.add_argument("--evals", type=int, default=3, help="epochs (= evaluation points) in the pretraining budget")
     ap.add_argument("--finetune-minutes", type=float, default=1.5)
     ap.add_argument("--finetune-lr", type=float, default=2e-4)
@@ -248,13 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", type=int, default=400, help="stand-in images in the metrics reference")
     ap.add_argument("--punk-shape", type=float, default=0.5, help="'shape' value that counts as 'looks like punks' (see the table legend)")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--pretrained", help="an existing pixel24 run (or checkpoint) to fine-tune from: skips section 2")
     args = ap.parse_args(argv)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="pixel24-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"# pixel24 benchmark (outputs in {work})")
     if not args.skip_throughput:
         throughput(args.preset, [32, 64, 128], steps=4)
-    run = pretrain(args, work)
+    run = Path(args.pretrained) if args.pretrained else pretrain(args, work)
     finetune(args, work, run)
     return 0
 
