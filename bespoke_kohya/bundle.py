@@ -44,6 +44,7 @@ from typing import Any
 
 from . import __version__
 from .errors import UserError
+from .jsonfile import write_json_atomic
 from .vendor import MARKER as SD_SCRIPTS_MARKER
 from .vendor import SD_SCRIPTS_TAG
 
@@ -98,15 +99,6 @@ def human_size(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON through a temporary file and a rename (readers never see half a file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> dict[str, Any]:

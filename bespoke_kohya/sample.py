@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from .errors import UserError
+from .jsonfile import write_json_atomic
 from .images import enlarge, save_png
 from .presets import Preset, SampleSettings
 
@@ -435,20 +436,6 @@ def read_samples_json(path: Path) -> dict[str, Any] | None:
     if doc.get("version") != FORMAT_VERSION:
         raise UserError(f"{path}: format version {doc.get('version')!r}, this bespoke-kohya writes {FORMAT_VERSION}; delete it and sample again")
     return doc
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON via a temporary file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextmanager

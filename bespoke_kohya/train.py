@@ -14,9 +14,7 @@ import os
 import platform
 import re
 import subprocess
-import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -28,6 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from . import __version__
 from .dataset import check_dataset
 from .errors import UserError
+from .jsonfile import write_json_atomic
 from .presets import Preset, load_preset
 from .render import CHECKPOINTS, TENSORBOARD, render
 from .vendor import find_sd_scripts, tokenizer_cache_dir
@@ -42,16 +41,6 @@ LOSS_FIELDS = ["step", "epoch", "loss", "avg_loss", "lr"]
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON via a temporary file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
