@@ -462,25 +462,31 @@ def _swap_in(staging: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _write_sample(full: Image.Image, staging: Path, final_rel: str, pid: str, prompt: str, seed: int, options: Any) -> dict[str, Any]:
+    """Post-process one sample and write its three files; the record names them by their final paths."""
+    from .postprocess import postprocess
+
+    art, grid = postprocess(full, options)
+    stem = f"{pid}-s{seed}"
+    _save_png_atomic(full, staging / f"{stem}.png")
+    _save_png_atomic(art, staging / f"{stem}.24.png")
+    _save_png_atomic(enlarge(art, PREVIEW_FACTOR), staging / f"{stem}.x8.png")
+    return {
+        "prompt_id": pid, "prompt": prompt, "seed": seed,
+        "full": f"{final_rel}/{stem}.png", "art": f"{final_rel}/{stem}.24.png", "preview": f"{final_rel}/{stem}.x8.png",
+        "grid": grid.to_dict() if grid is not None else None,
+    }
+
+
 def _epoch_images(pipe: Any, staging: Path, final_rel: str, prompts: list[str], seeds: list[int], settings: SampleSettings,
                   size: tuple[int, int], negative_prompt: str, options: Any, clip_skip: int | None, tick) -> list[dict[str, Any]]:
     """Draw the suite into ``staging``; the records name the files by their final paths."""
-    from .postprocess import postprocess
 
     images = []
     for pid, prompt in zip(prompt_ids(prompts), prompts):
         for seed in seeds:
             full = generate(pipe, prompt, seed, settings, size, negative_prompt, clip_skip)
-            art, grid = postprocess(full, options)
-            stem = f"{pid}-s{seed}"
-            _save_png_atomic(full, staging / f"{stem}.png")
-            _save_png_atomic(art, staging / f"{stem}.24.png")
-            _save_png_atomic(enlarge(art, PREVIEW_FACTOR), staging / f"{stem}.x8.png")
-            images.append({
-                "prompt_id": pid, "prompt": prompt, "seed": seed,
-                "full": f"{final_rel}/{stem}.png", "art": f"{final_rel}/{stem}.24.png", "preview": f"{final_rel}/{stem}.x8.png",
-                "grid": grid.to_dict() if grid is not None else None,
-            })
+            images.append(_write_sample(full, staging, final_rel, pid, prompt, seed, options))
             tick()
     return images
 
@@ -679,23 +685,12 @@ def sample_run(
 def _pixel24_epoch(model: Any, staging: Path, final_rel: str, prompts: list[str], seeds: list[int], steps: int, guidance: float, options: Any) -> list[dict[str, Any]]:
     """Draw the suite with a pixel24 checkpoint; the raw 24×24 output is the "full" image, its post-processed copy the result."""
     from . import pixel24
-    from .postprocess import postprocess
 
     drawn = pixel24.sample(model, prompts, seeds, steps=steps, guidance_scale=guidance)
     images = []
     for pid, prompt, row in zip(prompt_ids(prompts), prompts, drawn):
         for seed, pixels in zip(seeds, row):
-            raw = Image.fromarray(pixels)
-            art, _ = postprocess(raw, options)
-            stem = f"{pid}-s{seed}"
-            _save_png_atomic(raw, staging / f"{stem}.png")
-            _save_png_atomic(art, staging / f"{stem}.24.png")
-            _save_png_atomic(enlarge(art, PREVIEW_FACTOR), staging / f"{stem}.x8.png")
-            images.append({
-                "prompt_id": pid, "prompt": prompt, "seed": seed,
-                "full": f"{final_rel}/{stem}.png", "art": f"{final_rel}/{stem}.24.png", "preview": f"{final_rel}/{stem}.x8.png",
-                "grid": None,
-            })
+            images.append(_write_sample(Image.fromarray(pixels), staging, final_rel, pid, prompt, seed, options))
     return images
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from bespoke_kohya.smoke import bytes_to_unicode  # CLIP's byte table, shared with the offline tokenizer
+
 # Words of the default prompt suite get whole-word tokens; anything else falls back to
 # single characters, which CLIP's BPE also does for unknown words.
 WORDS = (
@@ -41,19 +43,6 @@ HIDDEN = 32  # text-encoder width = the U-Net's cross_attention_dim
 # sd-scripts' target modules (networks/lora.py, LoRANetwork) for SD1.x.
 UNET_TARGETS = ("Transformer2DModel",)
 TEXT_ENCODER_TARGETS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """The byte → printable-character table of GPT-2/CLIP byte-level BPE."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars)))
 
 
 def tiny_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
