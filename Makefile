@@ -57,7 +57,7 @@ reproduce: setup
 	$(BIN)/bespoke-kohya reproduce --preset "$(if $(filter command line,$(origin PRESET)),$(PRESET),sd15_512)" $(DATASET_ARG) $(ARGS)
 
 vendor: setup
-	$(BIN)/python -m bespoke_kohya.vendor $(if $(SD_SCRIPTS_SRC),--source "$(SD_SCRIPTS_SRC)",) $(if $(SD_SCRIPTS_TORCH),--torch "$(SD_SCRIPTS_TORCH)",)
+	$(BIN)/bespoke-kohya vendor $(if $(SD_SCRIPTS_SRC),--source "$(SD_SCRIPTS_SRC)",) $(if $(SD_SCRIPTS_TORCH),--torch "$(SD_SCRIPTS_TORCH)",)
 
 doctor: setup
 	$(BIN)/bespoke-kohya doctor

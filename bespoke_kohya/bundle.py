@@ -34,7 +34,6 @@ import sys
 import tarfile
 import tempfile
 import time
-import tomllib
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -45,6 +44,8 @@ from typing import Any
 from . import __version__
 from .errors import UserError
 from .jsonfile import write_json_atomic
+from .paths import REPO_ROOT, hub_cache_dir, hub_offline
+from .runfolder import NOT_TRAINED, RUN_JSON, SAMPLES_JSON, Status, run_document, samples_document, write_run_document
 from .vendor import MARKER as SD_SCRIPTS_MARKER
 from .vendor import SD_SCRIPTS_TAG
 
@@ -144,7 +145,7 @@ def is_local_path(value: str, run_dir: Path | None = None) -> bool:
 
 def source_root() -> Path:
     """The checkout this package runs from (it holds pyproject.toml), or a UserError."""
-    root = Path(__file__).resolve().parent.parent
+    root = REPO_ROOT
     if not (root / "pyproject.toml").is_file():
         raise UserError(
             f"bundle builds a wheel of bespoke-kohya from its source checkout, but this copy is installed without one ({root} has no pyproject.toml); "
@@ -224,41 +225,17 @@ def _base_value(record: dict[str, Any]) -> tuple[str, str | None]:
     return "pixel24.init_from", (resolved.get("pixel24") or {}).get("init_from")
 
 
-def _toml_string(value: str) -> str:
-    # A JSON string (ASCII-escaped) is also a valid TOML basic string.
-    return json.dumps(value, ensure_ascii=True)
-
-
-def rewrite_train_toml(path: Path, value: str) -> None:
-    """Set `pretrained_model_name_or_path` in a rendered train.toml, keeping every other line as written."""
-    text = path.read_text(encoding="utf-8")
-    pattern = re.compile(r"^(pretrained_model_name_or_path\s*=\s*).*$", re.MULTILINE)
-    new, count = pattern.subn(lambda m: m.group(1) + _toml_string(value), text)
-    if count != 1:
-        raise UserError(f"{path}: expected one pretrained_model_name_or_path line, found {count}; render the run again")
-    if tomllib.loads(new)["model"]["pretrained_model_name_or_path"] != value:
-        raise AssertionError(f"rewriting {path} did not round-trip {value!r}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _set_in(resolved: dict[str, Any], dotted: str, value: str) -> None:
-    section, key = dotted.split(".")
-    resolved.setdefault(section, {})[key] = value
-
-
 def apply_base(run_dir: Path, value: str, record: dict[str, Any]) -> None:
-    """Write `value` as the run's base into train.toml, config/preset.json and `record` (not saved)."""
+    """Make `value` the run's base in `record` (not saved) and re-render config/ from the changed preset."""
+    from .presets import Preset
+    from .render import rewrite_config
+
     dotted, _ = _base_value(record)
-    _set_in(record["resolved"], dotted, value)
-    preset_json = run_dir / "config" / "preset.json"
-    if preset_json.is_file():
-        preset = read_json(preset_json)
-        _set_in(preset, dotted, value)
-        write_json_atomic(preset_json, preset)
-    if dotted.startswith("kohya."):
-        rewrite_train_toml(run_dir / "config" / "train.toml", value)
+    section, key = dotted.split(".")
+    preset = Preset.model_validate(record["resolved"])
+    preset = preset.model_copy(update={section: getattr(preset, section).model_copy(update={key: value})})
+    record["resolved"] = preset.model_dump(mode="json")
+    rewrite_config(run_dir, preset)
 
 
 def set_base(run_dir: Path, path: str) -> str:
@@ -267,7 +244,7 @@ def set_base(run_dir: Path, path: str) -> str:
     Idempotent (the same path again changes nothing). Refused once training has started
     from another base, because resuming with a different base would mix two models.
     """
-    record = read_json(run_dir / "run.json")
+    record = run_document(run_dir)
     dotted, current = _base_value(record)
     base = Path(path).expanduser()
     if not base.exists():
@@ -276,11 +253,11 @@ def set_base(run_dir: Path, path: str) -> str:
     if current == value:
         return f"{dotted} is already {value}"
     status = record.get("status")
-    if status not in ("rendered", "dry-run"):
+    if status not in NOT_TRAINED:
         raise UserError(f"BASE_MODEL={path}: this run already trained from {current} (status {status}); run ./go.sh without BASE_MODEL, or unpack the bundle afresh to use another base")
     apply_base(run_dir, value, record)
     record.setdefault("base_changes", []).append({"field": dotted, "from": current, "to": value, "at": now_iso(), "by": "go.sh BASE_MODEL"})
-    write_json_atomic(run_dir / "run.json", record)
+    write_run_document(run_dir, record)
     return f"{dotted}: {current} -> {value}"
 
 
@@ -297,8 +274,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _hub_cached(model_id: str) -> Path | None:
-    hub = os.environ.get("HF_HUB_CACHE") or str(Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
-    folder = Path(hub) / ("models--" + model_id.replace("/", "--"))
+    folder = hub_cache_dir() / ("models--" + model_id.replace("/", "--"))
     return folder if folder.is_dir() else None
 
 
@@ -319,9 +295,8 @@ def _epochs(record: dict[str, Any]) -> dict[str, str]:
 
 def unsampled_epochs(run_dir: Path) -> list[int]:
     """Recorded epochs whose checkpoint has no complete entry in samples/samples.json yet."""
-    record = read_json(run_dir / "run.json")
-    samples_path = run_dir / "samples" / "samples.json"
-    sampled = read_json(samples_path).get("epochs", {}) if samples_path.is_file() else {}
+    record = run_document(run_dir)
+    sampled = (samples_document(run_dir) or {}).get("epochs", {})
     todo = []
     for epoch, checkpoint in _epochs(record).items():
         entry = sampled.get(epoch) or {}
@@ -339,7 +314,7 @@ def stage_state(run_dir: Path, stage: str) -> StageState:
     if stage not in STAGES:
         raise UserError(f"stage {stage!r}: expected one of {', '.join(STAGES)}")
     bundle = read_json(run_dir / BUNDLE_JSON)
-    record = read_json(run_dir / "run.json")
+    record = run_document(run_dir)
     engine = (record.get("resolved") or {}).get("engine")
     if stage == "install":
         wheel = bundle.get("wheel")
@@ -366,9 +341,9 @@ def stage_state(run_dir: Path, stage: str) -> StageState:
         return _base_state(run_dir, record)
     if stage == "train":
         status = record.get("status")
-        if status == "finished":
+        if status == Status.FINISHED:
             return StageState(True, f"training finished ({len(_epochs(record))} epoch checkpoints)")
-        if status == "rendered":
+        if status == Status.RENDERED:
             return StageState(False, "not trained yet")
         return StageState(False, f"status {status}: training continues from its last saved state")
     if stage == "sample":
@@ -380,7 +355,7 @@ def stage_state(run_dir: Path, stage: str) -> StageState:
         return StageState(True, f"every epoch is sampled ({len(_epochs(record))})")
     if stage == "report":
         page = run_dir / "report" / "index.html"
-        newest = max(_mtime(run_dir / "samples" / "samples.json"), _mtime(run_dir / "run.json"))
+        newest = max(_mtime(run_dir / SAMPLES_JSON), _mtime(run_dir / RUN_JSON))
         if page.is_file() and _mtime(page) >= newest and newest > 0:
             return StageState(True, "report/index.html is up to date")
         return StageState(False, "report/index.html is missing or older than the samples")
@@ -405,7 +380,7 @@ def _base_state(run_dir: Path, record: dict[str, Any]) -> StageState:
         return StageState(False, f"{value} is not on this machine: copy it to {value} in this folder, or run BASE_MODEL=/path/to/model ./go.sh")
     if cached := _hub_cached(value):
         return StageState(True, f"{value} is in the Hugging Face cache ({cached.name})")
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    if hub_offline():
         return StageState(False, f"{value} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: run BASE_MODEL=/path/to/model ./go.sh")
     if _hub_reachable():
         return StageState(True, f"hub id {value}: sd-scripts downloads it on first use (the hub is reachable)")
@@ -570,7 +545,7 @@ def _record_for_bundle(record: dict[str, Any], report: Any, dataset_dir: Path, d
     if dotted and original != value:
         key = dotted.split(".")[1]
         record["overrides"] = [f"{o.split('=', 1)[0]}={value}" if o.split("=", 1)[0].strip().split(".")[-1] == key else o for o in record.get("overrides", [])]
-    record["status"] = "rendered"
+    record["status"] = Status.RENDERED.value
     return record
 
 
@@ -594,22 +569,23 @@ def _plan_base(preset: Any, include_base: bool) -> _BasePlan:
 def _fill_run(preset: Any, overrides: list[str], dataset_dir: Path, run_dir: Path, plan: _BasePlan, wheel: Path | None, err_console: Any, log: Callable[[str], None]) -> str:
     """Render the run into the new folder `run_dir` and add everything go.sh needs; returns the wheel's name."""
     from .dataset import check_dataset
-    from .train import create_run
+    from .engines.session import create_run
 
-    run_dir, record, _ = create_run(preset, overrides, dataset_dir, run_dir, err_console)
+    run, _ = create_run(preset, overrides, dataset_dir, run_dir, err_console)
+    run_dir, record = run.dir, run.record.as_dict()
     report = check_dataset(dataset_dir, preset.dataset.caption_extension)
     _copy_originals(report, run_dir / ORIGINALS)
     if plan.source is not None:
         _pack_base(plan.source, run_dir / BASE_DIR)
     if plan.value != plan.original:
         apply_base(run_dir, plan.value or "", record)
-    write_json_atomic(run_dir / "run.json", _record_for_bundle(record, report, dataset_dir, plan.field, plan.original, plan.value))
+    write_run_document(run_dir, _record_for_bundle(record, report, dataset_dir, plan.field, plan.original, plan.value))
     if wheel is not None:
         (run_dir / WHEELS).mkdir()
         wheel_path = Path(shutil.copy2(wheel, run_dir / WHEELS / wheel.name))
     else:
         wheel_path = build_wheel(source_root(), run_dir / WHEELS, log)
-    constraints = Path(__file__).resolve().parent.parent / "vendor" / "constraints.txt"
+    constraints = REPO_ROOT / "vendor" / "constraints.txt"
     if constraints.is_file():  # pins for sd-scripts' own venv, read by vendor.install from <run>/vendor/
         (run_dir / "vendor").mkdir()
         shutil.copyfile(constraints, run_dir / "vendor" / "constraints.txt")
@@ -729,7 +705,7 @@ def result_members(run_dir: Path) -> list[Path]:
 def pack_results(run_dir: Path) -> tuple[Path, int]:
     """Write `RUN/results.tar.gz`: what the report needs back home, as `<run folder>/...` members."""
     run_dir = run_dir.resolve()
-    read_json(run_dir / "run.json")
+    run_document(run_dir)
     out = run_dir / RESULTS
     tmp_out = run_dir / f".{RESULTS}.new"
     tmp_out.unlink(missing_ok=True)

@@ -19,14 +19,12 @@ from rich.text import Text
 
 from . import __version__
 from .errors import UserError
+from .paths import REPO_ROOT
 
 # Piped output (logs, CI, tests) gets wide tables instead of rich's 80-column default.
 _WIDTH = None if sys.stdout.isatty() else 200
 console = Console(highlight=False, width=_WIDTH)
 err_console = Console(stderr=True, highlight=False, width=_WIDTH)
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATASET = REPO_ROOT / "dataset"
 
 
 def utc_stamp() -> str:
@@ -147,9 +145,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Render a run and train it (kohya sd-scripts or the native pixel24 model)."""
+    from .engines import TrainOptions
     from .train import train
 
-    return train(args, console=console, err_console=err_console)
+    options = TrainOptions(
+        preset=args.preset, overrides=list(args.set or []), experimental=args.experimental,
+        dataset=Path(args.dataset) if args.dataset else None, run_dir=Path(args.run_dir) if args.run_dir else None,
+        resume=Path(args.resume) if args.resume else None, dry_run=args.dry_run, num_gpus=args.num_gpus, cpu=args.cpu,
+    )
+    return train(options, console=console, err_console=err_console)
 
 
 def _int_list(text: str | None, flag: str) -> list[int] | None:
@@ -183,6 +187,14 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     """Prove this install trains and samples offline in minutes: 2 tiny epochs through sd-scripts on the CPU, then each epoch's LoRA sampled."""
     from .smoke import run_smoke
 
+    if args.tokenizer_cache or args.random_sd15:
+        from .offline_sd import build_random_sd15, write_tokenizer_cache
+
+        for entry in write_tokenizer_cache(Path(args.tokenizer_cache)) if args.tokenizer_cache else []:
+            console.print(f"tokenizer: {entry}", markup=False)
+        if args.random_sd15:
+            console.print(f"random SD1.5: {build_random_sd15(Path(args.random_sd15))}", markup=False)
+        return 0
     rows = run_smoke(work_dir=Path(args.work_dir) if args.work_dir else None,
                      dataset=Path(args.dataset) if args.dataset else None, keep=args.keep, console=console)
     table = Table(title="bespoke-kohya smoke")
@@ -197,9 +209,9 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Sample every epoch (or --epochs) of a run with the fixed prompt suite and seeds."""
-    from .sample import sample_any_run
+    from .sample import sample_run
 
-    doc = sample_any_run(
+    doc = sample_run(
         Path(args.run),
         epochs=_int_list(args.epochs, "--epochs"),
         prompts_file=Path(args.prompts) if args.prompts else None,
@@ -260,7 +272,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     """Run the documented six-step checklist and print a pass/fail table."""
     from .reproduce import format_table, run_checklist
 
-    checklist, run_dir = run_checklist(args, console=console, err_console=err_console)
+    from .reproduce import ReproduceOptions
+
+    options = ReproduceOptions(
+        preset=args.preset, overrides=list(args.set or []), experimental=args.experimental, cpu=args.cpu, device=args.device,
+        dataset=Path(args.dataset) if args.dataset else None, run_dir=Path(args.run_dir) if args.run_dir else None,
+    )
+    checklist, run_dir = run_checklist(options, console=console, err_console=err_console)
     table = Table(title=f"reproduce: {args.preset}")
     for col in ("step", "checked", "status", "evidence", "why / to run it"):
         table.add_column(col, overflow="fold")
@@ -270,6 +288,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"written: {run_dir / 'reproduce.json'}")
     return checklist.exit_code
+
+
+def cmd_vendor(args: argparse.Namespace) -> int:
+    """Install kohya sd-scripts into vendor/sd-scripts (its own venv), or write its key lists."""
+    import json
+
+    from .vendor import install, write_key_lists
+
+    if args.write_key_lists:
+        for path, names in write_key_lists(args.repo_root, args.write_key_lists):
+            console.print(f"wrote {path} ({names} names)", markup=False)
+        return 0
+    sd = install(args.repo_root, source=args.source, tag=args.tag, torch_spec=args.torch_spec)
+    console.print(json.dumps(sd.to_dict(), indent=2), markup=False)
+    return 0
 
 
 # ------------------------------------------------------------------ parser
@@ -352,9 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_postprocess)
 
     p = sub.add_parser("smoke", help="prove this install works offline in minutes: 2 tiny sd-scripts epochs on the CPU, then sampling")
-    p.add_argument("--dataset", default=None, help="take 8 images from this folder (default: dataset/, else the shared Bespoke Punks, else punks drawn in code)")
+    p.add_argument("--dataset", default=None, help="take 8 images from this folder (default: dataset/, else punks drawn in code)")
     p.add_argument("--work-dir", default=None, help="folder for the run and samples (default: a temporary folder, removed when every stage passes)")
     p.add_argument("--keep", action="store_true", help="keep the run and samples even when every stage passes")
+    p.add_argument("--tokenizer-cache", metavar="DIR", help="only fill this sd-scripts --tokenizer_cache_dir with the offline CLIP tokenizers")
+    p.add_argument("--random-sd15", metavar="DIR", help="only write a random-weight SD1.5 diffusers folder here")
     p.set_defaults(func=cmd_smoke)
 
     p = sub.add_parser("report", help="write the epoch-comparison report of a run")
@@ -370,6 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="train on the CPU")
     p.add_argument("--device", choices=["cuda", "mps", "cpu"], help="sampling device")
     p.set_defaults(func=cmd_reproduce)
+
+    from .vendor import DEFAULT_TORCH_SPEC, SD_SCRIPTS_TAG, SD_SCRIPTS_UPSTREAM
+
+    p = sub.add_parser("vendor", help="install kohya sd-scripts into vendor/sd-scripts with its own venv (make vendor)")
+    p.add_argument("--source", help=f"clone from this URL or local clone/mirror (default: $SD_SCRIPTS_SRC, else {SD_SCRIPTS_UPSTREAM})")
+    p.add_argument("--tag", default=SD_SCRIPTS_TAG, help=f"tag or commit to check out (default {SD_SCRIPTS_TAG}, the tested one)")
+    p.add_argument("--torch", dest="torch_spec", help=f"pip arguments for torch (default: $SD_SCRIPTS_TORCH, else '{DEFAULT_TORCH_SPEC}')")
+    p.add_argument("--write-key-lists", type=Path, metavar="DIR", help="instead of installing, write the key lists read from the installed sd-scripts' own parsers into DIR (tests/data)")
+    p.add_argument("--repo-root", type=Path, default=REPO_ROOT, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_vendor)
 
     for register in EXTRA_COMMANDS:
         register(sub)

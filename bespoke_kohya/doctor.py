@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import shutil
 from pathlib import Path
+
+from .paths import hub_cache_dir
 
 Row = tuple[str, bool, str, str]  # component, ok, status, how to fix
 
@@ -66,7 +67,7 @@ def _hub_or_local(base: str) -> tuple[bool, str]:
     path = Path(base).expanduser()
     if path.exists():
         return True, f"local {'folder' if path.is_dir() else 'file'} {path}"
-    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub")
+    hub = hub_cache_dir()
     cached = hub / ("models--" + base.replace("/", "--"))
     if cached.is_dir():
         return True, f"in the hub cache ({cached})"

@@ -155,7 +155,7 @@ elif [[ -n "${SD_SCRIPTS_DIR:-}" ]]; then
   say "  skip: SD_SCRIPTS_DIR=$SD_SCRIPTS_DIR is used as it is"
 else
   if ! check sd-scripts; then
-    cmd=("$VENV_PY" -m bespoke_kohya.vendor --repo-root "$RUN" --tag "@@SD_SCRIPTS_TAG@@")
+    cmd=("$APP" vendor --repo-root "$RUN" --tag "@@SD_SCRIPTS_TAG@@")
     if [[ -n "${SD_SCRIPTS_SRC:-}" ]]; then cmd+=(--source "$SD_SCRIPTS_SRC"); fi
     if [[ -n "${SD_SCRIPTS_TORCH:-}" ]]; then cmd+=(--torch "$SD_SCRIPTS_TORCH"); fi
     run sd-scripts "installing sd-scripts failed (it needs git and network, or SD_SCRIPTS_SRC=/local/clone); $AGAIN" "${cmd[@]}"

@@ -19,7 +19,6 @@ torch and diffusers are imported only in this module.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -39,13 +38,14 @@ from torch import nn
 from .errors import UserError
 from .images import load_rgb
 from .presets import Pixel24Settings, Preset
+from .runfolder import CHECKPOINTS
+from .runfolder.records import LossLog, LossRow
 
 FORMAT = "bespoke-kohya/pixel24"
 FORMAT_VERSION = 1
 CONFIG_NAME = "pixel24.json"
 STEM = "pixel24"
 SAMPLE_BATCH = 16  # images per denoising batch when sampling (fixed: see sample())
-CHECKPOINTS = "checkpoints"
 ART = 24
 _WORD = re.compile(r"[a-z0-9]+")
 # Index 0 is reserved so that a vocabulary never shifts when it is extended (fine-tuning).
@@ -518,12 +518,14 @@ def train(
     device: str | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_epoch: Callable[[int, str], None] | None = None,
 ) -> dict[str, Any]:
     """Train pixel24 on ``dataset_dir``; one checkpoint per epoch under ``run_dir/checkpoints``.
 
     Writes ``pixel24.json`` first (so an interrupted run is still loadable), then
     ``pixel24-NNNNNN.safetensors`` after each epoch and ``logs/loss.csv`` as it goes.
-    ``should_stop()`` is polled every step: training ends cleanly, keeping finished epochs.
+    ``should_stop()`` is polled every step: training ends cleanly, keeping finished epochs;
+    ``on_epoch(epoch, checkpoint)`` is called as each epoch's checkpoint is complete.
     """
     if preset.pixel24 is None:
         raise UserError(f"preset {preset.name}: engine is {preset.engine!r}; pixel24.train needs a pixel24 preset")
@@ -541,7 +543,7 @@ def train(
     plan = _plan(len(data.names), preset.dataset.num_repeats, settings)
     loop = _Loop(model, data.images.to(dev), encoded, settings, plan, dev)
     with _threads_for(dev):
-        result = loop.run(ckpt_dir, run_dir / "logs" / "loss.csv", on_step, should_stop)
+        result = loop.run(ckpt_dir, LossLog(run_dir), on_step, should_stop, on_epoch)
     result.update(images=len(data.names), vocab_size=len(model.vocab), device=str(dev), warnings=data.warnings + notes)
     return result
 
@@ -604,17 +606,15 @@ class _Loop:
         target = noise if kind == "epsilon" else self.noise.get_velocity(x0, noise, t) if kind == "v_prediction" else x0
         return torch.nn.functional.mse_loss(pred, target)
 
-    def run(self, ckpt_dir: Path, loss_csv: Path, on_step: Callable[[dict[str, Any]], None] | None, should_stop: Callable[[], bool] | None) -> dict[str, Any]:
+    def run(self, ckpt_dir: Path, loss_log: LossLog, on_step: Callable[[dict[str, Any]], None] | None, should_stop: Callable[[], bool] | None,
+            on_epoch: Callable[[int, str], None] | None = None) -> dict[str, Any]:
         plan, s = self.plan, self.s
         warmup = min(s.warmup_steps, plan.total_steps // 4)
         epochs: dict[int, str] = {}
         step, stopped, started = 0, False, time.perf_counter()
-        loss_csv.parent.mkdir(parents=True, exist_ok=True)
         self.model.unet.train()
         self.model.text.train()
-        with loss_csv.open("w", newline="", encoding="utf-8") as fh:
-            log = csv.writer(fh)
-            log.writerow(["step", "epoch", "loss", "avg_loss", "lr"])
+        with loss_log as log:
             for epoch in range(1, plan.epochs + 1):
                 if self.device.type == "cpu":
                     torch.set_num_threads(cpu_threads())  # other work may have started or ended
@@ -639,16 +639,18 @@ class _Loop:
                     step += 1
                     losses.append(loss.item())
                     avg = float(np.mean(losses))
-                    log.writerow([step, epoch, f"{losses[-1]:.6f}", f"{avg:.6f}", f"{lr:.6g}"])
+                    log.append(LossRow(step=step, epoch=epoch, loss=losses[-1], avg_loss=avg, lr=lr))
                     if on_step is not None:
                         elapsed = time.perf_counter() - started
                         on_step({"epoch": epoch, "epochs": plan.epochs, "step": step, "total_steps": plan.total_steps, "loss": losses[-1],
                                  "avg_loss": avg, "lr": lr, "images_per_s": step * plan.batch_size / max(elapsed, 1e-9)})
                 if stopped:
                     break
-                fh.flush()
+                log.flush()
                 self._save(ckpt_dir / checkpoint_name(epoch), epoch, step)
                 epochs[epoch] = f"{CHECKPOINTS}/{checkpoint_name(epoch)}"
+                if on_epoch is not None:
+                    on_epoch(epoch, epochs[epoch])
         elapsed = time.perf_counter() - started
         return {"epochs": epochs, "steps": step, "stopped": stopped, "seconds": round(elapsed, 2),
                 "images_per_s": round(step * plan.batch_size / max(elapsed, 1e-9), 1), "steps_per_epoch": plan.steps_per_epoch, "batch_size": plan.batch_size}

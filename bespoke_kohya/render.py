@@ -22,9 +22,8 @@ from .dataset import DatasetReport, Prepared, prepare, training_folder_name
 from .errors import UserError
 from .presets import Preset
 
-CHECKPOINTS = "checkpoints"
-TENSORBOARD = "logs/tensorboard"
-DATA = "data"
+from .runfolder import CHECKPOINTS, DATA, TENSORBOARD
+
 TOKENIZER_CACHE = "tokenizer_cache"
 
 
@@ -165,6 +164,16 @@ def write_train_toml(run_dir: Path, args: dict[str, dict[str, Any]], preset_name
     tmp = path.with_name(".train.toml.tmp")
     tmp.write_text(_header(preset_name) + _toml(args), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def rewrite_config(run_dir: Path, preset: Preset, write_preset_json: bool = True) -> None:
+    """Re-render an existing run's config from a changed preset (a new base, CPU precision): preset.json and train.toml."""
+    from .jsonfile import write_json_atomic
+
+    if write_preset_json:
+        write_json_atomic(run_dir / "config" / "preset.json", preset.model_dump(mode="json"))
+    if preset.engine == "kohya":
+        write_train_toml(run_dir, train_args(preset, run_dir.name), preset.name)
 
 
 def write_run_files(preset: Preset, report: DatasetReport, run_dir: Path, run_id: str) -> RenderedRun:

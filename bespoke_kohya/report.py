@@ -18,7 +18,6 @@ printed from the same rounded values that metrics.json stores).
 from __future__ import annotations
 
 import base64
-import csv
 import hashlib
 import html
 import io
@@ -39,12 +38,12 @@ from . import __version__
 from .metrics import SCORE_EXPLANATION
 from .errors import UserError
 from .images import load_rgb, open_image, parse_hex_colour
+from .paths import ART
+from .runfolder import SAMPLES_JSON, recorded_dataset, reproduce_document
+from .runfolder.records import read_loss as read_loss_rows, read_run, read_samples
 
 REPORT_DIR = "report"
-SAMPLES_JSON = "samples/samples.json"
-SAMPLES_VERSION = 1  # sample.FORMAT_VERSION (not imported: sample.py pulls in torch)
 BASE_EPOCH = 0  # `sample --include-base` records the base model alone as epoch 0
-ART = 24
 SCALE = 4  # 24 px shown at 96 CSS px: big enough to read, small enough for 16 rows
 STRIP_SCALE = 2
 PROMPT_COL, SEED_COL, EPOCH_COL = 250, 64, 132  # grid column widths in CSS px
@@ -122,11 +121,7 @@ def _run_cmd(run_dir: Path, command: str) -> str:
 
 def read_record(run_dir: Path) -> dict[str, Any]:
     """run.json, or a UserError when the folder is not a run."""
-    from .train import read_run
-
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run directory; pass a folder made by `bespoke-kohya train`")
-    return read_run(run_dir)
+    return read_run(run_dir).as_dict()
 
 
 def status_notices(record: dict[str, Any], run_dir: Path) -> list[Notice]:
@@ -153,19 +148,8 @@ def status_notices(record: dict[str, Any], run_dir: Path) -> list[Notice]:
 
 def _read_samples_json(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
     """(samples.json document, its sha256), or (None, None) when the sampler has not run."""
-    path = run_dir / SAMPLES_JSON
-    if not path.is_file():
-        return None, None
-    raw = path.read_bytes()
-    try:
-        doc = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}); run `{_run_cmd(run_dir, 'sample')}` again") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("epochs"), dict):
-        raise UserError(f"{path}: has no 'epochs' table; run `{_run_cmd(run_dir, 'sample')}` again")
-    if doc.get("version", SAMPLES_VERSION) != SAMPLES_VERSION:
-        raise UserError(f"{path}: format version {doc.get('version')!r}, this report reads {SAMPLES_VERSION}; delete it and run `{_run_cmd(run_dir, 'sample')}` again")
-    return doc, hashlib.sha256(raw).hexdigest()
+    samples = read_samples(run_dir)
+    return (samples.as_dict(), samples.digest) if samples else (None, None)
 
 
 def _suite(doc: dict[str, Any]) -> tuple[list[tuple[str, str]], list[int]]:
@@ -309,9 +293,7 @@ def _sample_paths(paths: list[Path]) -> tuple[list[Path], list[Notice]]:
 
 def load_reference(run_dir: Path, record: dict[str, Any]) -> tuple[list[str], list[np.ndarray], str, list[Notice]]:
     """The training originals: the dataset folder run.json names, else the run's data/ copy downsampled."""
-    dataset = Path((record.get("dataset") or {}).get("path") or "")
-    if str(dataset) and not dataset.is_absolute():
-        dataset = run_dir / dataset  # bundles record the originals relative to the run
+    dataset = recorded_dataset(run_dir, record) or Path("")
     bg = _background(record)
     if str(dataset) not in ("", ".") and dataset.is_dir():
         paths, notes = _sample_paths(sorted(p for p in dataset.glob("*.png") if p.is_file()))
@@ -342,24 +324,12 @@ def _number(value: str | None) -> float | None:
 
 def read_loss(run_dir: Path) -> list[dict[str, float | None]]:
     """Rows of logs/loss.csv as numbers (empty or malformed cells become None)."""
-    path = run_dir / "logs" / "loss.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [{k: _number(row.get(k)) for k in ("step", "epoch", "loss", "avg_loss", "lr")} for row in csv.DictReader(f)]
-    return [r for r in rows if r["step"] is not None]
+    return [{k: v if v is None or np.isfinite(v) else None for k, v in row.model_dump().items()} for row in read_loss_rows(run_dir)]
 
 
 def read_reproduce(run_dir: Path) -> dict[str, Any] | None:
     """reproduce.json (the checklist table) if the run has one."""
-    path = run_dir / "reproduce.json"
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}); run `bespoke-kohya reproduce` again") from None
-    return doc if isinstance(doc, dict) else None
+    return reproduce_document(run_dir)
 
 
 def collect(run_dir: Path) -> RunData:

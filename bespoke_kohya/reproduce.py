@@ -9,7 +9,6 @@ passed, 3 some were skipped, 1 a step failed.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +19,9 @@ from PIL import Image
 from .dataset import DatasetReport
 from .images import flatten_alpha, open_image, parse_hex_colour
 from .presets import Preset
+from .paths import hub_offline
 from .render import train_args
+from .runfolder import write_reproduce_document
 
 # The training arguments exactly as the user's notes document them (background notes).
 DOCUMENTED_ARGS: dict[str, Any] = {
@@ -81,10 +82,8 @@ class Checklist:
     def to_dict(self) -> dict[str, Any]:
         return {"steps": [asdict(s) for s in self.steps], "exit_code": self.exit_code}
 
-    def write(self, path: Path) -> None:
-        from .train import write_json_atomic
-
-        write_json_atomic(path, self.to_dict())
+    def write(self, run_dir: Path) -> None:
+        write_reproduce_document(run_dir, self.to_dict())
 
 
 # ------------------------------------------------------------------ step checks (pure)
@@ -129,12 +128,6 @@ def format_table(checklist: Checklist) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
-def load_table(run_dir: Path) -> dict[str, Any] | None:
-    """A run's reproduce.json, if any (the report shows it)."""
-    path = run_dir / "reproduce.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
 Runner = Callable[..., Any]
 
 
@@ -149,10 +142,8 @@ def _gpu_available() -> bool:
 
 def _training_blockers(preset: Preset, cpu: bool) -> list[tuple[str, str]]:
     """(reason, command that fixes it) for each thing that keeps a kohya run from training here."""
-    import os
-
     from .doctor import _hub_or_local
-    from .train import REPO_ROOT
+    from .paths import REPO_ROOT
     from .vendor import find_sd_scripts
 
     blockers = []
@@ -162,29 +153,36 @@ def _training_blockers(preset: Preset, cpu: bool) -> list[tuple[str, str]]:
         blockers.append(("no CUDA GPU on this machine (the documented run took 40-45 min on a 48 GB GPU)", "make reproduce on a machine with a CUDA GPU (`bespoke-kohya bundle` packs a run for one)"))
     base = preset.kohya.pretrained_model_name_or_path if preset.kohya else ""
     found, _ = _hub_or_local(base)
-    if not found and os.environ.get("HF_HUB_OFFLINE") == "1":
+    if not found and hub_offline():
         blockers.append((f"base model {base} is not available offline", f"huggingface-cli download {base}, or --set pretrained_model_name_or_path=/local/path"))
     return blockers
 
 
-def run_checklist(args: Any, console: Any, err_console: Any) -> tuple[Checklist, Path]:
-    """Run the six steps for ``args.preset``; returns the checklist (also written to RUN/reproduce.json) and the run."""
-    import argparse
-    from datetime import datetime, timezone
+@dataclass(frozen=True)
+class ReproduceOptions:
+    """`bespoke-kohya reproduce` as typed values."""
 
+    preset: str = "sd15_512"
+    overrides: list[str] = field(default_factory=list)
+    experimental: bool = False
+    dataset: Path | None = None
+    run_dir: Path | None = None
+    cpu: bool = False
+    device: str | None = None
+
+
+def run_checklist(options: ReproduceOptions, console: Any, err_console: Any) -> tuple[Checklist, Path]:
+    """Run the six steps for ``options.preset``; returns the checklist (also written to RUN/reproduce.json) and the run."""
     from .dataset import check_dataset
-    from .presets import load_preset
-    from .train import RUNS_DIR, create_run, resolve_dataset
+    from .engines import TrainOptions
+    from .engines.session import create_run, default_run_dir, options_preset, resolve_dataset
 
-    overrides = list(args.set or [])
-    preset = load_preset(args.preset, overrides, experimental=args.experimental)
-    if preset.engine == "kohya" and args.cpu and preset.kohya and preset.kohya.mixed_precision != "no":
-        overrides.append("mixed_precision=no")
-        preset = load_preset(args.preset, overrides, experimental=args.experimental)
-    dataset_dir = resolve_dataset(args.dataset, preset, console)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(args.run_dir) if args.run_dir else RUNS_DIR / f"reproduce-{preset.name}-{stamp}"
-    run_dir, record, prepared = create_run(preset, overrides, dataset_dir, run_dir, err_console)
+    train_options = TrainOptions(preset=options.preset, overrides=list(options.overrides), experimental=options.experimental, cpu=options.cpu)
+    preset, overrides = options_preset(TrainOptions(**{**train_options.__dict__, "dry_run": True}))  # tools are checked below, as blockers
+    dataset_dir = resolve_dataset(options.dataset, preset, console)
+    run_dir = options.run_dir or default_run_dir(preset, prefix="reproduce-")
+    run, prepared = create_run(preset, overrides, dataset_dir, run_dir, err_console)
+    run_dir = run.dir
     report = check_dataset(dataset_dir, preset.dataset.caption_extension)
     checklist = Checklist()
     native = preset.engine == "pixel24"
@@ -210,35 +208,43 @@ def run_checklist(args: Any, console: Any, err_console: Any) -> tuple[Checklist,
             reason="differs from the documented recipe" if diffs else "",
         )
     config_row = checklist.steps[-1]
-    blockers = [] if native else _training_blockers(preset, args.cpu)
+    blockers = [] if native else _training_blockers(preset, options.cpu)
     if blockers:
         # The config check passed or failed on its own; training is what could not run here.
         config_row.reason = "; ".join(filter(None, [config_row.reason, "training not launched: " + "; ".join(b[0] for b in blockers)]))
         config_row.command = "; ".join(dict.fromkeys(b[1] for b in blockers))
         return _finish(checklist, run_dir, trained=False)
-    from .train import read_run, resume
-
-    train_args = argparse.Namespace(cpu=args.cpu, num_gpus=1, dry_run=False, resume=str(run_dir))
-    code = resume(run_dir, train_args, console, err_console)
-    record = read_run(run_dir)
-    epochs = {int(k): v for k, v in record.get("epochs", {}).items()}
-    config_row.evidence += f"; trained: status {record.get('status')}, epochs {sorted(epochs)} in checkpoints/"
+    code = _train(run, train_options, console, err_console)
+    epochs = run.record.checkpoints()
+    config_row.evidence += f"; trained: status {run.record.status}, epochs {sorted(epochs)} in checkpoints/"
     if code != 0 or not epochs:
         config_row.status = FAIL
         config_row.reason = f"training failed (exit status {code}); see logs/train.log"
         return _finish(checklist, run_dir, trained=False)
-    return _after_training(checklist, preset, run_dir, epochs, args, dataset_dir)
+    return _after_training(checklist, preset, run_dir, epochs, options, dataset_dir)
 
 
-def _after_training(checklist: Checklist, preset: Preset, run_dir: Path, epochs: dict[int, str], args: Any, dataset_dir: Path) -> tuple[Checklist, Path]:
+def _train(run: Any, options: Any, console: Any, err_console: Any) -> int:
+    """Train the new run as `train --resume` would, with the same messages; returns its exit status."""
+    from .engines import get_engine
+    from .engines.session import finish_message, run_session
+    from .progress import TrainProgress
+
+    get_engine(run.record.engine).plan(run, options)
+    with TrainProgress(console) as view:
+        outcome = run_session(run, options, view.update)
+    return finish_message(run, outcome, console, err_console)
+
+
+def _after_training(checklist: Checklist, preset: Preset, run_dir: Path, epochs: dict[int, str], options: ReproduceOptions, dataset_dir: Path) -> tuple[Checklist, Path]:
     """Steps 3-6 once checkpoints exist: sample, downscale both ways, score, report."""
     from .report import report_summary, write_report
-    from .sample import sample_any_run
+    from .sample import sample_run
 
     chosen = DOCUMENTED_EPOCH if DOCUMENTED_EPOCH in epochs else max(epochs)
     # 4 generate (every epoch, so the report can recommend one; the documented epoch is the evidence)
     try:
-        doc = sample_any_run(run_dir, device=getattr(args, "device", None), dataset_dir=dataset_dir, progress=True)
+        doc = sample_run(run_dir, device=options.device, dataset_dir=dataset_dir, progress=True)
     except Exception as exc:  # noqa: BLE001 - recorded as the step's failure
         checklist.add(4, f"generate with epoch {chosen}", FAIL, "", reason=f"{exc.__class__.__name__}: {exc}")
         return _finish(checklist, run_dir, trained=True)
@@ -294,7 +300,7 @@ def _finish(checklist: Checklist, run_dir: Path, trained: bool) -> tuple[Checkli
         if step not in done:
             checklist.add(step, {3: f"take epoch {DOCUMENTED_EPOCH}", 4: "generate with that epoch", 5: "downscale to 24x24", 6: "score and report"}[step], SKIPPED, "", reason=why, command=then if not trained else "")
     checklist.steps.sort(key=lambda s: s.step)
-    checklist.write(run_dir / "reproduce.json")
+    checklist.write(run_dir)
     if (run_dir / "report" / "index.html").is_file():
         from .report import write_report
 

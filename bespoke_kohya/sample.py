@@ -23,7 +23,6 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -32,16 +31,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .engines import EpochSampler, SampleJob, SampleOptions, get_engine
 from .errors import UserError
-from .jsonfile import write_json_atomic
 from .images import enlarge, save_png
+from .paths import hub_offline
 from .presets import Preset, SampleSettings
+from .progress import counter
+from .runfolder import DATA, RUN_JSON, SAMPLES, recorded_dataset
+from .runfolder.records import RunHandle, RunRecord, SampledEpoch, Samples, read_samples, write_samples
 
 if TYPE_CHECKING:  # diffusers is heavy; it is imported only when a base is loaded
     from diffusers import DiffusionPipeline
 
-SAMPLES_JSON = "samples.json"
-FORMAT_VERSION = 1
 PREVIEW_FACTOR = 8
 ADAPTER = "epoch"
 PIPELINE_CLASSES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
@@ -50,14 +51,6 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Metadata sd-scripts writes into every LoRA that is worth keeping next to the samples.
 KEPT_METADATA = ("ss_epoch", "ss_network_dim", "ss_network_alpha", "ss_base_model_version", "ss_output_name", "ss_steps")
-
-
-@dataclass(frozen=True)
-class SampleJob:
-    """One epoch column: the LoRA file to apply, or ``None`` for the base model alone (epoch 0)."""
-
-    epoch: int
-    lora: Path | None
 
 
 # ------------------------------------------------------------------ device and base model
@@ -93,11 +86,6 @@ def resolve_device(device: str | None) -> tuple[str, torch.dtype]:
             raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible (cuda:0 … cuda:{torch.cuda.device_count() - 1})")
         return wanted, torch.float16
     raise UserError(f"--device {device!r}: expected auto, cpu, cuda, cuda:N or mps")
-
-
-def _hub_offline() -> bool:
-    """Whether HF_HUB_OFFLINE is set (read now, so a test or the CLI can set it at run time)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def base_source(preset: Preset, base_override: str | None = None) -> str:
@@ -139,7 +127,7 @@ def load_base(preset: Preset, device: str | None = None, base_override: str | No
     family = preset.family or "sd15"
     cls = getattr(diffusers, PIPELINE_CLASSES[family])
     dev, dtype = resolve_device(device)
-    offline = _hub_offline()
+    offline = hub_offline()
     kwargs: dict[str, Any] = _dtype_kwargs(dtype)
     if family == "sd15":
         # The SD safety checker replaces flagged images by black ones; a false positive would
@@ -405,37 +393,11 @@ def _options_record(options: Any) -> dict[str, Any]:
     return record
 
 
-def suite_record(pipe: Any, prompts: list[str], seeds: list[int], settings: SampleSettings, size: tuple[int, int], negative_prompt: str, options: Any, clip_skip: int | None) -> dict[str, Any]:
-    """Everything that decides what an epoch's images look like, apart from the LoRA."""
-    recorded = settings.model_dump(mode="json")
-    recorded.update(
-        width=size[0], height=size[1], negative_prompt=negative_prompt, clip_skip=clip_skip,
-        base=str(getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "")),
-        pipeline=pipe.__class__.__name__, device=pipe.device.type, dtype=str(pipe.dtype).removeprefix("torch."),
-        postprocess_options=_options_record(options),
-    )
-    return {"settings": recorded, "prompts": [{"id": pid, "prompt": p} for pid, p in zip(prompt_ids(prompts), prompts)], "seeds": list(seeds)}
-
 
 def suite_id(suite: dict[str, Any]) -> str:
     """A short hash of the suite: epochs with the same id were drawn the same way and are comparable."""
     canonical = json.dumps(suite, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
-
-
-def read_samples_json(path: Path) -> dict[str, Any] | None:
-    """An existing samples.json, or None; a damaged one is an error, never silently replaced."""
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}); delete it (and the epoch-* folders beside it) and sample again") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("epochs"), dict):
-        raise UserError(f"{path}: has no 'epochs' table, so it was not written by `sample`; delete it and sample again")
-    if doc.get("version") != FORMAT_VERSION:
-        raise UserError(f"{path}: format version {doc.get('version')!r}, this bespoke-kohya writes {FORMAT_VERSION}; delete it and sample again")
-    return doc
 
 
 @contextmanager
@@ -478,20 +440,8 @@ def _write_sample(full: Image.Image, staging: Path, final_rel: str, pid: str, pr
     }
 
 
-def _epoch_images(pipe: Any, staging: Path, final_rel: str, prompts: list[str], seeds: list[int], settings: SampleSettings,
-                  size: tuple[int, int], negative_prompt: str, options: Any, clip_skip: int | None, tick) -> list[dict[str, Any]]:
-    """Draw the suite into ``staging``; the records name the files by their final paths."""
 
-    images = []
-    for pid, prompt in zip(prompt_ids(prompts), prompts):
-        for seed in seeds:
-            full = generate(pipe, prompt, seed, settings, size, negative_prompt, clip_skip)
-            images.append(_write_sample(full, staging, final_rel, pid, prompt, seed, options))
-            tick()
-    return images
-
-
-def _check_suite(prompts: list[str], seeds: list[int], size: tuple[int, int], factor: int = 8) -> None:
+def check_suite(prompts: list[str], seeds: list[int], size: tuple[int, int], factor: int = 8) -> None:
     """Refuse an empty or ambiguous suite before any model time is spent."""
     if not prompts or any(not p.strip() for p in prompts):
         raise UserError("sample: the prompt suite is empty or has an empty prompt; give at least one prompt")
@@ -506,76 +456,59 @@ def _check_suite(prompts: list[str], seeds: list[int], size: tuple[int, int], fa
         raise UserError(f"sample: width and height must be multiples of {factor} (the VAE downsamples {factor}×), got {size[0]}x{size[1]}")
 
 
-def sample_epochs(
-    pipe: Any,
-    jobs: list[SampleJob],
-    prompts: list[str],
-    seeds: list[int],
-    settings: SampleSettings,
-    out_dir: Path,
-    *,
-    size: tuple[int, int],
-    negative_prompt: str,
-    postprocess_options: Any,
-    progress: bool = True,
-    clip_skip: int | None = None,
-) -> dict[str, Any]:
-    """Draw every job's prompts × seeds into ``out_dir`` (``RUN/samples``) and return the merged samples.json.
 
-    Writes ``epoch-NNN/<prompt-id>-s<seed>.png`` (full size), ``.24.png`` (24×24
-    result) and ``.x8.png`` (×8 preview). Paths in samples.json are relative to the
-    run folder (``out_dir``'s parent). The same seeds, steps, guidance and scheduler
-    are used for every epoch; epoch 0 (``lora=None``) is the base model alone.
-    ``clip_skip`` follows diffusers (1 = penultimate CLIP layer, kohya's clip_skip 2).
+# ------------------------------------------------------------------ the one epoch loop
+
+
+def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], prompts: list[str], seeds: list[int], options: Any, progress: bool = True) -> Samples:
+    """Draw every job's prompts × seeds into ``RUN/samples`` with ``sampler`` and return the merged samples.json.
+
+    Writes ``epoch-NNN/<prompt-id>-s<seed>.png`` (full size), ``.24.png`` (24×24 result)
+    and ``.x8.png`` (×8 preview); paths in samples.json are relative to the run folder.
+    Each epoch is drawn into a private folder swapped in whole, and samples.json is
+    rewritten after every epoch, so an interruption keeps the finished ones.
     """
-    _check_suite(prompts, seeds, size, int(getattr(pipe, "vae_scale_factor", 8)))
     epochs = [job.epoch for job in jobs]
     if len(set(epochs)) != len(epochs):
         raise UserError(f"sample: an epoch is listed twice ({epochs}); list each once")
-    for job in jobs:  # fail on a missing or damaged file before minutes of sampling other epochs
-        if job.lora is not None:
-            lora_header(job.lora)
-    run_dir = out_dir.parent
-    json_path = out_dir / SAMPLES_JSON
-    doc = read_samples_json(json_path) or {"version": FORMAT_VERSION, "epochs": {}}
-    pipe.scheduler = scheduler_for(settings.scheduler, pipe.scheduler.config)
-    suite = suite_record(pipe, prompts, seeds, settings, size, negative_prompt, postprocess_options, clip_skip)
+    sampler.check(prompts, seeds, jobs)
+    out_dir = run_dir / SAMPLES
+    doc = read_samples(run_dir) or Samples()
+    suite = {"settings": sampler.settings(prompts, seeds, _options_record(options)),
+             "prompts": [{"id": pid, "prompt": p} for pid, p in zip(prompt_ids(prompts), prompts)], "seeds": list(seeds)}
     sid = suite_id(suite)
-    doc.update(suite, suite_id=sid)
+    doc.settings, doc.prompts, doc.seeds, doc.suite_id = suite["settings"], suite["prompts"], suite["seeds"], sid
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _progress(progress, len(jobs) * len(prompts) * len(seeds)) as tick:
+    with counter("sampling", len(jobs) * len(prompts) * len(seeds), progress) as tick:
         for job in jobs:
             name = f"epoch-{job.epoch:03d}"
             with _staged_epoch(out_dir, name) as staging:
                 started = time.perf_counter()
-                entry: dict[str, Any] = {"checkpoint": None, "sha256": None, "base_only": job.lora is None}
-                if job.lora is not None:
-                    entry.update(checkpoint=_rel(job.lora, run_dir), sha256=lora_sha256(job.lora))
-                with lora_applied(pipe, job.lora) as metadata:
-                    images = _epoch_images(pipe, staging, f"{out_dir.name}/{name}", prompts, seeds, settings, size, negative_prompt, postprocess_options, clip_skip, tick)
-            entry.update(
-                lora_metadata={k: metadata[k] for k in KEPT_METADATA if k in metadata},
-                suite_id=sid, sampled=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                seconds=round(time.perf_counter() - started, 3), images=images,
-            )
-            doc["epochs"][str(job.epoch)] = entry
-            doc["epochs"] = dict(sorted(doc["epochs"].items(), key=lambda kv: int(kv[0])))
-            write_json_atomic(json_path, doc)  # after every epoch, so an interruption keeps finished ones
+                entry: dict[str, Any] = {"checkpoint": None, "sha256": None, "base_only": job.checkpoint is None}
+                if job.checkpoint is not None:
+                    entry.update(checkpoint=_rel(job.checkpoint, run_dir), sha256=lora_sha256(job.checkpoint))
+                images: list[dict[str, Any]] = []
+
+                def write(full: Image.Image, pid: str, prompt: str, seed: int) -> None:
+                    images.append(_write_sample(full, staging, f"{SAMPLES}/{name}", pid, prompt, seed, options))
+                    tick()
+
+                extra = sampler.draw(job, prompts, seeds, write)
+            entry.update(extra, suite_id=sid, sampled=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                         seconds=round(time.perf_counter() - started, 3), images=images)
+            doc.epochs[str(job.epoch)] = SampledEpoch.model_validate(entry)
+            doc.epochs = dict(sorted(doc.epochs.items(), key=lambda kv: int(kv[0])))
+            write_samples(run_dir, doc)
     return doc
 
 
-@contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Any]:
-    """A rich progress bar on stderr (or a no-op) yielding a function to call per image."""
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+def sample_epochs(pipe: Any, jobs: list[SampleJob], prompts: list[str], seeds: list[int], settings: SampleSettings, out_dir: Path, *,
+                  size: tuple[int, int], negative_prompt: str, postprocess_options: Any, progress: bool = True, clip_skip: int | None = None) -> dict[str, Any]:
+    """:func:`draw_epochs` with an already loaded diffusers pipeline (``out_dir`` is ``RUN/samples``); returns samples.json as a dict."""
+    from .engines.kohya import DiffusersSampler
 
-    with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True)) as bar:
-        task = bar.add_task("sampling", total=total)
-        yield lambda: bar.advance(task)
+    sampler = DiffusersSampler(settings, size, negative_prompt, clip_skip, pipe=pipe)
+    return draw_epochs(out_dir.parent, sampler, jobs, prompts, seeds, postprocess_options, progress).as_dict()
 
 
 # ------------------------------------------------------------------ a whole run
@@ -624,177 +557,51 @@ def postprocess_options_for(settings: SampleSettings, dataset_dir: Path | None) 
     return PostprocessOptions(method=settings.postprocess, palette=palette, max_delta_e=settings.palette_max_delta_e, merge=merge, max_colors=settings.max_colors)
 
 
-def select_jobs(run_dir: Path, record: dict[str, Any], epochs: list[int] | None, include_base: bool) -> list[SampleJob]:
+
+def select_jobs(run: RunHandle, epochs: list[int] | None, include_base: bool) -> list[SampleJob]:
     """The epochs to sample (all recorded ones by default) with their checkpoint paths."""
-    recorded = {int(k): v for k, v in (record.get("epochs") or {}).items()}
+    recorded = run.record.checkpoints()
     if not recorded and not include_base:
-        raise UserError(f"{run_dir}: run.json records no epoch checkpoints yet (status {record.get('status')!r}); train it first")
+        raise UserError(f"{run.dir}: run.json records no epoch checkpoints yet (status {str(run.record.status)!r}); train it first")
     wanted = sorted(recorded) if epochs is None else epochs
     missing = [e for e in wanted if e not in recorded]
     if missing:
         have = ", ".join(map(str, sorted(recorded))) or "none"
-        raise UserError(f"--epochs: {', '.join(map(str, missing))} not in {run_dir / 'run.json'} (recorded epochs: {have})")
+        raise UserError(f"--epochs: {', '.join(map(str, missing))} not in {run.dir / RUN_JSON} (recorded epochs: {have})")
     jobs = [SampleJob(0, None)] if include_base else []
-    return jobs + [SampleJob(e, run_dir / recorded[e]) for e in wanted]
+    return jobs + [SampleJob(e, run.dir / recorded[e]) for e in wanted]
 
 
-def sample_run(
-    run_dir: Path,
-    *,
-    epochs: list[int] | None = None,
-    prompts_file: Path | None = None,
-    seeds: list[int] | None = None,
-    device: str | None = None,
-    include_base: bool = False,
-    base_override: str | None = None,
-    dataset_dir: Path | None = None,
-    progress: bool = True,
-    prompts: list[str] | None = None,
-) -> dict[str, Any]:
-    """`bespoke-kohya sample --run RUN`: sample the run's epochs into ``RUN/samples`` and return samples.json."""
-    from pydantic import ValidationError
-
-    from .presets import format_validation_error
-    from .train import read_run
-
-    record = read_run(run_dir)
-    try:
-        preset = Preset.model_validate(record["resolved"])
-    except (KeyError, ValidationError) as exc:
-        detail = format_validation_error("run.json resolved", exc) if isinstance(exc, ValidationError) else "no 'resolved' preset"
-        raise UserError(f"{run_dir / 'run.json'}: {detail}; the run folder was not made by this bespoke-kohya") from None
-    base_source(preset, base_override)  # refuse pixel24 runs / an empty base before anything heavy
-    jobs = select_jobs(run_dir, record, epochs, include_base)
-    prompts = prompts or (read_prompts_file(prompts_file) if prompts_file else preset.sample.full_prompts())
-    seeds = list(seeds) if seeds else list(preset.sample.seeds)
-    if dataset_dir is None:
-        dataset_dir = training_images_dir(run_dir, record, None)
-    options = postprocess_options_for(preset.sample, dataset_dir)
-    _check_suite(prompts, seeds, preset.sample_size)
-    pipe = load_base(preset, device, base_override)
-    return sample_epochs(
-        pipe, jobs, prompts, seeds, preset.sample, run_dir / "samples",
-        size=preset.sample_size, negative_prompt=preset.sample.negative_prompt, postprocess_options=options,
-        progress=progress, clip_skip=kohya_clip_skip_to_diffusers(preset),
-    )
-
-
-# ------------------------------------------------------------------ the native pixel24 model
-
-
-def _pixel24_epoch(model: Any, staging: Path, final_rel: str, prompts: list[str], seeds: list[int], steps: int, guidance: float, options: Any) -> list[dict[str, Any]]:
-    """Draw the suite with a pixel24 checkpoint; the raw 24×24 output is the "full" image, its post-processed copy the result."""
-    from . import pixel24
-
-    drawn = pixel24.sample(model, prompts, seeds, steps=steps, guidance_scale=guidance)
-    images = []
-    for pid, prompt, row in zip(prompt_ids(prompts), prompts, drawn):
-        for seed, pixels in zip(seeds, row):
-            images.append(_write_sample(Image.fromarray(pixels), staging, final_rel, pid, prompt, seed, options))
-    return images
-
-
-def sample_pixel24(run_dir: Path, preset: Preset, jobs: list[SampleJob], prompts: list[str], seeds: list[int], options: Any, device: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Sample a pixel24 run's epochs into ``RUN/samples`` in the same layout and samples.json as the diffusers sampler."""
-    from . import pixel24
-
-    if any(job.lora is None for job in jobs):
-        raise UserError("sample: --include-base has no meaning for pixel24 (there is no base model)")
-    _check_suite(prompts, seeds, (24, 24), factor=1)
-    assert preset.pixel24 is not None
-    steps, guidance = preset.pixel24.sample_steps, preset.pixel24.guidance_scale
-    out_dir = run_dir / "samples"
-    json_path = out_dir / SAMPLES_JSON
-    doc = read_samples_json(json_path) or {"version": FORMAT_VERSION, "epochs": {}}
-    recorded = preset.sample.model_dump(mode="json")
-    recorded.update(steps=steps, guidance_scale=guidance, width=24, height=24, engine="pixel24", postprocess_options=_options_record(options))
-    suite = {"settings": recorded, "prompts": [{"id": pid, "prompt": p} for pid, p in zip(prompt_ids(prompts), prompts)], "seeds": list(seeds)}
-    sid = suite_id(suite)
-    doc.update(suite, suite_id=sid)
-    warnings: list[str] = []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with _progress(progress, len(jobs)) as tick:
-        for job in jobs:
-            assert job.lora is not None
-            model = pixel24.load_checkpoint(job.lora, device)
-            if not warnings:
-                for prompt in prompts:
-                    unknown = pixel24.encode_prompt(model, prompt)[1]
-                    if unknown:
-                        warnings.append(f"prompt {prompt!r}: the model never saw these words, they have no effect: {', '.join(unknown)}")
-            name = f"epoch-{job.epoch:03d}"
-            with _staged_epoch(out_dir, name) as staging:
-                started = time.perf_counter()
-                images = _pixel24_epoch(model, staging, f"{out_dir.name}/{name}", prompts, seeds, steps, guidance, options)
-            doc["epochs"][str(job.epoch)] = {
-                "checkpoint": _rel(job.lora, run_dir), "sha256": lora_sha256(job.lora), "base_only": False,
-                "suite_id": sid, "sampled": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "seconds": round(time.perf_counter() - started, 3), "images": images,
-            }
-            doc["epochs"] = dict(sorted(doc["epochs"].items(), key=lambda kv: int(kv[0])))
-            write_json_atomic(json_path, doc)
-            tick()
-    doc["warnings"] = warnings
-    return doc
-
-
-def _run_preset(run_dir: Path, record: dict[str, Any]) -> Preset:
-    from pydantic import ValidationError
-
-    from .presets import format_validation_error
-
-    try:
-        return Preset.model_validate(record["resolved"])
-    except (KeyError, ValidationError) as exc:
-        detail = format_validation_error("run.json resolved", exc) if isinstance(exc, ValidationError) else "no 'resolved' preset"
-        raise UserError(f"{run_dir / 'run.json'}: {detail}; the run folder was not made by this bespoke-kohya") from None
-
-
-def training_images_dir(run_dir: Path, record: dict[str, Any], dataset_dir: Path | None) -> Path | None:
+def training_images_dir(run_dir: Path, record: RunRecord, dataset_dir: Path | None) -> Path | None:
     """Where the training colours come from: --dataset, the recorded dataset, else the run's own prepared copy.
 
     NEAREST upscaling keeps the exact colours, so the prepared folder has the same palette.
     """
     if dataset_dir is not None:
         return dataset_dir
-    recorded = (record.get("dataset") or {}).get("path")
-    path = None
-    if recorded:
-        path = Path(recorded) if Path(recorded).is_absolute() else run_dir / recorded  # bundles record it relative to the run
-        if path.is_dir():
-            return path
-    prepared = sorted(p for p in (run_dir / "data").glob("*_*") if p.is_dir())
+    path = recorded_dataset(run_dir, record.as_dict())
+    if path is not None and path.is_dir():
+        return path
+    prepared = sorted(p for p in (run_dir / DATA).glob("*_*") if p.is_dir())
     # Neither: return the recorded path so the error names what is missing.
     return prepared[0] if prepared else path
 
 
-def sample_any_run(
-    run_dir: Path,
-    *,
-    epochs: list[int] | None = None,
-    prompts_file: Path | None = None,
-    prompts: list[str] | None = None,
-    seeds: list[int] | None = None,
-    device: str | None = None,
-    include_base: bool = False,
-    base_override: str | None = None,
-    dataset_dir: Path | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """`bespoke-kohya sample --run RUN` for either engine: kohya LoRAs via diffusers, or pixel24 checkpoints."""
-    from .train import read_run
-
-    record = read_run(run_dir)
-    preset = _run_preset(run_dir, record)
-    dataset_dir = training_images_dir(run_dir, record, dataset_dir)
+def sample_run(run_dir: Path, *, epochs: list[int] | None = None, prompts_file: Path | None = None, prompts: list[str] | None = None,
+               seeds: list[int] | None = None, device: str | None = None, include_base: bool = False, base_override: str | None = None,
+               dataset_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """`bespoke-kohya sample --run RUN`: draw the run's epochs with its engine into ``RUN/samples``; returns samples.json (+ warnings)."""
+    run = RunHandle.open(Path(run_dir))
+    preset = run.record.preset_model(run.dir)
     if prompts is None and prompts_file is None:
-        full = None
+        suite = preset.sample.full_prompts()
     else:
-        full = list(prompts or []) + (read_prompts_file(prompts_file) if prompts_file else [])
-    if preset.engine != "pixel24":
-        return sample_run(run_dir, epochs=epochs, prompts=full, seeds=seeds, device=device, include_base=include_base,
-                          base_override=base_override, dataset_dir=dataset_dir, progress=progress)
-    jobs = select_jobs(run_dir, record, epochs, include_base)
-    options = postprocess_options_for(preset.sample, dataset_dir)
-    suite = full if full is not None else preset.sample.full_prompts()
-    return sample_pixel24(run_dir, preset, jobs, suite, list(seeds) if seeds else list(preset.sample.seeds), options, device, progress)
+        suite = list(prompts or []) + (read_prompts_file(prompts_file) if prompts_file else [])
+    options = SampleOptions(epochs=epochs, prompts=suite, seeds=list(seeds) if seeds else list(preset.sample.seeds), device=device,
+                            include_base=include_base, base_override=base_override, dataset_dir=dataset_dir, progress=progress)
+    sampler = get_engine(run.record.engine).sampler(run, options)
+    jobs = select_jobs(run, epochs, include_base)
+    post = postprocess_options_for(preset.sample, training_images_dir(run.dir, run.record, dataset_dir))
+    doc = draw_epochs(run.dir, sampler, jobs, options.prompts or [], options.seeds or [], post, progress).as_dict()
+    doc["warnings"] = list(sampler.warnings)
+    return doc

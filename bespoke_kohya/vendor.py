@@ -13,7 +13,6 @@ This module is standard-library only: the CLI imports it without torch.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .paths import cache_dir, hub_cache_dir
 
 SD_SCRIPTS_TAG = "v0.10.1"
 SD_SCRIPTS_UPSTREAM = "https://github.com/kohya-ss/sd-scripts.git"
@@ -83,7 +83,7 @@ def tokenizer_cache_dir() -> Path:
     Same rule as `train.tokenizer_cache_dir()`: `$BESPOKE_CACHE/tokenizers`, default
     `~/.cache/bespoke-kohya/tokenizers`.
     """
-    return Path(os.environ.get("BESPOKE_CACHE", Path.home() / ".cache" / "bespoke-kohya")) / "tokenizers"
+    return cache_dir() / "tokenizers"
 
 
 def tokenizer_cache_entry(cache_dir: Path, model_id: str = CLIP_L_TOKENIZER_ID) -> Path:
@@ -425,12 +425,12 @@ def _tokenizer_row(cache: Path) -> tuple[str, str, str]:
     entry = tokenizer_cache_entry(cache)
     if (entry / "vocab.json").is_file() and (entry / "merges.txt").is_file():
         return ("CLIP tokenizer (offline)", f"{entry}", "")
-    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
+    hub = hub_cache_dir()
     cached = hub / ("models--" + CLIP_L_TOKENIZER_ID.replace("/", "--"))
     if cached.is_dir():
         return ("CLIP tokenizer (offline)", f"in the hub cache ({cached})", "")
     return ("CLIP tokenizer (offline)", f"not in {entry} nor the hub cache",
-            f"online, sd-scripts fetches {CLIP_L_TOKENIZER_ID} on first use and keeps it in {cache}; offline: python -m bespoke_kohya.smoke --tokenizer-cache {cache}")
+            f"online, sd-scripts fetches {CLIP_L_TOKENIZER_ID} on first use and keeps it in {cache}; offline: bespoke-kohya smoke --tokenizer-cache {cache}")
 
 
 def doctor_rows(repo_root: Path) -> list[tuple[str, str, str]]:
@@ -540,42 +540,16 @@ def read_key_list(path: Path) -> list[str]:
 # ---------------------------------------------------------------- command line
 
 
-def write_key_lists(repo_root: Path, out_dir: Path) -> int:
-    """Write the key-list files for the installed sd-scripts (which must be at a tag) into `out_dir`."""
+def write_key_lists(repo_root: Path, out_dir: Path) -> list[tuple[Path, int]]:
+    """Write the key-list files for the installed sd-scripts (which must be at a tag) into `out_dir`; returns (file, names) pairs."""
     sd = find_sd_scripts(repo_root)
     if sd is None or sd.tag is None:
         raise UserError("no sd-scripts checked out at a tag was found: run make vendor first")
+    written = []
     for name, text in key_list_texts(extract_keys(sd), sd.tag).items():
         path = out_dir / name
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
-        print(f"wrote {path} ({len(text.splitlines()) - 1} names)")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m bespoke_kohya.vendor`: install kohya sd-scripts into vendor/sd-scripts."""
-    parser = argparse.ArgumentParser(prog="python -m bespoke_kohya.vendor", description=main.__doc__)
-    parser.add_argument("--source", help=f"clone from this URL or local clone/mirror (default: $SD_SCRIPTS_SRC, else {SD_SCRIPTS_UPSTREAM})")
-    parser.add_argument("--tag", default=SD_SCRIPTS_TAG, help=f"tag or commit to check out (default {SD_SCRIPTS_TAG}, the tested one)")
-    parser.add_argument("--torch", dest="torch_spec", help=f"pip arguments for torch (default: $SD_SCRIPTS_TORCH, else '{DEFAULT_TORCH_SPEC}')")
-    parser.add_argument("--write-key-lists", type=Path, metavar="DIR", help="instead of installing, write the key lists read from the installed sd-scripts' own parsers into DIR (tests/data)")
-    parser.add_argument("--repo-root", type=Path, default=Path(__file__).resolve().parents[1], help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    try:
-        if args.write_key_lists:
-            return write_key_lists(args.repo_root, args.write_key_lists)
-        sd = install(args.repo_root, source=args.source, tag=args.tag, torch_spec=args.torch_spec)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: nothing was kept", file=sys.stderr)
-        return 130
-    print(json.dumps(sd.to_dict(), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        written.append((path, len(text.splitlines()) - 1))
+    return written

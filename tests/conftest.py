@@ -1,4 +1,4 @@
-"""Shared fixtures: the real Bespoke Punks by path, and small helpers."""
+"""Shared fixtures: the real Bespoke Punks by path (helpers live in tests/helpers/)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASET = Path(os.environ.get("BESPOKE_DATASET", REPO.parent / "shared" / "datasets" / "bespoke-punks-24"))
@@ -33,17 +31,3 @@ def small_punks(punks_dir: Path, tmp_path: Path) -> Path:
         if caption.exists():
             shutil.copy(caption, out / caption.name)
     return out
-
-
-def make_punk(path: Path, seed: int = 0, size: tuple[int, int] = (24, 24), mode: str = "RGB") -> Path:
-    """A synthetic punk-like image: solid background and a blocky head."""
-    rng = np.random.default_rng(seed)
-    img = np.zeros((size[1], size[0], 3), np.uint8)
-    img[:] = rng.integers(0, 256, 3)
-    img[6:20, 7:17] = rng.integers(0, 256, 3)
-    img[10, 9] = img[10, 14] = 0
-    im = Image.fromarray(img)
-    if mode == "RGBA":
-        im = im.convert("RGBA")
-    im.save(path)
-    return path

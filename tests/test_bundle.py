@@ -35,7 +35,8 @@ from bespoke_kohya.bundle import (
 from bespoke_kohya.dataset import check_dataset
 from bespoke_kohya.errors import UserError
 from bespoke_kohya.presets import Preset
-from bespoke_kohya.train import read_run
+from bespoke_kohya.runfolder import run_document as read_run, write_run_document
+from bespoke_kohya.runfolder.records import SampledEpoch, SampleImage, Samples, write_samples
 
 REPO = Path(__file__).resolve().parents[1]
 BASH = shutil.which("bash")
@@ -198,7 +199,7 @@ def test_dry_run_in_a_fresh_folder_shows_every_stage(unpacked: Path, built: Bund
     assert would_run(out) == [
         ["python3", "-m", "venv", ".venv"],
         [".venv/bin/python", "-m", "pip", "install", "--disable-pip-version-check", f"wheels/{built.wheel}"],
-        [".venv/bin/python", "-m", "bespoke_kohya.vendor", "--repo-root", run, "--tag", "v0.10.1"],
+        [".venv/bin/bespoke-kohya", "vendor", "--repo-root", run, "--tag", "v0.10.1"],
         [f"{run}/vendor/sd-scripts/venv/bin/python", "-c", bundle_gpu_probe(out)],
         [".venv/bin/bespoke-kohya", "train", "--resume", ".", "--preset", "sd15_576"],
         [".venv/bin/bespoke-kohya", "sample", "--run", ".", "--dataset", "originals"],
@@ -233,7 +234,7 @@ def test_dry_run_options_reach_their_commands(unpacked: Path, tmp_path: Path):
     assert done.returncode == 0, done.stdout + done.stderr
     cmds = would_run(done.stdout)
     assert [".venv/bin/python", "-m", "pip", "install", "--disable-pip-version-check", "torch==2.5.1", "--index-url", "https://download.pytorch.org/whl/cu124"] in cmds
-    assert [".venv/bin/python", "-m", "bespoke_kohya.vendor", "--repo-root", str(unpacked), "--tag", "v0.10.1", "--source", "/mirror/sd-scripts"] in cmds
+    assert [".venv/bin/bespoke-kohya", "vendor", "--repo-root", str(unpacked), "--tag", "v0.10.1", "--source", "/mirror/sd-scripts"] in cmds
     assert [".venv/bin/python", "-m", "bespoke_kohya.bundle", "set-base", ".", str(base)] in cmds
     assert [".venv/bin/bespoke-kohya", "train", "--resume", ".", "--preset", "sd15_576", "--cpu"] in cmds
     assert [".venv/bin/bespoke-kohya", "sample", "--run", ".", "--dataset", "originals", "--device", "cpu"] in cmds
@@ -276,7 +277,7 @@ def fake_trained(run_dir: Path, epochs: int = 2) -> None:
     (ckpt / "bespoke-000001-state").mkdir()
     (ckpt / "bespoke-000001-state" / "optimizer.bin").write_bytes(b"state")
     record["status"] = "finished"
-    (run_dir / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    write_run_document(run_dir, record)
 
 
 def test_stage_states_follow_the_real_state(unpacked: Path):
@@ -296,10 +297,9 @@ def test_stage_states_follow_the_real_state(unpacked: Path):
     assert stage_state(unpacked, "train").done
     assert unsampled_epochs(unpacked) == [1, 2, 3]
     samples = unpacked / "samples"
-    samples.mkdir()
-    doc = {"epochs": {"1": {"checkpoint": "checkpoints/bespoke-000001.safetensors", "images": [{"id": "p0"}]},
-                      "2": {"checkpoint": "checkpoints/another.safetensors", "images": [{"id": "p0"}]}}}
-    (samples / "samples.json").write_text(json.dumps(doc))
+    image = SampleImage(prompt_id="p01", seed=1)
+    write_samples(unpacked, Samples(epochs={"1": SampledEpoch(checkpoint="checkpoints/bespoke-000001.safetensors", images=[image]),
+                                            "2": SampledEpoch(checkpoint="checkpoints/another.safetensors", images=[image])}))
     assert unsampled_epochs(unpacked) == [2, 3]  # epoch 2 was sampled from another checkpoint
     assert stage_state(unpacked, "sample") == bundle_mod.StageState(False, "epochs 2,3 not sampled yet")
     assert not stage_state(unpacked, "report").done
@@ -500,7 +500,7 @@ def test_go_sh_trains_samples_and_reports_a_pixel24_bundle(tmp_path: Path, small
 @pytest.fixture(scope="module")
 def random_sd15(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight SD1.5 diffusers folder (the real architecture sd-scripts needs)."""
-    from bespoke_kohya import smoke
+    from bespoke_kohya import offline_sd as smoke
 
     try:
         smoke.clip_bpe_path()
@@ -513,7 +513,7 @@ def random_sd15(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.sd_scripts
 def test_go_sh_trains_a_kohya_bundle_with_sd_scripts(tmp_path: Path, small_punks: Path, wheel: Path, random_sd15: Path):
     """The smoke path from an unpacked bundle: local sd-scripts, BASE_MODEL, CPU, 64 px, one epoch."""
-    from bespoke_kohya import smoke
+    from bespoke_kohya import offline_sd as smoke
     from bespoke_kohya.vendor import find_sd_scripts
 
     sd = find_sd_scripts(REPO)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_punk
+from tests.helpers.punks import make_punk
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

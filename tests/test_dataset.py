@@ -12,7 +12,7 @@ from PIL import Image
 from bespoke_kohya.dataset import check_dataset, dedupe_phrases, prepare, repeated_phrases
 from bespoke_kohya.errors import UserError
 
-from conftest import make_punk
+from tests.helpers.punks import make_punk
 
 
 def test_real_dataset_report(punks_dir: Path):

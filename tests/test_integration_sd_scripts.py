@@ -17,7 +17,6 @@ behaviour recorded from real sd-scripts v0.10.1 runs; they need no install.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -29,7 +28,9 @@ from pathlib import Path
 import pytest
 
 from bespoke_kohya.launch import parse_line
-from bespoke_kohya.train import merge_losses, read_loss_csv, write_loss_csv
+from bespoke_kohya.engines.kohya import merge_losses
+from bespoke_kohya.runfolder import run_document as read_run
+from bespoke_kohya.runfolder.records import LossRow, read_loss, write_loss
 from bespoke_kohya.vendor import find_sd_scripts, tokenizer_cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,8 @@ STEPS = 4  # 2 epochs × 8 images / batches of 4
 @pytest.fixture(scope="module")
 def random_base() -> Path:
     """The cached random-weight SD1.5 and the offline tokenizer cache (built on first use)."""
-    from bespoke_kohya.smoke import build_random_sd15, smoke_cache_dir, write_tokenizer_cache
+    from bespoke_kohya.offline_sd import build_random_sd15, write_tokenizer_cache
+    from bespoke_kohya.smoke import smoke_cache_dir
 
     write_tokenizer_cache(tokenizer_cache_dir())
     return build_random_sd15(smoke_cache_dir() / "sd15-random")
@@ -87,17 +89,13 @@ def run_cli(cmd: list[str], out: Path) -> int:
             proc.kill()
 
 
-def read_run(run_dir: Path) -> dict:
-    return json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-
-
 def assert_complete_finished_run(run_dir: Path) -> dict:
     """run.json says finished and records everything a reader needs; both epoch LoRAs exist."""
     record = read_run(run_dir)
     assert record["status"] == "finished", record.get("failure")
     assert record["engine"] == "kohya" and record["preset"] == "sd15_576"
     assert record["epochs"] == {"1": f"checkpoints/{OUTPUT_NAME}-000001.safetensors", "2": f"checkpoints/{OUTPUT_NAME}.safetensors"}
-    assert record["exit_code"] == 0 and record["failure"] is None
+    assert record["exit_code"] == 0 and record.get("failure") is None
     assert record["sd_scripts"]["tag"] == "v0.10.1" and len(record["sd_scripts"]["commit"]) == 40
     assert record["versions"]["torch"] and record["versions"]["diffusers"]
     command = record["command"]
@@ -124,7 +122,7 @@ def assert_is_lora(path: Path) -> None:
 
 def assert_loss_series(run_dir: Path, steps: int = STEPS, epochs: int = 2) -> list[dict]:
     """loss.csv holds one row per optimizer step, numbered 1..steps, with finite losses, lr and epoch."""
-    rows = read_loss_csv(run_dir / "logs" / "loss.csv")
+    rows = [r.model_dump() for r in read_loss(run_dir)]
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
     per_epoch = steps // epochs
     assert [r["epoch"] for r in rows] == [1 + (s - 1) // per_epoch for s in range(1, steps + 1)]
@@ -251,8 +249,8 @@ def test_real_plan_and_step_lines_parse():
     assert step.data["avr_loss"] == pytest.approx(1.05)
 
 
-def _rows(steps: range, base: float) -> list[dict]:
-    return [{"step": s, "loss": base + s / 100, "avg_loss": base, "lr": 1e-4} for s in steps]
+def _rows(steps: range, base: float) -> list[LossRow]:
+    return [LossRow(step=s, loss=base + s / 100, avg_loss=base, lr=1e-4) for s in steps]
 
 
 def test_resumed_session_that_restarts_its_step_count_is_shifted_on():
@@ -260,19 +258,18 @@ def test_resumed_session_that_restarts_its_step_count_is_shifted_on():
     # the first session had got one step into epoch 2 before Ctrl-C.
     first, second = _rows(range(1, 10), 1.0), _rows(range(1, 9), 2.0)
     merged = merge_losses(first, second, resume_step=8)
-    assert [r["step"] for r in merged] == list(range(1, 17))
-    assert [r["loss"] for r in merged[:8]] == [r["loss"] for r in first[:8]]  # step 9 of session one was redone
-    assert [r["loss"] for r in merged[8:]] == [r["loss"] for r in second]
+    assert [r.step for r in merged] == list(range(1, 17))
+    assert [r.loss for r in merged[:8]] == [r.loss for r in first[:8]]  # step 9 of session one was redone
+    assert [r.loss for r in merged[8:]] == [r.loss for r in second]
 
 
 def test_resumed_session_that_keeps_counting_is_left_alone():
     merged = merge_losses(_rows(range(1, 10), 1.0), _rows(range(9, 17), 2.0), resume_step=8)
-    assert [r["step"] for r in merged] == list(range(1, 17)) and merged[8]["avg_loss"] == 2.0
+    assert [r.step for r in merged] == list(range(1, 17)) and merged[8].avg_loss == 2.0
 
 
 def test_fresh_session_replaces_the_series(tmp_path: Path):
-    path = tmp_path / "loss.csv"
-    write_loss_csv(path, [{**r, "epoch": 1} for r in _rows(range(1, 4), 1.0)])
-    previous = read_loss_csv(path)
-    assert previous[0] == {"step": 1, "epoch": 1, "loss": 1.01, "avg_loss": 1.0, "lr": 1e-4}
+    write_loss(tmp_path, [r.model_copy(update={"epoch": 1}) for r in _rows(range(1, 4), 1.0)])
+    previous = read_loss(tmp_path)
+    assert previous[0] == LossRow(step=1, epoch=1, loss=1.01, avg_loss=1.0, lr=1e-4)
     assert merge_losses(previous, _rows(range(1, 3), 2.0), resume_step=None) == _rows(range(1, 3), 2.0)

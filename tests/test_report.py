@@ -22,7 +22,8 @@ from PIL import Image
 from bespoke_kohya import report
 from bespoke_kohya.errors import UserError
 
-from fake_run import FakeRun, build_fake_run
+from tests.helpers.fake_run import FakeRun, build_fake_run
+from tests.helpers.runs import write_record
 
 IMG_RE = re.compile(r'<img class="px" src="data:image/png;base64,([A-Za-z0-9+/=]+)" width="(\d+)" height="(\d+)" alt="([^"]*)">')
 STRIP_RE = re.compile(r'<img class="px" src="data:image/png;base64,([A-Za-z0-9+/=]+)" width="\d+" height="\d+" title="([^"]*)" alt="\2">')
@@ -414,7 +415,7 @@ def test_report_of_a_run_sampled_by_the_real_sampler(tmp_path: Path, punks_dir: 
     from bespoke_kohya.postprocess import PostprocessOptions
     from bespoke_kohya.presets import Preset
 
-    from tiny_sd import build_tiny_sd15, write_kohya_lora
+    from tests.helpers.tiny_sd import build_tiny_sd15, write_kohya_lora
 
     base = build_tiny_sd15(tmp_path / "base")
     run = tmp_path / "run"
@@ -432,9 +433,7 @@ def test_report_of_a_run_sampled_by_the_real_sampler(tmp_path: Path, punks_dir: 
                              size=(64, 64), negative_prompt="", postprocess_options=PostprocessOptions(method="grid"), progress=False)
     finally:
         torch.set_num_threads(threads)
-    record = {"id": "tiny", "preset": "tiny", "engine": "kohya", "status": "finished", "resolved": preset.model_dump(mode="json"),
-              "dataset": {"path": str(punks_dir), "images": 184}, "epochs": {str(e): f"checkpoints/{p.name}" for e, p in loras.items()}}
-    (run / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    write_record(run, preset, punks_dir, {str(e): f"checkpoints/{p.name}" for e, p in loras.items()})
 
     page = report.write_report(run).read_text(encoding="utf-8")
     doc = json.loads((run / "report" / "metrics.json").read_text(encoding="utf-8"))

@@ -18,7 +18,7 @@ from PIL import Image
 
 from bespoke_kohya import report
 
-from fake_run import build_fake_run
+from tests.helpers.fake_run import build_fake_run
 
 pytestmark = pytest.mark.browser
 

@@ -27,7 +27,8 @@ from bespoke_kohya.postprocess import PostprocessOptions, postprocess
 from bespoke_kohya.presets import Preset, SampleSettings
 from bespoke_kohya.sample import SampleJob
 
-from tiny_sd import build_tiny_sd15, kohya_lora_state_dict, kohya_metadata, write_kohya_lora
+from tests.helpers.runs import write_record
+from tests.helpers.tiny_sd import build_tiny_sd15, kohya_lora_state_dict, kohya_metadata, write_kohya_lora
 
 SIZE = (64, 64)
 PROMPTS = [
@@ -402,9 +403,7 @@ def test_clip_skip_follows_kohya_numbering(tiny) -> None:
 def write_run(run: Path, base: Path, dataset: Path, epochs: dict[str, str], palette: float | None) -> None:
     preset = tiny_preset(base, palette_max_delta_e=palette, seeds=[5], postprocess="grid")
     preset.sample.prompts = ["lad, green solid background, black hair"]
-    record = {"preset": "tiny", "engine": "kohya", "resolved": preset.model_dump(mode="json"), "status": "finished",
-              "dataset": {"path": str(dataset)}, "epochs": epochs}
-    (run / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    write_record(run, preset, dataset, epochs)
 
 
 def test_sample_run_on_a_run_folder_snaps_to_the_real_training_palette(tiny, tmp_path: Path, punks_dir: Path) -> None:

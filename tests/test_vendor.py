@@ -164,7 +164,7 @@ def test_doctor_rows_say_what_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     rows = doctor_rows(tmp_path)
     assert rows[0][0] == "sd-scripts" and "not installed" in rows[0][1] and rows[0][2].startswith("make vendor")
-    assert rows[1][0] == "CLIP tokenizer (offline)" and "python -m bespoke_kohya.smoke --tokenizer-cache" in rows[1][2]
+    assert rows[1][0] == "CLIP tokenizer (offline)" and "bespoke-kohya smoke --tokenizer-cache" in rows[1][2]
     monkeypatch.setenv("SD_SCRIPTS_DIR", str(tmp_path / "nowhere"))
     assert "SD_SCRIPTS_DIR=" in doctor_rows(tmp_path)[0][1]
 
@@ -349,7 +349,7 @@ def test_doctor_reports_the_real_install(real_sd: SdScripts, tmp_path: Path, mon
 
 @pytest.fixture(scope="module")
 def tokenizer_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from bespoke_kohya import smoke
+    from bespoke_kohya import offline_sd as smoke
 
     try:
         smoke.clip_bpe_path()
@@ -391,7 +391,7 @@ def test_random_sd15_loads_identically_in_both_environments(real_sd: SdScripts, 
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from bespoke_kohya import smoke
+    from bespoke_kohya import offline_sd as smoke
 
     try:
         smoke.clip_bpe_path()

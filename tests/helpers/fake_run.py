@@ -3,7 +3,8 @@
 The run looks like one that `train` + `sample` produced: run.json (finished, one
 checkpoint per epoch), logs/loss.csv with a decreasing curve, and for each epoch the
 fixed prompt × seed suite as full-size PNGs, their true 24×24 results and ×8
-previews, recorded in samples/samples.json in the sampler's format.
+previews, recorded in samples/samples.json. Every run file is written by the run
+contract (bespoke_kohya.runfolder), so a format lives in one place.
 
 The epochs are built to be told apart by the style metrics:
   epoch 1 ("bad"):       blurred, noisy, colour-drifted renders (what a young LoRA makes);
@@ -18,9 +19,7 @@ training).
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,9 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from bespoke_kohya.presets import Preset, load_preset
-from bespoke_kohya.sample import FORMAT_VERSION, prompt_ids, suite_id
+from bespoke_kohya.runfolder import Status, write_reproduce_document
+from bespoke_kohya.runfolder.records import DatasetRef, Failure, LossRow, RunRecord, SampledEpoch, Samples, write_loss, write_run, write_samples
+from bespoke_kohya.sample import prompt_ids, suite_id
 
 PROMPTS = [
     "lad, green solid background, black hair, blue eyes, light skin",
@@ -136,7 +137,7 @@ def write_checkpoint(path: Path, epoch: int) -> None:
     save_file({"lora_unet_down.weight": np.full((4, 4), epoch, dtype=np.float32)}, str(path))
 
 
-def loss_rows(epochs: int, steps_per_epoch: int, seed: int = 0) -> list[dict[str, Any]]:
+def loss_rows(epochs: int, steps_per_epoch: int, seed: int = 0) -> list[LossRow]:
     """A decreasing, noisy loss with a running average and a cosine learning rate."""
     rng = np.random.default_rng(seed)
     rows, total, avg = [], epochs * steps_per_epoch, None
@@ -144,16 +145,8 @@ def loss_rows(epochs: int, steps_per_epoch: int, seed: int = 0) -> list[dict[str
         loss = 0.015 + 0.02 * math.exp(-step / (total / 3)) + abs(rng.normal(0, 0.004))
         avg = loss if avg is None else 0.9 * avg + 0.1 * loss
         lr = 1e-4 * 0.5 * (1 + math.cos(math.pi * (step - 1) / total))
-        rows.append({"step": step, "epoch": (step - 1) // steps_per_epoch + 1, "loss": f"{loss:.5f}", "avg_loss": f"{avg:.5f}", "lr": f"{lr:.3e}"})
+        rows.append(LossRow(step=step, epoch=(step - 1) // steps_per_epoch + 1, loss=loss, avg_loss=avg, lr=lr))
     return rows
-
-
-def write_loss(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", "epoch", "loss", "avg_loss", "lr"])
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def fake_preset() -> Preset:
@@ -174,25 +167,19 @@ def suite(preset: Preset, size: int) -> dict[str, Any]:
     return {"settings": settings, "prompts": [{"id": pid, "prompt": p} for pid, p in zip(prompt_ids(prompts), prompts)], "seeds": list(SEEDS)}
 
 
-def run_record(run_dir: Path, dataset_dir: Path, epochs: dict[str, str], status: str, preset: Preset) -> dict[str, Any]:
+def run_record(run_dir: Path, dataset_dir: Path, epochs: dict[str, str], status: str, preset: Preset) -> RunRecord:
     """run.json as `train` writes it for a kohya run."""
-    record: dict[str, Any] = {
-        "id": run_dir.name,
-        "preset": preset.name,
-        "engine": preset.engine,
-        "script": preset.script,
-        "resolved": preset.model_dump(mode="json"),
-        "overrides": ["sample.postprocess=nearest"],
-        "dataset": {"path": str(dataset_dir.resolve()), "content_hash": "0" * 64, "images": len(list(dataset_dir.glob("*.png")))},
-        "status": status,
-        "created": "2025-01-01T00:00:00+00:00",
-        "epochs": epochs,
-    }
+    record = RunRecord(
+        id=run_dir.name, preset=preset.name, engine=preset.engine, script=preset.script, resolved=preset.model_dump(mode="json"),
+        overrides=["sample.postprocess=nearest"],
+        dataset=DatasetRef(path=str(dataset_dir.resolve()), content_hash="0" * 64, images=len(list(dataset_dir.glob("*.png")))),
+        status=Status(status), created="2025-01-01T00:00:00+00:00", epochs=epochs,
+    )
     if status == "failed":
-        record["failure"] = {
-            "cause": "CUDA out of memory while training epoch 3",
-            "tail": ["steps:  66%|██████▌   | 400/609", "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB <GPU 0>"],
-        }
+        record.failure = Failure(
+            cause="CUDA out of memory while training epoch 3",
+            tail=["steps:  66%|██████▌   | 400/609", "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB <GPU 0>"],
+        )
     return record
 
 
@@ -228,27 +215,26 @@ def build_fake_run(
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     (run_dir / "logs" / "train.log").write_text("epoch 1/3\nepoch 2/3\nepoch 3/3\n", encoding="utf-8")
     if with_loss:
-        write_loss(run_dir / "logs" / "loss.csv", loss_rows(epochs, steps_per_epoch=40))
+        write_loss(run_dir, loss_rows(epochs, steps_per_epoch=40))
     if with_samples:
-        doc = write_samples(run_dir, checkpoints, punks, suite(preset, size), skip_sample_epochs, fake)
-        (run_dir / "samples" / "samples.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    (run_dir / "run.json").write_text(json.dumps(run_record(run_dir, dataset_dir, checkpoints, status, preset), indent=2) + "\n", encoding="utf-8")
+        write_samples(run_dir, fake_samples(run_dir, checkpoints, punks, suite(preset, size), skip_sample_epochs, fake))
+    write_run(run_dir, run_record(run_dir, dataset_dir, checkpoints, status, preset))
     if reproduce is not None:
-        (run_dir / "reproduce.json").write_text(json.dumps(reproduce, indent=2) + "\n", encoding="utf-8")
+        write_reproduce_document(run_dir, reproduce)
     return fake
 
 
-def write_samples(
+def fake_samples(
     run_dir: Path,
     checkpoints: dict[str, str],
     punks: list[tuple[str, np.ndarray]],
     suite_doc: dict[str, Any],
     skip: tuple[int, ...],
     fake: FakeRun,
-) -> dict[str, Any]:
+) -> Samples:
     """Write every epoch's images and return the samples.json document (sample.py's format)."""
     sid = suite_id(suite_doc)
-    doc: dict[str, Any] = {"version": FORMAT_VERSION, "epochs": {}, **suite_doc, "suite_id": sid}
+    doc = Samples(**suite_doc, suite_id=sid)
     for epoch_s, rel in checkpoints.items():
         epoch = int(epoch_s)
         if epoch in skip:
@@ -269,7 +255,7 @@ def write_samples(
                 fake.arts[(epoch, pid, seed)] = art
                 fake.sources[(epoch, pid, seed)] = source
                 images.append({"prompt_id": pid, "prompt": text, "seed": seed, "full": f"{stem}.png", "art": f"{stem}.24.png", "preview": f"{stem}.x8.png", "grid": None})
-        doc["epochs"][epoch_s] = {
+        doc.epochs[epoch_s] = SampledEpoch.model_validate({
             "checkpoint": rel,
             "sha256": sha256(run_dir / rel),
             "base_only": False,
@@ -278,6 +264,6 @@ def write_samples(
             "sampled": "2025-01-01T01:00:00+00:00",
             "seconds": 12.5,
             "images": images,
-        }
+        })
         fake.epochs.append(epoch)
     return doc

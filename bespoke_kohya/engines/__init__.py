@@ -1,0 +1,114 @@
+"""Engines: what trains a run and draws its samples, behind one small protocol.
+
+`train` and `sample` never ask which engine a run uses; they look it up here by the
+preset's ``engine`` name and call the protocol. A new engine is one module in this
+package that defines ``ENGINE`` plus a preset with ``engine = "<its name>"`` (and its
+settings table in presets.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from ..errors import UserError
+from ..runfolder import Status
+from ..runfolder.records import Failure, RunHandle
+
+# engine name (a preset's `engine`) -> module defining ENGINE; modules are imported on use (torch, diffusers are heavy).
+REGISTRY = {"kohya": "kohya", "pixel24": "pixel24"}
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """`bespoke-kohya train` as typed values (the CLI builds it; reproduce and smoke too)."""
+
+    preset: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    experimental: bool = False
+    dataset: Path | None = None
+    run_dir: Path | None = None
+    resume: Path | None = None
+    dry_run: bool = False
+    num_gpus: int = 1
+    cpu: bool = False
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """How to draw a run's epochs: the suite, the device, and the base to draw on (engines that have one)."""
+
+    epochs: list[int] | None = None
+    prompts: list[str] | None = None
+    seeds: list[int] | None = None
+    device: str | None = None
+    include_base: bool = False
+    base_override: str | None = None
+    dataset_dir: Path | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class SampleJob:
+    """One epoch column: the checkpoint to draw with, or ``None`` for the base model alone (epoch 0)."""
+
+    epoch: int
+    checkpoint: Path | None
+
+
+@dataclass
+class Outcome:
+    """How a training session ended; the verb writes it to run.json."""
+
+    status: Status
+    exit_code: int | None = None
+    failure: Failure | None = None
+
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class EpochSampler(Protocol):
+    """A loaded model, ready to draw the suite once per epoch."""
+
+    warnings: list[str]
+
+    def check(self, prompts: list[str], seeds: list[int], jobs: list[SampleJob]) -> None:
+        """Refuse a suite or checkpoint this engine cannot draw, then load the model (before any epoch is drawn)."""
+
+    def settings(self, prompts: list[str], seeds: list[int], options_record: dict[str, Any]) -> dict[str, Any]:
+        """What decides how the images look, apart from the checkpoint (samples.json `settings`)."""
+
+    def draw(self, job: SampleJob, prompts: list[str], seeds: list[int], write: Callable[[Any, str, str, int], dict[str, Any]]) -> dict[str, Any]:
+        """Draw every prompt × seed with ``job``'s checkpoint, handing each full image to ``write(image, prompt_id, prompt, seed)``.
+
+        Returns extra fields for the epoch's samples.json entry (e.g. the checkpoint's metadata).
+        """
+
+
+class Engine(Protocol):
+    name: str
+
+    def prepare(self, preset: Any, options: TrainOptions) -> list[str]:
+        """Before a run is rendered: check the tools it needs; returns overrides the options imply (e.g. --cpu precision)."""
+
+    def default_dataset(self, console: Any) -> Path | None:
+        """A dataset to train on when none is given and dataset/ is empty (None: the user must give one)."""
+
+    def plan(self, run: RunHandle, options: TrainOptions) -> list[str]:
+        """Record in ``run.record`` how this session trains (command, resume point); returns the command to show."""
+
+    def train(self, run: RunHandle, options: TrainOptions, progress: Progress) -> Outcome:
+        """Train, or resume from the run's own saved state; each epoch's checkpoint goes into run.json as it is written."""
+
+    def sampler(self, run: RunHandle, options: SampleOptions) -> EpochSampler:
+        """Load what draws this run's samples, once for every epoch."""
+
+
+def get_engine(name: str) -> Engine:
+    """The engine a preset names, or a UserError listing the known ones."""
+    if name not in REGISTRY:
+        raise UserError(f"engine {name!r} is unknown; presets may use {', '.join(sorted(REGISTRY))}")
+    return importlib.import_module(f"{__name__}.{REGISTRY[name]}").ENGINE

@@ -1,0 +1,87 @@
+"""The pixel24 engine: the native 24x24 model (bespoke_kohya.pixel24) trained in this process, sampled from its checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import UserError
+from ..runfolder import DATA, Status
+from ..runfolder.records import RunHandle
+from . import Outcome, Progress, SampleJob, SampleOptions, TrainOptions
+
+
+class Pixel24Engine:
+    name = "pixel24"
+
+    def prepare(self, preset: Any, options: TrainOptions) -> list[str]:
+        return []  # needs nothing beyond this package
+
+    def default_dataset(self, console: Any) -> Path | None:
+        from ..standin import ensure_standin
+
+        return ensure_standin(console=console)
+
+    def plan(self, run: RunHandle, options: TrainOptions) -> list[str]:
+        r = run.record
+        r.command = ["bespoke-kohya", "train", "--preset", r.preset, "--dataset", r.dataset.path] + [f"--set={o}" for o in r.overrides]
+        r.cwd = str(Path.cwd())
+        return r.command
+
+    def train(self, run: RunHandle, options: TrainOptions, progress: Progress) -> Outcome:
+        from .. import pixel24
+
+        # Trains on the prepared copy: alpha flattened, captions completed and de-duplicated.
+        prepared = next((run.dir / DATA).iterdir())
+        try:
+            pixel24.train(run.record.preset_model(run.dir), prepared, run.dir, device="cpu" if options.cpu else None,
+                          on_step=progress, on_epoch=run.record_epoch)
+        except KeyboardInterrupt:  # the epochs that finished before Ctrl-C are already in run.json
+            return Outcome(Status.INTERRUPTED, 130)
+        return Outcome(Status.FINISHED, 0)
+
+    def sampler(self, run: RunHandle, options: SampleOptions) -> "Pixel24Sampler":
+        return Pixel24Sampler(run.record.preset_model(run.dir), options)
+
+
+class Pixel24Sampler:
+    """Each epoch's checkpoint rebuilt from its own pixel24.json; the raw 24×24 output is the "full" image."""
+
+    def __init__(self, preset: Any, options: SampleOptions) -> None:
+        assert preset.pixel24 is not None
+        self.preset, self.device, self.warnings = preset, options.device, []
+
+    def check(self, prompts: list[str], seeds: list[int], jobs: list[SampleJob]) -> None:
+        from ..sample import check_suite
+
+        if any(job.checkpoint is None for job in jobs):
+            raise UserError("sample: --include-base has no meaning for pixel24 (there is no base model)")
+        check_suite(prompts, seeds, (24, 24), factor=1)
+
+    def settings(self, prompts: list[str], seeds: list[int], options_record: dict[str, Any]) -> dict[str, Any]:
+        p = self.preset.pixel24
+        recorded = self.preset.sample.model_dump(mode="json")
+        recorded.update(steps=p.sample_steps, guidance_scale=p.guidance_scale, width=24, height=24, engine="pixel24", postprocess_options=options_record)
+        return recorded
+
+    def draw(self, job: SampleJob, prompts: list[str], seeds: list[int], write: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+        from PIL import Image
+
+        from .. import pixel24
+        from ..sample import prompt_ids
+
+        assert job.checkpoint is not None
+        model = pixel24.load_checkpoint(job.checkpoint, self.device)
+        if not self.warnings:
+            for prompt in prompts:
+                if unknown := pixel24.encode_prompt(model, prompt)[1]:
+                    self.warnings.append(f"prompt {prompt!r}: the model never saw these words, they have no effect: {', '.join(unknown)}")
+        p = self.preset.pixel24
+        drawn = pixel24.sample(model, prompts, seeds, steps=p.sample_steps, guidance_scale=p.guidance_scale)
+        for pid, prompt, row in zip(prompt_ids(prompts), prompts, drawn):
+            for seed, pixels in zip(seeds, row):
+                write(Image.fromarray(pixels), pid, prompt, seed)
+        return {}
+
+
+ENGINE = Pixel24Engine()

@@ -1,0 +1,104 @@
+"""Making a run and training it by its engine, for every caller (train, reproduce, smoke, bundle).
+
+`create_run` renders the folder and writes the first run.json; `run_session` moves the
+status rendered/interrupted/failed → running → the engine's outcome, so a run folder
+always says how far it got.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..dataset import check_dataset
+from ..errors import UserError
+from ..paths import REPO_ROOT
+from ..presets import Preset, load_preset
+from ..render import render
+from ..runfolder import CHECKPOINTS, TRAIN_LOG, Status
+from ..runfolder.records import DatasetRef, RunHandle, RunRecord, now_iso, package_versions, write_run
+from . import Outcome, Progress, TrainOptions, get_engine
+
+RUNS_DIR = Path("runs")
+
+
+def default_run_dir(preset: Preset, prefix: str = "") -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return RUNS_DIR / f"{prefix}{preset.name}-{stamp}"
+
+
+def options_preset(options: TrainOptions) -> tuple[Preset, list[str]]:
+    """The preset the options name, with the overrides its engine adds for them (e.g. --cpu precision)."""
+    if not options.preset:
+        raise UserError("train needs --preset NAME (see `bespoke-kohya presets`), or --resume RUN to continue a run")
+    overrides = list(options.overrides)
+    preset = load_preset(options.preset, overrides, experimental=options.experimental)
+    extra = get_engine(preset.engine).prepare(preset, options)
+    if extra:
+        overrides += extra
+        preset = load_preset(options.preset, overrides, experimental=options.experimental)
+    return preset, overrides
+
+
+def resolve_dataset(arg: Path | str | None, preset: Preset, console: Any) -> Path:
+    """--dataset, else `dataset/` when it holds images, else the engine's stand-in (pixel24: CryptoPunks built on demand)."""
+    if arg:
+        return Path(arg)
+    default = REPO_ROOT / "dataset"
+    if any(default.glob("*.png")):
+        return default
+    standin = get_engine(preset.engine).default_dataset(console)
+    if standin is not None:
+        return standin
+    raise UserError(f"no --dataset given and {default} has no images; put your 24x24 PNGs and .txt captions there or pass --dataset DIR")
+
+
+def create_run(preset: Preset, overrides: list[str], dataset_dir: Path, run_dir: Path, err_console: Any) -> tuple[RunHandle, Path]:
+    """Check the dataset, render the run directory atomically and write its first run.json.
+
+    Returns (the run, the prepared training folder).
+    """
+    report = check_dataset(dataset_dir, preset.dataset.caption_extension)
+    rendered = render(preset, report, run_dir, run_id=run_dir.name)
+    run_dir = rendered.run_dir
+    for line in rendered.warnings:
+        err_console.print(f"[yellow]warning:[/] {line}", markup=True, highlight=False, soft_wrap=True)
+    record = RunRecord(
+        id=run_dir.name, preset=preset.name, engine=preset.engine, script=preset.script,
+        resolved=preset.model_dump(mode="json"), overrides=overrides,
+        dataset=DatasetRef(path=str(dataset_dir.resolve()), content_hash=report.content_hash(), images=len(report.images)),
+        versions=package_versions(), status=Status.RENDERED, created=now_iso(), epochs={},
+    )
+    write_run(run_dir, record)
+    return RunHandle(run_dir, record), rendered.prepared.folder
+
+
+def run_session(run: RunHandle, options: TrainOptions, progress: Progress) -> Outcome:
+    """Train (or resume) ``run`` by its engine, whose plan() has been recorded; run.json says running, then the outcome."""
+    engine = get_engine(run.record.engine)
+    run.save(status=Status.RUNNING, started=now_iso(), ended=None, exit_code=None, failure=None)
+    try:
+        outcome = engine.train(run, options, progress)
+    except UserError:
+        run.save(status=Status.FAILED, ended=now_iso())
+        raise
+    run.save(status=outcome.status, ended=now_iso(), exit_code=outcome.exit_code, failure=outcome.failure)
+    return outcome
+
+
+def finish_message(run: RunHandle, outcome: Outcome, console: Any, err_console: Any) -> int:
+    """Say how the session ended and what to do next; returns the exit status."""
+    if outcome.status == Status.FINISHED:
+        console.print(f"[green]finished[/] {len(run.record.epochs)} epoch checkpoint(s) in {run.dir / CHECKPOINTS}")
+        console.print(f"next: bespoke-kohya sample --run {run.dir}   then   bespoke-kohya report --run {run.dir}")
+        return 0
+    if outcome.status == Status.INTERRUPTED:
+        err_console.print(f"interrupted: run marked interrupted; continue with `bespoke-kohya train --resume {run.dir}`")
+        return 130
+    failure = outcome.failure
+    err_console.print(f"[red]training failed:[/] {failure.cause if failure else None}", soft_wrap=True)
+    for line in failure.tail if failure else []:
+        err_console.print(f"  {line}", markup=False, soft_wrap=True)
+    err_console.print(f"full log: {run.dir / TRAIN_LOG}")
+    return 1

@@ -1,0 +1,295 @@
+"""Typed run files: run.json, samples/samples.json and logs/loss.csv, each with one reader and one writer.
+
+The models accept keys they do not know (``extra="allow"``), so a file written by a
+same-version bespoke-kohya with more fields survives a read-modify-write. Every write is
+atomic (a temporary file renamed over the old one).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+import platform
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .. import __version__
+from ..errors import UserError
+from ..jsonfile import write_json_atomic
+from . import LOSS_CSV, NOT_TRAINED, RUN_JSON, RUN_VERSION, SAMPLES_JSON, SAMPLES_VERSION, Status, run_document, samples_document, write_run_document
+
+
+def now_iso() -> str:
+    """UTC time, seconds precision (every timestamp in run files)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version(), "bespoke_kohya": __version__}
+    for dist in ("torch", "diffusers", "transformers", "accelerate"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _problem(path: Path, exc: ValidationError, fix: str) -> UserError:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    return UserError(f"{path}: {where}: {first['msg']}; {fix}")
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# ------------------------------------------------------------------ run.json
+
+
+class DatasetRef(_Open):
+    path: str = ""
+    content_hash: str | None = None
+    images: int | None = None
+
+
+class Failure(_Open):
+    cause: str | None = None
+    tail: list[str] = Field(default_factory=list)
+
+
+class RunRecord(_Open):
+    """run.json: everything needed to reproduce a run and compare its epochs."""
+
+    version: int = RUN_VERSION
+    id: str
+    preset: str
+    engine: str
+    script: str | None = None
+    resolved: dict[str, Any]
+    overrides: list[str] = Field(default_factory=list)
+    dataset: DatasetRef = Field(default_factory=DatasetRef)
+    versions: dict[str, str | None] = Field(default_factory=dict)
+    status: Status
+    created: str | None = None
+    epochs: dict[str, str] = Field(default_factory=dict)
+    command: list[str] | None = None
+    cwd: str | None = None
+    started: str | None = None
+    ended: str | None = None
+    exit_code: int | None = None
+    failure: Failure | None = None
+
+    def checkpoints(self) -> dict[int, str]:
+        """{epoch: checkpoint path relative to the run}, by epoch."""
+        return {int(k): v for k, v in sorted(self.epochs.items(), key=lambda kv: int(kv[0]))}
+
+    def preset_model(self, run_dir: Path) -> Any:
+        """The resolved preset the run was rendered with (the engine reads its settings from it)."""
+        from ..presets import Preset, format_validation_error
+
+        try:
+            return Preset.model_validate(self.resolved)
+        except ValidationError as exc:
+            raise UserError(f"{Path(run_dir) / RUN_JSON}: {format_validation_error('run.json resolved', exc)}; the run folder was not made by this bespoke-kohya") from None
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    """The run.json of a run directory, or a UserError naming the file and what is wrong."""
+    doc = run_document(run_dir)
+    try:
+        return RunRecord.model_validate(doc)
+    except ValidationError as exc:
+        raise _problem(Path(run_dir) / RUN_JSON, exc, "restore it from a copy or render the run again") from None
+
+
+def write_run(run_dir: Path, record: RunRecord) -> None:
+    write_run_document(run_dir, record.as_dict())
+
+
+class RunHandle:
+    """A run folder and its record: what an engine gets to train, resume and record epochs into."""
+
+    def __init__(self, run_dir: Path, record: RunRecord) -> None:
+        self.dir = Path(run_dir)
+        self.record = record
+        self.session: dict[str, Any] = {}  # what an engine's plan() leaves for its train() (not saved)
+
+    @classmethod
+    def open(cls, run_dir: Path) -> "RunHandle":
+        return cls(Path(run_dir), read_run(run_dir))
+
+    @property
+    def trained(self) -> bool:
+        return self.record.status not in NOT_TRAINED
+
+    def save(self, **changes: Any) -> None:
+        """Apply ``changes`` to the record and write run.json."""
+        for key, value in changes.items():
+            setattr(self.record, key, value)
+        write_run(self.dir, self.record)
+
+    def record_epoch(self, epoch: int, checkpoint: str) -> None:
+        """An epoch's checkpoint is complete on disk: list it in run.json at once."""
+        epochs = {**self.record.epochs, str(epoch): checkpoint}
+        self.save(epochs=dict(sorted(epochs.items(), key=lambda kv: int(kv[0]))))
+
+    def path(self, rel: str) -> Path:
+        return self.dir / rel
+
+
+# ------------------------------------------------------------------ samples/samples.json
+
+
+class SampleImage(_Open):
+    prompt_id: str
+    prompt: str = ""
+    seed: int
+    full: str | None = None
+    art: str | None = None
+    preview: str | None = None
+    grid: dict[str, Any] | None = None
+
+
+class SampledEpoch(_Open):
+    checkpoint: str | None = None
+    sha256: str | None = None
+    base_only: bool = False
+    suite_id: str | None = None
+    images: list[SampleImage] = Field(default_factory=list)
+
+
+class Samples(_Open):
+    """samples.json: the prompt × seed suite and, per epoch, the images drawn with it."""
+
+    version: int = SAMPLES_VERSION
+    epochs: dict[str, SampledEpoch] = Field(default_factory=dict)
+    settings: dict[str, Any] | None = None
+    prompts: list[dict[str, Any]] | None = None
+    seeds: list[int] | None = None
+    suite_id: str | None = None
+    # sha256 of the file as read: the report says which samples its numbers came from.
+    digest: str | None = Field(default=None, exclude=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=False, exclude={"digest"})
+
+
+def read_samples(run_dir: Path) -> Samples | None:
+    """samples/samples.json, or None before the first `sample`; damaged or newer files are a UserError."""
+    doc = samples_document(run_dir)
+    if doc is None:
+        return None
+    path = Path(run_dir) / SAMPLES_JSON
+    try:
+        samples = Samples.model_validate(doc)
+    except ValidationError as exc:
+        raise _problem(path, exc, f"delete it (and the epoch-* folders beside it) and run `bespoke-kohya sample --run {run_dir}` again") from None
+    samples.digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return samples
+
+
+def write_samples(run_dir: Path, samples: Samples) -> None:
+    write_json_atomic(Path(run_dir) / SAMPLES_JSON, samples.as_dict())
+
+
+# ------------------------------------------------------------------ logs/loss.csv
+
+
+class LossRow(BaseModel):
+    """One optimiser step: its loss, the epoch's running average and the learning rate (None: not recorded)."""
+
+    step: int
+    epoch: int | None = None
+    loss: float | None = None
+    avg_loss: float | None = None
+    lr: float | None = None
+
+
+LOSS_FIELDS = list(LossRow.model_fields)
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    if key in ("step", "epoch"):
+        return str(int(value))
+    return f"{float(value):.6g}" if key == "lr" else f"{float(value):.6f}"
+
+
+class LossLog:
+    """Writes logs/loss.csv row by row (flushed per epoch) into a temporary file renamed into place on close."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOSS_CSV
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        self._fh = os.fdopen(fd, "w", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._fh)
+        self._csv.writerow(LOSS_FIELDS)
+
+    def append(self, row: LossRow) -> None:
+        self._csv.writerow([_cell(k, getattr(row, k)) for k in LOSS_FIELDS])
+
+    def flush(self) -> None:
+        """Make the rows so far visible as logs/loss.csv (an interrupted run keeps its curve)."""
+        self._fh.flush()
+        Path(self._tmp).chmod(0o644)
+        shutil.copyfile(self._tmp, self.path.with_name(f".{self.path.name}.flush"))
+        os.replace(self.path.with_name(f".{self.path.name}.flush"), self.path)
+
+    def close(self) -> None:
+        self._fh.close()
+        Path(self._tmp).chmod(0o644)
+        os.replace(self._tmp, self.path)
+
+    def __enter__(self) -> "LossLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_loss(run_dir: Path, rows: list[LossRow]) -> None:
+    """Replace logs/loss.csv with ``rows``."""
+    with LossLog(run_dir) as log:
+        for row in rows:
+            log.append(row)
+
+
+def _number(value: str | None) -> float | None:
+    """A cell as a number (NaN kept: a diverged step is a fact to show); empty or malformed cells are None."""
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def read_loss(run_dir: Path) -> list[LossRow]:
+    """The rows of logs/loss.csv ([] when there is none); rows without a step are skipped, bad cells become None."""
+    path = Path(run_dir) / LOSS_CSV
+    if not path.is_file():
+        return []
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for raw in csv.DictReader(f):
+                step, epoch = _number(raw.get("step")), _number(raw.get("epoch"))
+                if step is None or not math.isfinite(step):
+                    continue
+                rows.append(LossRow(step=int(step), epoch=int(epoch) if epoch is not None and math.isfinite(epoch) else None,
+                                    loss=_number(raw.get("loss")), avg_loss=_number(raw.get("avg_loss")), lr=_number(raw.get("lr"))))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text, so not written by bespoke-kohya; delete it (the loss curve is then left out)") from None
+    return rows
