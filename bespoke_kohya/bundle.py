@@ -718,7 +718,11 @@ def pack_results(run_dir: Path) -> tuple[Path, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m bespoke_kohya.bundle`: the helper go.sh calls inside an unpacked bundle."""
+    """`python -m bespoke_kohya.bundle`: the helper go.sh calls inside an unpacked bundle.
+
+    The one entry point besides cli.py: go.sh asks it about stages before this package's
+    dependencies (rich, pydantic) are installed, so it runs on the standard library alone.
+    """
     parser = argparse.ArgumentParser(prog="python -m bespoke_kohya.bundle", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("state", help=f"exit 0 when a stage is done, {NOT_DONE} when not; print why")

@@ -92,8 +92,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     p = rendered.prepared
     console.print(f"[green]rendered[/] {preset.name} → {rendered.run_dir}")
     console.print(f"  {p.count} images at {preset.resolution}x{preset.resolution} (NEAREST ×{p.scale:g}) in {p.folder}")
-    if preset.engine == "kohya":
-        console.print(f"  {rendered.run_dir / 'config' / 'train.toml'}\n  {rendered.run_dir / 'config' / 'dataset.toml'}")
+    for name in ("train.toml", "dataset.toml"):  # the engine's own config files, where it has them
+        if (rendered.run_dir / "config" / name).is_file():
+            console.print(f"  {rendered.run_dir / 'config' / name}")
     return 0
 
 

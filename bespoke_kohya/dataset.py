@@ -18,8 +18,8 @@ from PIL import Image
 
 from .errors import UserError
 from .images import IMAGE_SUFFIXES, flatten_alpha, open_image, parse_hex_colour, save_png
+from .paths import ART as ART_SIZE
 
-ART_SIZE = 24
 # Files a dataset folder may hold besides images and captions.
 _IGNORED_SUFFIXES = {".md", ".json", ".toml"}
 

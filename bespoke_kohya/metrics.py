@@ -59,10 +59,10 @@ import numpy as np
 from .colour import rgb_to_lab
 from .errors import UserError
 from .images import load_rgb
+from .paths import ART
 
 Better = Literal["higher", "lower", "closer_to_reference"]
 
-ART = 24
 MERGE_DELTA_E = 3.0  # below this two colours read as one; also the palette-adherence tolerance
 DIFFERENT_DELTA_E = 5.0  # a pixel counts as changed above this (nearest neighbour, diversity)
 DARK_L = 30.0  # L* below this is an outline colour

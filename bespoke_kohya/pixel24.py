@@ -37,6 +37,7 @@ from torch import nn
 
 from .errors import UserError
 from .images import load_rgb
+from .paths import ART
 from .presets import Pixel24Settings, Preset
 from .runfolder import CHECKPOINTS
 from .runfolder.records import LossLog, LossRow
@@ -46,7 +47,6 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "pixel24.json"
 STEM = "pixel24"
 SAMPLE_BATCH = 16  # images per denoising batch when sampling (fixed: see sample())
-ART = 24
 _WORD = re.compile(r"[a-z0-9]+")
 # Index 0 is reserved so that a vocabulary never shifts when it is extended (fine-tuning).
 _RESERVED = ["<reserved>"]
@@ -237,21 +237,10 @@ def model_config(settings: Pixel24Settings, vocab: list[str]) -> dict[str, Any]:
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    """``device`` if given (refused when unavailable), else cuda, else mps, else cpu."""
-    if device is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    kind = device.split(":")[0]
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r}: this torch has no CUDA GPU available; use --device cpu (or leave it unset)")
-    if kind == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise UserError(f"device {device!r}: Apple MPS is not available here; use --device cpu (or leave it unset)")
-    if kind not in ("cuda", "mps", "cpu"):
-        raise UserError(f"device {device!r}: expected cuda, mps or cpu")
-    return torch.device(device)
+    """``device`` if given (refused when unavailable), else cuda, else mps, else cpu (devices.resolve_device)."""
+    from .devices import resolve_device
+
+    return torch.device(resolve_device(device)[0])
 
 
 def cpu_threads() -> int:

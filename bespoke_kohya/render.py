@@ -167,13 +167,19 @@ def write_train_toml(run_dir: Path, args: dict[str, dict[str, Any]], preset_name
 
 
 def rewrite_config(run_dir: Path, preset: Preset, write_preset_json: bool = True) -> None:
-    """Re-render an existing run's config from a changed preset (a new base, CPU precision): preset.json and train.toml."""
+    """Re-render an existing run's config from a changed preset (a new base, CPU precision): preset.json and the engine's files."""
+    from .engines import get_engine
     from .jsonfile import write_json_atomic
 
     if write_preset_json:
         write_json_atomic(run_dir / "config" / "preset.json", preset.model_dump(mode="json"))
-    if preset.engine == "kohya":
-        write_train_toml(run_dir, train_args(preset, run_dir.name), preset.name)
+    get_engine(preset.engine).write_config(run_dir, preset, run_dir.name)
+
+
+def write_kohya_config(run_dir: Path, preset: Preset, run_id: str) -> None:
+    """sd-scripts' own files: config/train.toml and config/dataset.toml (the kohya engine's config)."""
+    write_train_toml(run_dir, train_args(preset, run_id), preset.name)
+    (run_dir / "config" / "dataset.toml").write_text(_header(preset.name) + _toml(dataset_config(preset)), encoding="utf-8")
 
 
 def write_run_files(preset: Preset, report: DatasetReport, run_dir: Path, run_id: str) -> RenderedRun:
@@ -192,9 +198,9 @@ def write_run_files(preset: Preset, report: DatasetReport, run_dir: Path, run_id
     config = run_dir / "config"
     config.mkdir()
     (config / "preset.json").write_text(json.dumps(preset.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
-    if preset.engine == "kohya":
-        write_train_toml(run_dir, train_args(preset, run_id), preset.name)
-        (config / "dataset.toml").write_text(_header(preset.name) + _toml(dataset_config(preset)), encoding="utf-8")
+    from .engines import get_engine
+
+    get_engine(preset.engine).write_config(run_dir, preset, run_id)
     (config / "sample_prompts.txt").write_text(sample_prompts(preset), encoding="utf-8")
     return RenderedRun(run_dir=run_dir, prepared=prepared, warnings=prepared.warnings + advice(preset))
 

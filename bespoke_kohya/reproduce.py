@@ -19,7 +19,7 @@ from PIL import Image
 from .dataset import DatasetReport
 from .images import flatten_alpha, open_image, parse_hex_colour
 from .presets import Preset
-from .paths import hub_offline
+from .engines import get_engine
 from .render import train_args
 from .runfolder import write_reproduce_document
 
@@ -134,30 +134,6 @@ Runner = Callable[..., Any]
 # ------------------------------------------------------------------ the runner
 
 
-def _gpu_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _training_blockers(preset: Preset, cpu: bool) -> list[tuple[str, str]]:
-    """(reason, command that fixes it) for each thing that keeps a kohya run from training here."""
-    from .doctor import _hub_or_local
-    from .paths import REPO_ROOT
-    from .vendor import find_sd_scripts
-
-    blockers = []
-    if find_sd_scripts(REPO_ROOT) is None:
-        blockers.append(("kohya sd-scripts is not installed", "make vendor"))
-    if not cpu and not _gpu_available():
-        blockers.append(("no CUDA GPU on this machine (the documented run took 40-45 min on a 48 GB GPU)", "make reproduce on a machine with a CUDA GPU (`bespoke-kohya bundle` packs a run for one)"))
-    base = preset.kohya.pretrained_model_name_or_path if preset.kohya else ""
-    found, _ = _hub_or_local(base)
-    if not found and hub_offline():
-        blockers.append((f"base model {base} is not available offline", f"huggingface-cli download {base}, or --set pretrained_model_name_or_path=/local/path"))
-    return blockers
-
-
 @dataclass(frozen=True)
 class ReproduceOptions:
     """`bespoke-kohya reproduce` as typed values."""
@@ -185,12 +161,13 @@ def run_checklist(options: ReproduceOptions, console: Any, err_console: Any) -> 
     run_dir = run.dir
     report = check_dataset(dataset_dir, preset.dataset.caption_extension)
     checklist = Checklist()
-    native = preset.engine == "pixel24"
+    engine = get_engine(preset.engine)
+    native = engine.native_art
 
     # 1 upscale
     ok, evidence = check_upscale(report, prepared, preset.dataset.alpha_background)
     if native:
-        checklist.add(1, "prepared images equal the originals", PASS if ok else FAIL, evidence.replace("downscale (NEAREST) to", "equal"), reason="pixel24 trains at 24x24: there is no upscale to check" if ok else "")
+        checklist.add(1, "prepared images equal the originals", PASS if ok else FAIL, evidence.replace("downscale (NEAREST) to", "equal"), reason=f"{preset.engine} trains at 24x24: there is no upscale to check" if ok else "")
         checklist.steps[-1].status = NA if ok else FAIL
     else:
         checklist.add(1, "prepared images are NEAREST upscales (downscaled back = originals)", PASS if ok else FAIL, evidence)
@@ -208,7 +185,7 @@ def run_checklist(options: ReproduceOptions, console: Any, err_console: Any) -> 
             reason="differs from the documented recipe" if diffs else "",
         )
     config_row = checklist.steps[-1]
-    blockers = [] if native else _training_blockers(preset, options.cpu)
+    blockers = engine.blockers(preset, options.cpu)
     if blockers:
         # The config check passed or failed on its own; training is what could not run here.
         config_row.reason = "; ".join(filter(None, [config_row.reason, "training not launched: " + "; ".join(b[0] for b in blockers)]))
@@ -249,12 +226,13 @@ def _after_training(checklist: Checklist, preset: Preset, run_dir: Path, epochs:
         checklist.add(4, f"generate with epoch {chosen}", FAIL, "", reason=f"{exc.__class__.__name__}: {exc}")
         return _finish(checklist, run_dir, trained=True)
     images = (doc.get("epochs", {}).get(str(chosen)) or {}).get("images", [])
-    width, height = preset.sample_size if preset.engine == "kohya" else (24, 24)
+    native = get_engine(preset.engine).native_art
+    width, height = (24, 24) if native else preset.sample_size
     checklist.add(4, f"generate at {width}x{height} with epoch {chosen}'s checkpoint", PASS if images else FAIL, f"{len(images)} images in samples/epoch-{chosen:03d}/")
 
     # 5 downscale
-    if preset.engine == "pixel24":
-        checklist.add(5, "downscale to 24x24 (NEAREST and grid)", NA, "samples are 24x24 already", reason="pixel24 generates at 24x24: nothing to downscale")
+    if native:
+        checklist.add(5, "downscale to 24x24 (NEAREST and grid)", NA, "samples are 24x24 already", reason=f"{preset.engine} generates at 24x24: nothing to downscale")
     else:
         checklist.add(5, *_downscale_both(run_dir, chosen, images))
 

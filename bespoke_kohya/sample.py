@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .devices import resolve_device  # noqa: F401 - part of the sampling API
 from .engines import EpochSampler, SampleJob, SampleOptions, get_engine
 from .errors import UserError
 from .images import enlarge, save_png
@@ -56,41 +57,9 @@ KEPT_METADATA = ("ss_epoch", "ss_network_dim", "ss_network_alpha", "ss_base_mode
 # ------------------------------------------------------------------ device and base model
 
 
-def resolve_device(device: str | None) -> tuple[str, torch.dtype]:
-    """(device, dtype) to sample on: ``None``/``"auto"`` picks cuda, then mps, then cpu.
-
-    fp16 on CUDA halves memory and is what the documented recipe ran; CPUs have no
-    fast fp16 path, and on Apple's mps fp32 avoids the black/NaN images fp16 VAEs
-    can give, at the cost of memory.
-    """
-    wanted = (device or "auto").strip().lower()
-    if wanted == "auto":
-        if torch.cuda.is_available():
-            wanted = "cuda"
-        elif torch.backends.mps.is_available():
-            wanted = "mps"
-        else:
-            wanted = "cpu"
-    if wanted == "cpu":
-        return "cpu", torch.float32
-    if wanted == "mps":
-        if not torch.backends.mps.is_available():
-            raise UserError("--device mps: this machine has no usable Apple GPU (torch.backends.mps is unavailable); use --device cpu")
-        return "mps", torch.float32
-    match = re.fullmatch(r"cuda(?::(\d+))?", wanted)
-    if match:
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__}; use --device cpu (slow) or install a CUDA build of torch")
-        index = int(match.group(1) or 0)
-        if index >= torch.cuda.device_count():
-            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible (cuda:0 … cuda:{torch.cuda.device_count() - 1})")
-        return wanted, torch.float16
-    raise UserError(f"--device {device!r}: expected auto, cpu, cuda, cuda:N or mps")
-
-
 def base_source(preset: Preset, base_override: str | None = None) -> str:
     """The base model a kohya preset samples on: ``base_override`` or the preset's own."""
-    if preset.engine != "kohya" or preset.kohya is None:
+    if preset.kohya is None:
         raise UserError(f"preset {preset.name} uses the {preset.engine} engine, which has its own sampler; `sample` draws kohya LoRA runs")
     source = (base_override or preset.kohya.pretrained_model_name_or_path or "").strip()
     if not source:

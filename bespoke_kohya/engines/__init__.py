@@ -81,7 +81,7 @@ class EpochSampler(Protocol):
     def settings(self, prompts: list[str], seeds: list[int], options_record: dict[str, Any]) -> dict[str, Any]:
         """What decides how the images look, apart from the checkpoint (samples.json `settings`)."""
 
-    def draw(self, job: SampleJob, prompts: list[str], seeds: list[int], write: Callable[[Any, str, str, int], dict[str, Any]]) -> dict[str, Any]:
+    def draw(self, job: SampleJob, prompts: list[str], seeds: list[int], write: Callable[[Any, str, str, int], None]) -> dict[str, Any]:
         """Draw every prompt × seed with ``job``'s checkpoint, handing each full image to ``write(image, prompt_id, prompt, seed)``.
 
         Returns extra fields for the epoch's samples.json entry (e.g. the checkpoint's metadata).
@@ -90,6 +90,13 @@ class EpochSampler(Protocol):
 
 class Engine(Protocol):
     name: str
+    native_art: bool  # True: draws 24x24 art directly (no upscale before training, no downscale after)
+
+    def write_config(self, run_dir: Path, preset: Any, run_id: str) -> None:
+        """Write the engine's own files into ``run_dir/config`` when a run is rendered (or re-rendered)."""
+
+    def blockers(self, preset: Any, cpu: bool) -> list[tuple[str, str]]:
+        """(reason, fix) for each thing that keeps a run from training on this machine (reproduce lists them)."""
 
     def prepare(self, preset: Any, options: TrainOptions) -> list[str]:
         """Before a run is rendered: check the tools it needs; returns overrides the options imply (e.g. --cpu precision)."""

@@ -108,6 +108,30 @@ _NO_FP16 = "mixed_precision=no"
 
 class KohyaEngine:
     name = "kohya"
+    native_art = False  # draws at the preset's resolution; samples are post-processed down to 24x24
+
+    def write_config(self, run_dir: Path, preset: Any, run_id: str) -> None:
+        from ..render import write_kohya_config
+
+        write_kohya_config(run_dir, preset, run_id)
+
+    def blockers(self, preset: Any, cpu: bool) -> list[tuple[str, str]]:
+        """(reason, command that fixes it) for each thing that keeps a run from training on this machine."""
+        import torch
+
+        from ..doctor import _hub_or_local
+        from ..paths import hub_offline
+
+        blockers = []
+        if _sd_scripts() is None:
+            blockers.append(("kohya sd-scripts is not installed", "make vendor"))
+        if not cpu and not torch.cuda.is_available():
+            blockers.append(("no CUDA GPU on this machine (the documented run took 40-45 min on a 48 GB GPU)", "make reproduce on a machine with a CUDA GPU (`bespoke-kohya bundle` packs a run for one)"))
+        base = preset.kohya.pretrained_model_name_or_path
+        found, _ = _hub_or_local(base)
+        if not found and hub_offline():
+            blockers.append((f"base model {base} is not available offline", f"huggingface-cli download {base}, or --set pretrained_model_name_or_path=/local/path"))
+        return blockers
 
     def prepare(self, preset: Any, options: TrainOptions) -> list[str]:
         if _sd_scripts() is None and not options.dry_run:

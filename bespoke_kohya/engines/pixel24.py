@@ -13,6 +13,13 @@ from . import Outcome, Progress, SampleJob, SampleOptions, TrainOptions
 
 class Pixel24Engine:
     name = "pixel24"
+    native_art = True  # draws 24x24 art directly: nothing to upscale or downscale
+
+    def write_config(self, run_dir: Path, preset: Any, run_id: str) -> None:
+        pass  # config/preset.json is all it reads
+
+    def blockers(self, preset: Any, cpu: bool) -> list[tuple[str, str]]:
+        return []  # trains in this process, on any CPU
 
     def prepare(self, preset: Any, options: TrainOptions) -> list[str]:
         return []  # needs nothing beyond this package
