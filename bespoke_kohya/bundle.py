@@ -43,7 +43,7 @@ from typing import Any
 
 from . import __version__
 from .errors import UserError
-from .jsonfile import write_json_atomic
+from .jsonfile import umask, write_json_atomic
 from .paths import REPO_ROOT, hub_cache_dir, hub_offline
 from .runfolder import NOT_TRAINED, RUN_JSON, SAMPLES_JSON, Status, run_document, samples_document, write_run_document
 from .vendor import MARKER as SD_SCRIPTS_MARKER
@@ -433,19 +433,13 @@ def write_tarball(root: Path, top: str, out: Path, members: Iterable[Path], mtim
                     info.size = path.stat().st_size
                     with open(path, "rb") as f:
                         tar.addfile(info, f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the bundle is an ordinary file
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it private; the bundle is an ordinary file
         os.link(tmp, out)  # fails if `out` appeared meanwhile: never overwrite
     except FileExistsError:
         raise UserError(f"{out}: already exists; bundles are never overwritten, choose another --out or remove it") from None
     finally:
         tmp.unlink(missing_ok=True)
     return out.stat().st_size
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _tar_info(name: str, kind: bytes, mode: int, mtime: int) -> tarfile.TarInfo:

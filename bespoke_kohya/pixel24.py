@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ from torch import nn
 
 from .errors import UserError
 from .images import load_rgb
+from .jsonfile import write_atomic, write_json_atomic
 from .paths import ART
 from .presets import Pixel24Settings, Preset
 from .runfolder import CHECKPOINTS
@@ -287,29 +287,9 @@ def _threads_for(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """JSON, atomically."""
-    _write_atomic(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
+    write_json_atomic(path, data)
 
 
 def save_checkpoint(model: Pixel24Model, path: Path, epoch: int, step: int) -> None:
@@ -317,7 +297,7 @@ def save_checkpoint(model: Pixel24Model, path: Path, epoch: int, step: int) -> N
     from safetensors.torch import save_file
 
     meta = {"format": FORMAT, "epoch": str(epoch), "step": str(step)}
-    _write_atomic(path, lambda p: save_file(model.state_dict(), str(p), metadata=meta))
+    write_atomic(path, lambda p: save_file(model.state_dict(), str(p), metadata=meta))
 
 
 def checkpoint_name(epoch: int) -> str:

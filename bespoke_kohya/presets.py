@@ -19,10 +19,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
-from .paths import ART as ART_SIZE  # Bespoke Punks are 24x24 art pixels
+from .paths import ART as ART_SIZE, REPO_ROOT  # Bespoke Punks are 24x24 art pixels
 
 # A checkout has presets/ beside the package; an installed wheel carries them inside it.
-_CHECKOUT_PRESETS = Path(__file__).resolve().parent.parent / "presets"
+_CHECKOUT_PRESETS = REPO_ROOT / "presets"
 PRESETS_DIR = _CHECKOUT_PRESETS if _CHECKOUT_PRESETS.is_dir() else Path(__file__).resolve().parent / "presets_data"
 
 

@@ -1,16 +1,15 @@
-"""`sample`: every epoch's LoRA on one base model, the same prompts × seeds for each.
+"""`sample`: every epoch of a run drawn with the same prompts × seeds, whatever the engine.
 
-The base pipeline is loaded once; each epoch's kohya LoRA is applied, the fixed
-prompt suite is drawn with one ``torch.Generator`` per image, and the LoRA is
-removed again before the next epoch, so the only thing that differs between
-epoch columns is the LoRA. Every image is written three times: full size, the
-true 24×24 result of post-processing, and a NEAREST ×8 preview. ``samples.json``
-(paths in it are relative to the run folder) is merged, so sampling epochs one at
-a time accumulates.
+`draw_epochs` is the one epoch loop: the run's engine loads its model once
+(`engines.<name>.sampler`) and draws each epoch's suite; every image is written
+three times here: full size, the true 24×24 result of post-processing, and a
+NEAREST ×8 preview. ``samples.json`` (paths in it are relative to the run folder)
+is merged, so sampling epochs one at a time accumulates.
 
 Nothing is half-written: an epoch's images are built in a hidden folder that is
 renamed into place when the epoch is complete, and ``samples.json`` is replaced
-atomically after each epoch.
+atomically after each epoch. The diffusers helpers below (base model, schedulers,
+kohya LoRAs) are what the kohya engine's sampler draws with.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
 from ..errors import UserError
-from ..jsonfile import write_json_atomic
+from ..jsonfile import umask, write_json_atomic
 from . import LOSS_CSV, NOT_TRAINED, RUN_JSON, RUN_VERSION, SAMPLES_JSON, SAMPLES_VERSION, Status, run_document, samples_document, write_run_document
 
 
@@ -245,13 +245,13 @@ class LossLog:
     def flush(self) -> None:
         """Make the rows so far visible as logs/loss.csv (an interrupted run keeps its curve)."""
         self._fh.flush()
-        Path(self._tmp).chmod(0o644)
+        Path(self._tmp).chmod(0o666 & ~umask())
         shutil.copyfile(self._tmp, self.path.with_name(f".{self.path.name}.flush"))
         os.replace(self.path.with_name(f".{self.path.name}.flush"), self.path)
 
     def close(self) -> None:
         self._fh.close()
-        Path(self._tmp).chmod(0o644)
+        Path(self._tmp).chmod(0o666 & ~umask())
         os.replace(self._tmp, self.path)
 
     def __enter__(self) -> "LossLog":
