@@ -93,3 +93,17 @@ def test_train_dry_run_prints_the_command_and_writes_only_the_run(small_punks: P
     assert record["status"] == "dry-run" and record["resolved"]["kohya"]["mixed_precision"] == "no"
     assert sorted(p.name for p in run.iterdir()) == ["config", "data", "run.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my run", "small punks"]
+
+
+def test_vendor_is_a_subcommand_and_the_makefile_calls_it():
+    r = cli("vendor", "--help")
+    assert r.returncode == 0 and "--source" in r.stdout and "--torch" in r.stdout
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text(encoding="utf-8")
+    assert "bespoke-kohya vendor" in makefile and "python -m bespoke_kohya.vendor" not in makefile
+
+
+def test_a_damaged_run_json_is_one_error_line_and_exit_2(tmp_path: Path):
+    (tmp_path / "run.json").write_text('["not", "an", "object"]', encoding="utf-8")
+    r = cli("report", "--run", str(tmp_path))
+    assert r.returncode == 2
+    assert error_lines(r) == [f"error: {tmp_path / 'run.json'}: expected a JSON object, found list; restore it from a copy or render the run again"]
