@@ -141,30 +141,15 @@ Runner = Callable[..., Any]
 # ------------------------------------------------------------------ the runner
 
 
-def _gpu_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _training_blockers(preset: Preset, cpu: bool) -> list[tuple[str, str]]:
-    """(reason, command that fixes it) for each thing that keeps a kohya run from training here."""
-    import os
+    """(reason, what fixes it) for each thing that keeps a kohya run from training here: the pre-flight's failures."""
+    from .preflight import Level, Plan, run_checks
+    from .train import REPO_ROOT, RUNS_DIR
 
-    from .doctor import _hub_or_local
-    from .train import REPO_ROOT
-    from .vendor import find_sd_scripts
-
-    blockers = []
-    if find_sd_scripts(REPO_ROOT) is None:
-        blockers.append(("kohya sd-scripts is not installed", "make vendor"))
-    if not cpu and not _gpu_available():
-        blockers.append(("no CUDA GPU on this machine (the documented run took 40-45 min on a 48 GB GPU)", "make reproduce on a machine with a CUDA GPU (`bespoke-kohya bundle` packs a run for one)"))
-    base = preset.kohya.pretrained_model_name_or_path if preset.kohya else ""
-    found, _ = _hub_or_local(base)
-    if not found and os.environ.get("HF_HUB_OFFLINE") == "1":
-        blockers.append((f"base model {base} is not available offline", f"huggingface-cli download {base}, or --set pretrained_model_name_or_path=/local/path"))
-    return blockers
+    plan = Plan.from_resolved(preset.model_dump(mode="json"))
+    if plan is None:
+        return []
+    return [(c.cause, c.fix) for c in run_checks(plan, repo_root=REPO_ROOT, run_dir=RUNS_DIR, images=0, cpu=cpu) if c.level is Level.FAIL]
 
 
 def run_checklist(args: Any, console: Any, err_console: Any) -> tuple[Checklist, Path]:

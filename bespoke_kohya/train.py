@@ -27,6 +27,7 @@ from . import __version__
 from .dataset import check_dataset
 from .errors import UserError
 from .jsonfile import write_json_atomic
+from .preflight import count_images
 from .presets import Preset, load_preset
 from .render import CHECKPOINTS, TENSORBOARD, render
 from .vendor import find_sd_scripts, tokenizer_cache_dir
@@ -283,6 +284,8 @@ def train(args: argparse.Namespace, console: Console, err_console: Console) -> i
         err_console.print("warning: --cpu: mixed_precision set to 'no' (fp16/bf16 training needs a GPU)")
         overrides.append("mixed_precision=no")
         preset = load_preset(args.preset, overrides, experimental=args.experimental)
+    if preset.engine == "kohya" and not args.dry_run:
+        _preflight(preset.model_dump(mode="json"), args, Path(args.run_dir or RUNS_DIR), count_images(Path(args.dataset or REPO_ROOT / "dataset")), err_console)
     sd = None
     if preset.engine == "kohya":
         sd = find_sd_scripts(REPO_ROOT)
@@ -295,6 +298,16 @@ def train(args: argparse.Namespace, console: Console, err_console: Console) -> i
         return _train_kohya(preset, run_dir, record, sd, args, console, err_console)
     # pixel24 trains on the prepared copy: alpha flattened, captions completed and de-duplicated.
     return _train_pixel24(preset, prepared, run_dir, record, args, console, err_console)
+
+
+def _preflight(resolved: dict[str, Any], args: argparse.Namespace, run_dir: Path, images: int, err_console: Console, from_epoch: int = 0) -> None:
+    """Refuse what would make sd-scripts fail, before the run folder is written or anything launched (--skip-preflight skips)."""
+    if getattr(args, "skip_preflight", False):
+        return
+    from .preflight import for_train
+
+    for line in for_train(resolved, repo_root=REPO_ROOT, run_dir=run_dir, images=images, cpu=args.cpu, num_gpus=args.num_gpus, from_epoch=from_epoch):
+        err_console.print(f"[yellow]warning:[/] {line}", markup=True, highlight=False, soft_wrap=True)
 
 
 def _kohya_command(preset: Preset, sd: Any, args: argparse.Namespace, resume_state: str | None = None) -> list[str]:
@@ -358,7 +371,7 @@ def _launch(preset: Preset, run_dir: Path, record: dict[str, Any], command: list
         record["status"] = "interrupted"
     elif result.returncode != 0 or result.failure or not epochs:
         cause = result.failure or (f"sd-scripts exited with status {result.returncode}" if result.returncode else "sd-scripts wrote no checkpoint")
-        record.update(status="failed", failure={"cause": cause, "tail": result.tail[-15:]})
+        record.update(status="failed", failure={"cause": cause, "tail": result.tail[-15:], "recognised": result.failure is not None})
     else:
         record["status"] = "finished"
     write_json_atomic(run_dir / "run.json", record)
@@ -376,7 +389,8 @@ def _finish_message(record: dict[str, Any], run_dir: Path, console: Console, err
         return 130
     failure = record.get("failure") or {}
     err_console.print(f"[red]training failed:[/] {failure.get('cause')}", soft_wrap=True)
-    for line in failure.get("tail", []):
+    # A recognised cause is the one line to read; the traceback around it stays in the log.
+    for line in [] if failure.get("recognised") else failure.get("tail", []):
         err_console.print(f"  {line}", markup=False, soft_wrap=True)
     err_console.print(f"full log: {run_dir / 'logs' / 'train.log'}")
     return 1
@@ -411,6 +425,8 @@ def resume(run_dir: Path, args: argparse.Namespace, console: Console, err_consol
         prepared = next((run_dir / "data").iterdir())
         return _train_pixel24(preset, prepared, run_dir, record, args, console, err_console)
     assert preset.kohya is not None
+    if not args.dry_run:
+        _preflight(record["resolved"], args, run_dir, record.get("dataset", {}).get("images", 0), err_console, from_epoch=len(record.get("epochs") or {}))
     sd = find_sd_scripts(REPO_ROOT)
     if sd is None:
         raise UserError("kohya sd-scripts is not installed: run `make vendor` (or set SD_SCRIPTS_DIR and SD_SCRIPTS_PYTHON)")
