@@ -76,7 +76,8 @@ FRAGMENTATION = 1.1
 # What sd-scripts downloads for a hub base: the fp32 safetensors of each component it loads
 # (diffusers skips the safety checker sd-scripts passes as None).
 HUB_DOWNLOAD = {family: sum(params.values()) * 4 for family, params in PARAMS.items()}
-# `go.sh` before install: our venv and sd-scripts' venv, each with a CUDA torch, plus pip's cache.
+# `go.sh` before install: our venv and sd-scripts' venv, each with a CUDA torch (sd-scripts' venv
+# measured 6.0 GB with torch 2.14.1 and its CUDA 13 libraries), plus pip's cache.
 INSTALL_BYTES = 15 * GIB
 # Measured by `bespoke-kohya smoke`: ~60 s an optimizer step at 64 px (batch 4) on 2 cores.
 CPU_SMOKE = {"seconds": 60.0, "resolution": 64, "batch": 4, "cores": 2}

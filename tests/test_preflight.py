@@ -211,8 +211,12 @@ def test_disk_adds_up_per_filesystem_and_names_the_place(tmp_path: Path):
     same_fs = preflight.check_disk(needs, lambda _: (1, total - 1))
     assert same_fs.level is Level.FAIL and same_fs.message.startswith(f"{tmp_path / 'run'}: needs") and "installs" in same_fs.message
     assert preflight.check_disk(needs, lambda _: (1, total)).level is Level.OK
-    split = preflight.check_disk(needs, lambda p: (2, 6 * GIB) if p == Path("/hub") else (1, total - 5 * GIB))
+    download = needs[2][1]
+    assert 3 * GIB < download < 5 * GIB  # SD1.5's fp32 U-Net, text encoder and VAE
+    split = preflight.check_disk(needs, lambda p: (2, download) if p == Path("/hub") else (1, total - download))
     assert split.level is Level.OK
+    short_hub = preflight.check_disk(needs, lambda p: (2, download - 1) if p == Path("/hub") else (1, total))
+    assert short_hub.level is Level.FAIL and short_hub.message.startswith("/hub: needs") and "base model download" in short_hub.message
     real = preflight.check_disk(needs[:1], preflight.disk_space)
     assert real.level is Level.OK or "free space there" in real.message
 
