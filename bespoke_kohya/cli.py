@@ -142,7 +142,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for component, ok, status, fix in doctor_rows(REPO_ROOT):
         table.add_row(component, ("[green]" if ok else "[yellow]") + status + "[/]", fix)
     console.print(table)
-    return 0
+    if not args.preset:
+        return 0
+    from .doctor import preflight_checks
+
+    checks = preflight_checks(_load_preset(args), REPO_ROOT, Path(args.dataset) if args.dataset else REPO_ROOT / "dataset", cpu=args.cpu)
+    table = Table(title=f"pre-flight for {args.preset} (what `train` checks before launching)")
+    for col in ("check", "result", "detail"):
+        table.add_column(col, overflow="fold")
+    colours = {"ok": "green", "warning": "yellow", "error": "red", "skipped": "dim"}
+    for check in checks:
+        table.add_row(check.name, f"[{colours[check.level.value]}]{check.level.value}[/]", Text(check.message))
+    console.print(table)
+    return 1 if any(check.level.value == "error" for check in checks) else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -154,6 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset=args.preset, overrides=list(args.set or []), experimental=args.experimental,
         dataset=Path(args.dataset) if args.dataset else None, run_dir=Path(args.run_dir) if args.run_dir else None,
         resume=Path(args.resume) if args.resume else None, dry_run=args.dry_run, num_gpus=args.num_gpus, cpu=args.cpu,
+        skip_preflight=args.skip_preflight, warn=lambda line: warn([line]),
     )
     return train(options, console=console, err_console=err_console)
 
@@ -384,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dataset_standin)
 
     p = sub.add_parser("doctor", help="what is installed or missing, and how to get it")
+    p.add_argument("--preset", default=None, help="also run the pre-flight checks `train` makes for this kohya preset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset value for the checks (repeatable)")
+    p.add_argument("--dataset", default=None, help="dataset folder (for the disk and CPU-time estimates; default dataset/)")
+    p.add_argument("--cpu", action="store_true", help="check for a CPU run")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("train", help="render a run and train it")
@@ -393,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="RUN", help="continue an interrupted run from its saved state")
     p.add_argument("--num-gpus", type=_at_least(1, int, "a whole number"), default=1, help="GPUs for accelerate's multi-GPU launcher")
     p.add_argument("--cpu", action="store_true", help="train on the CPU (no GPU needed; slow for kohya presets)")
+    p.add_argument("--skip-preflight", action="store_true", help="launch sd-scripts without the pre-flight checks (GPU, base model, memory, disk, sd-scripts)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bundle", help="pack a rendered run, this package and go.sh into one .tar.gz for a rented GPU box")

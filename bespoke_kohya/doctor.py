@@ -5,8 +5,11 @@ from __future__ import annotations
 import importlib.metadata
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .paths import hub_cache_dir
+if TYPE_CHECKING:
+    from .preflight import Check
+    from .presets import Preset
 
 Row = tuple[str, bool, str, str]  # component, ok, status, how to fix
 
@@ -42,36 +45,36 @@ def python_rows() -> list[Row]:
 
 def base_model_rows(repo_root: Path) -> list[Row]:
     """Whether the presets' base models are available offline (hub cache or local file)."""
+    from .preflight import Level, Plan, Probes, check_base
     from .presets import PRESETS_DIR, Preset, available_presets, read_preset_data
 
     rows: list[Row] = []
     seen: set[str] = set()
+    # Offline here: the cache and local files only; `doctor --preset P` also asks the hub.
+    probes = Probes(offline=lambda: True)
     for name in available_presets(PRESETS_DIR):
-        preset = Preset.model_validate(read_preset_data(PRESETS_DIR / f"{name}.toml"))
-        if not preset.kohya:
+        plan = Plan.from_resolved(Preset.model_validate(read_preset_data(PRESETS_DIR / f"{name}.toml")).model_dump(mode="json"))
+        if plan is None or plan.base in seen:
             continue
-        base = preset.kohya.pretrained_model_name_or_path
-        if not base:
+        if not plan.base:
             rows.append((f"base model ({name})", False, "needs your local checkpoint", f"--set pretrained_model_name_or_path=/path/model.safetensors with --preset {name}"))
             continue
-        if base in seen:
-            continue
-        seen.add(base)
-        ok, status = _hub_or_local(base)
-        fix = "" if ok else f"on a machine with internet it is downloaded on first use; offline: huggingface-cli download {base}, or --set pretrained_model_name_or_path=/local/path"
-        rows.append((f"base model {base}", ok, status, fix))
+        seen.add(plan.base)
+        check = check_base(plan, probes)
+        ok = check.level is Level.OK
+        rows.append((f"base model {plan.base}", ok, check.cause.removeprefix(f"base model {plan.base}: "), check.fix))
     return rows
 
 
-def _hub_or_local(base: str) -> tuple[bool, str]:
-    path = Path(base).expanduser()
-    if path.exists():
-        return True, f"local {'folder' if path.is_dir() else 'file'} {path}"
-    hub = hub_cache_dir()
-    cached = hub / ("models--" + base.replace("/", "--"))
-    if cached.is_dir():
-        return True, f"in the hub cache ({cached})"
-    return False, "not downloaded (hub id)"
+def preflight_checks(preset: "Preset", repo_root: Path, dataset: Path, cpu: bool = False) -> list["Check"]:
+    """`doctor --preset P`: the checks `train --preset P` makes before launching, for a run under runs/."""
+    from .preflight import Plan, count_images, run_checks
+    from .engines.session import RUNS_DIR
+
+    plan = Plan.from_resolved(preset.model_dump(mode="json"))
+    if plan is None:
+        return []
+    return run_checks(plan, repo_root=repo_root, run_dir=RUNS_DIR, images=count_images(dataset), cpu=cpu)
 
 
 def tool_rows() -> list[Row]:

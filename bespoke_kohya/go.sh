@@ -13,7 +13,9 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: ./go.sh [--dry-run] [--cpu]
+usage: ./go.sh [--dry-run] [--cpu] [--skip-preflight]
+
+First a pre-flight (GPU, base model, GPU memory, disk) that stops before anything is installed.
 
 Stages, each skipped when already done:
   1 install     python3 -m venv .venv, then pip install the bundled wheel (pip picks torch)
@@ -28,6 +30,7 @@ Stages, each skipped when already done:
 options:
   --dry-run   print each stage's exact command and whether it would be skipped; change nothing
   --cpu       train and sample on the CPU (no GPU check; very slow for kohya presets)
+  --skip-preflight  go on even when the pre-flight finds a problem (also passed to train)
   -h, --help  this text
 
 environment:
@@ -43,10 +46,12 @@ EOF
 
 DRY=0
 CPU=0
+SKIP_PREFLIGHT=0
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY=1 ;;
     --cpu) CPU=1 ;;
+    --skip-preflight) SKIP_PREFLIGHT=1 ;;
     -h|--help) usage; exit 0 ;;
     *) printf 'go.sh: unknown option %s\n\n' "$arg" >&2; usage >&2; exit 2 ;;
   esac
@@ -131,6 +136,23 @@ say "run: $RUN (engine $ENGINE)"
 say "wheel: @@WHEEL@@"
 ((DRY)) && say "dry run: printing each stage's command; nothing is changed"
 
+# What can be checked before installing anything (stdlib only, from the wheel): a failed
+# start on a rented box costs money. sd-scripts itself is checked again by `train`.
+say ""
+say "pre-flight"
+pre=(-m bespoke_kohya.preflight --run . --before-install)
+if ((CPU)); then pre+=(--cpu); fi
+if [[ -n "${BASE_MODEL:-}" ]]; then pre+=(--base "$BASE_MODEL"); fi
+if ! PYTHONPATH="$WHEEL" "$PYTHON" "${pre[@]}"; then
+  if ((DRY)); then
+    say "  (a real run stops here)"
+  elif ((SKIP_PREFLIGHT)); then
+    say "  --skip-preflight: going on anyway"
+  else
+    die "pre-flight failed (the lines above name each cause); fix them, or run ./go.sh --skip-preflight to go on anyway"
+  fi
+fi
+
 # ------------------------------------------------------------------ 1 install
 begin "install: bespoke-kohya into .venv"
 if ! check install; then
@@ -203,6 +225,7 @@ if ! check train; then
   # --preset is ignored with --resume (run.json's resolved preset is used); the parser requires it.
   cmd=("$APP" train --resume . --preset "@@PRESET@@")
   if ((CPU)); then cmd+=(--cpu); fi
+  if ((SKIP_PREFLIGHT)); then cmd+=(--skip-preflight); fi
   run train "training stopped; run ./go.sh again to continue from the last saved state (logs/train.log has sd-scripts' output)" "${cmd[@]}"
 fi
 

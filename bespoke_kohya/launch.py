@@ -36,6 +36,18 @@ FAILURE_PATTERNS = [
     (re.compile(r"out of memory|OutOfMemoryError", re.I), "out of GPU memory: lower train_batch_size or resolution, or set gradient_checkpointing = true"),
     (re.compile(r"avr_loss=nan|loss is nan", re.I), "the loss became NaN: try mixed_precision = \"bf16\" or \"no\", or a lower learning_rate"),
     (re.compile(r"OSError: .*(?:does not appear to have|Can't load|is not a local folder)"), "the base model could not be loaded: check pretrained_model_name_or_path (offline: a local folder or .safetensors file)"),
+    # Causes `bespoke-kohya doctor --preset P` also checks before launch; {0} is the pattern's group.
+    (re.compile(r"model is not found as a file or in Hugging Face.*?: (\S+)\s*$"),
+     "base model {0} is neither a local file nor in the Hugging Face cache: --set pretrained_model_name_or_path=/path/model.safetensors, or download it (offline: HF_HUB_OFFLINE=1 needs it cached)"),
+    (re.compile(r"Cannot load model (\S+?):"),
+     "base model {0} is not cached locally and could not be downloaded: --set pretrained_model_name_or_path=/local/path, or download it on a machine with network"),
+    (re.compile(r"(?:CUDA driver version is insufficient|NVIDIA driver on your system is too old|no kernel image is available|"
+                r"libcu\w*\.so[.\d]*: cannot open shared object|Found no NVIDIA driver|CUDA driver initialization failed)"),
+     "sd-scripts' torch does not match this machine's CUDA driver: check nvidia-smi, then install a matching CUDA torch (SD_SCRIPTS_TORCH=..., make vendor)"),
+    (re.compile(r"^\s*(?:ModuleNotFoundError|ImportError): No module named '([^']+)'"),
+     "sd-scripts' python lacks the module {0}: run make vendor again (or pip install it into SD_SCRIPTS_PYTHON's venv)"),
+    (re.compile(r"SafetensorError|Error while deserializing header|HeaderTooLarge|MetadataIncompleteBuffer|InvalidHeader"),
+     "a .safetensors file is corrupt or cut short (an interrupted download or copy?): download or copy it again"),
 ]
 
 
@@ -71,8 +83,9 @@ def parse_line(line: str) -> Event | None:
             data["elapsed"], data["eta"] = times[0].strip(), times[1].strip()
         return Event("step", data)
     for pattern, cause in FAILURE_PATTERNS:
-        if pattern.search(line):
-            return Event("failure", {"cause": cause, "line": line.strip()})
+        if m := pattern.search(line):
+            named = next((g for g in m.groups() if g), "")
+            return Event("failure", {"cause": cause.format(named), "line": line.strip()})
     return None
 
 

@@ -35,6 +35,8 @@ from .engines import EpochSampler, SampleJob, SampleOptions, get_engine
 from .errors import UserError
 from .images import enlarge, save_png
 from .paths import hub_offline
+from .preflight import PIPELINE_CLASSES
+from .preflight import check_model_index as _check_model_index
 from .presets import Preset, SampleSettings
 from .progress import counter
 from .runfolder import DATA, RUN_JSON, SAMPLES, recorded_dataset
@@ -45,7 +47,6 @@ if TYPE_CHECKING:  # diffusers is heavy; it is imported only when a base is load
 
 PREVIEW_FACTOR = 8
 ADAPTER = "epoch"
-PIPELINE_CLASSES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
 SINGLE_FILE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -64,20 +65,6 @@ def base_source(preset: Preset, base_override: str | None = None) -> str:
     if not source:
         raise UserError(f"preset {preset.name}: kohya.pretrained_model_name_or_path is empty; pass the base model with --base /path/to/model.safetensors")
     return source
-
-
-def _check_model_index(folder: Path, family: str) -> None:
-    """Refuse a diffusers folder that is missing its model_index.json or is of the other family."""
-    index = folder / "model_index.json"
-    if not index.is_file():
-        raise UserError(f"{folder}: not a diffusers model folder (no model_index.json); pass a diffusers folder, a single-file .safetensors or a hub id")
-    try:
-        class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
-    except (ValueError, AttributeError) as exc:
-        raise UserError(f"{index}: not valid JSON ({exc}); re-download or re-save the model") from None
-    expected = PIPELINE_CLASSES[family]
-    if class_name and class_name != expected:
-        raise UserError(f"{folder}: is a {class_name} but the preset's family is {family} (needs {expected}); pick a preset of the matching family or another base")
 
 
 def load_base(preset: Preset, device: str | None = None, base_override: str | None = None) -> "DiffusionPipeline":

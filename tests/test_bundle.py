@@ -209,6 +209,10 @@ def test_dry_run_in_a_fresh_folder_shows_every_stage(unpacked: Path, built: Bund
     for stage in ("[1/8] install", "[2/8] sd-scripts", "[3/8] base model", "[4/8] gpu", "[5/8] train", "[6/8] sample", "[7/8] report", "[8/8] results"):
         assert stage in out
     assert "to do: stable-diffusion-v1-5/stable-diffusion-v1-5 is not in the Hugging Face cache and HF_HUB_OFFLINE is set" in out
+    # The pre-flight runs first, from the wheel with the system python (nothing installed yet), and names the cause.
+    assert out.index("pre-flight") < out.index("[1/8] install")
+    assert "  error: base model stable-diffusion-v1-5/stable-diffusion-v1-5: not in the Hugging Face cache and HF_HUB_OFFLINE is set" in out
+    assert "(a real run stops here)" in out
     for path in (str(REPO), str(punks_dir), str(punks_dir.resolve())):
         assert path not in out and path not in done.stderr
     assert snapshot(unpacked) == before, "a dry run changed the run folder"
@@ -239,6 +243,7 @@ def test_dry_run_options_reach_their_commands(unpacked: Path, tmp_path: Path):
     assert [".venv/bin/bespoke-kohya", "train", "--resume", ".", "--preset", "sd15_576", "--cpu"] in cmds
     assert [".venv/bin/bespoke-kohya", "sample", "--run", ".", "--dataset", "originals", "--device", "cpu"] in cmds
     assert "skip: --cpu given" in done.stdout and not any("torch.cuda" in " ".join(c) for c in cmds)
+    assert f"  error: base model {base}: not a readable .safetensors file" in done.stdout  # pre-flight read BASE_MODEL's header
     assert tomllib.loads((unpacked / "config" / "train.toml").read_text())["model"]["pretrained_model_name_or_path"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 

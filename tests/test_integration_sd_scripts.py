@@ -235,6 +235,33 @@ def test_empty_image_folder_is_a_failure(random_base: Path, small_punks: Path, t
     assert any("No data found" in line for line in record["failure"]["tail"])
 
 
+@needs_sd_scripts
+@pytest.mark.sd_scripts
+@pytest.mark.slow
+def test_missing_base_model_ends_in_one_line_naming_it(small_punks: Path, tmp_path: Path):
+    """The real sd-scripts on a base that is nowhere: pre-flight refuses before launch; past it
+    (--skip-preflight) sd-scripts' own failure is reduced to one line naming the model, no traceback."""
+    from bespoke_kohya.smoke import write_tokenizer_cache
+
+    write_tokenizer_cache(tokenizer_cache_dir())  # so the tokenizer is not what fails first offline
+    missing = "bespoke-kohya-tests/no-such-base"
+    refused = run_cli(train_command(small_punks, tmp_path / "refused", missing), tmp_path / "refused.out")
+    out = (tmp_path / "refused.out").read_text(errors="replace")
+    assert refused == 2 and f"base model {missing}: not in the Hugging Face cache and HF_HUB_OFFLINE is set" in out
+    assert not (tmp_path / "refused").exists()
+
+    run_dir = tmp_path / "launched"
+    code = run_cli(train_command(small_punks, run_dir, missing, "--skip-preflight"), tmp_path / "cli.out")
+    out = (tmp_path / "cli.out").read_text(errors="replace")
+    assert code == 1, out[-2000:]
+    failed = [line for line in out.splitlines() if line.startswith("training failed:")]
+    assert failed and missing in failed[0] and "Hugging Face cache" in failed[0], out[-2000:]
+    assert "Traceback" not in out
+    record = read_run(run_dir)
+    assert record["status"] == "failed" and record["failure"]["recognised"] and missing in record["failure"]["cause"]
+    assert "Traceback" in (run_dir / "logs" / "train.log").read_text(errors="replace")  # kept whole in the log
+
+
 # ------------------------------------------------------------------ real output, no install needed
 
 # Lines as sd-scripts v0.10.1 printed them in the runs above (train_network.py).

@@ -125,3 +125,54 @@ def _alive(pid: int) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+@pytest.mark.parametrize(
+    ("line", "cause"),
+    [
+        # sd-scripts v0.10.1 library/train_util.py logs this before re-raising diffusers' OSError.
+        ("2026-11-30 19:40:01 ERROR    model is not found as a file or in Hugging Face, perhaps file name is wrong? / "
+         "指定したモデル名のファイル、またはHugging Faceのモデルが見つかりません。ファイル名が誤っているかもしれません: org/no-such-model",
+         "base model org/no-such-model is neither a local file nor in the Hugging Face cache"),
+        ("OSError: Cannot load model org/no-such-model: model is not cached locally and an error occurred while trying to fetch metadata from the Hub.",
+         "base model org/no-such-model is not cached locally"),
+        ("RuntimeError: The NVIDIA driver on your system is too old (found version 11040).", "sd-scripts' torch does not match this machine's CUDA driver"),
+        ("RuntimeError: CUDA error: no kernel image is available for execution on the device", "sd-scripts' torch does not match this machine's CUDA driver"),
+        ("OSError: libcudnn.so.9: cannot open shared object file: No such file or directory", "sd-scripts' torch does not match this machine's CUDA driver"),
+        ("ModuleNotFoundError: No module named 'library'", "sd-scripts' python lacks the module library"),
+        ("safetensors_rust.SafetensorError: Error while deserializing header: HeaderTooLarge", "a .safetensors file is corrupt or cut short"),
+    ],
+)
+def test_known_causes_become_one_line(line: str, cause: str):
+    event = parse_line(line)
+    assert event is not None and event.kind == "failure" and event.data["cause"].startswith(cause)
+    assert "\n" not in event.data["cause"]
+
+
+def test_an_optional_import_warning_is_not_a_failure():
+    # xformers-style notices name missing optional modules mid-line; only a raised ModuleNotFoundError counts.
+    assert parse_line("A matching Triton is not available, some optimizations will not be enabled. Error caught was: No module named 'triton'") is None
+
+
+def test_a_recognised_cause_ends_the_output_without_the_traceback(tmp_path: Path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from bespoke_kohya.engines import Outcome
+    from bespoke_kohya.engines.session import finish_message
+    from bespoke_kohya.runfolder import Status
+    from bespoke_kohya.runfolder.records import Failure, RunHandle, RunRecord
+
+    run = RunHandle(tmp_path, RunRecord(id="r", preset="sd15_512", engine="kohya", resolved={}, status=Status.FAILED))
+
+    def shown(failure: Failure) -> list[str]:
+        out = StringIO()
+        assert finish_message(run, Outcome(Status.FAILED, 1, failure), Console(file=StringIO()), Console(file=out, width=300)) == 1
+        return out.getvalue().splitlines()
+
+    tail = ["Traceback (most recent call last):", "OSError: Cannot load model org/x: model is not cached locally"]
+    known = shown(Failure(cause="base model org/x is not cached locally", tail=tail, recognised=True))
+    assert known == ["training failed: base model org/x is not cached locally", f"full log: {tmp_path / 'logs' / 'train.log'}"]
+    unknown = shown(Failure(cause="sd-scripts exited with status 1", tail=tail))
+    assert "  Traceback (most recent call last):" in unknown

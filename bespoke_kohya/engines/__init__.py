@@ -34,6 +34,9 @@ class TrainOptions:
     dry_run: bool = False
     num_gpus: int = 1
     cpu: bool = False
+    skip_preflight: bool = False  # launch without the engine's pre-flight checks (kohya: GPU, base model, memory, disk, sd-scripts)
+    # Where an engine's warnings go before training (pre-flight findings that do not stop it); the verb prints them.
+    warn: Callable[[str], None] = field(default=lambda _line: None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -99,13 +102,16 @@ class Engine(Protocol):
         """(reason, fix) for each thing that keeps a run from training on this machine (reproduce lists them)."""
 
     def prepare(self, preset: Any, options: TrainOptions) -> list[str]:
-        """Before a run is rendered: check the tools it needs; returns overrides the options imply (e.g. --cpu precision)."""
+        """Before a run is rendered: check the tools it needs (a UserError before anything is written, warnings
+        to ``options.warn``); returns overrides the options imply (e.g. --cpu precision)."""
 
     def default_dataset(self, console: Any) -> Path | None:
         """A dataset to train on when none is given and dataset/ is empty (None: the user must give one)."""
 
     def plan(self, run: RunHandle, options: TrainOptions) -> list[str]:
-        """Record in ``run.record`` how this session trains (command, resume point); returns the command to show."""
+        """Record in ``run.record`` how this session trains (command, resume point); returns the command to show.
+
+        A resumed run is checked again first, as ``prepare`` checks a new one."""
 
     def train(self, run: RunHandle, options: TrainOptions, progress: Progress) -> Outcome:
         """Train, or resume from the run's own saved state; each epoch's checkpoint goes into run.json as it is written."""

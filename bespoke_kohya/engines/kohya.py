@@ -102,6 +102,17 @@ def _sd_scripts() -> Any:
     return find_sd_scripts(REPO_ROOT)
 
 
+def _preflight(resolved: dict[str, Any], options: TrainOptions, run_dir: Path, images: int, from_epoch: int = 0) -> None:
+    """Refuse what would make sd-scripts fail, before anything is written or launched (--skip-preflight skips)."""
+    from ..preflight import for_train
+
+    if options.skip_preflight:
+        return
+    for line in for_train(resolved, repo_root=REPO_ROOT, run_dir=run_dir, images=images, cpu=options.cpu,
+                          num_gpus=options.num_gpus, from_epoch=from_epoch):
+        options.warn(line)
+
+
 _MISSING = "kohya sd-scripts is not installed: run `make vendor` (or set SD_SCRIPTS_DIR and SD_SCRIPTS_PYTHON); `bespoke-kohya doctor` shows what was found"
 _NO_FP16 = "mixed_precision=no"
 
@@ -116,24 +127,21 @@ class KohyaEngine:
         write_kohya_config(run_dir, preset, run_id)
 
     def blockers(self, preset: Any, cpu: bool) -> list[tuple[str, str]]:
-        """(reason, command that fixes it) for each thing that keeps a run from training on this machine."""
-        import torch
+        """(reason, what fixes it) for each thing that keeps a run from training on this machine: the pre-flight's failures."""
+        from ..preflight import Level, Plan, run_checks
+        from .session import RUNS_DIR
 
-        from ..doctor import _hub_or_local
-        from ..paths import hub_offline
-
-        blockers = []
-        if _sd_scripts() is None:
-            blockers.append(("kohya sd-scripts is not installed", "make vendor"))
-        if not cpu and not torch.cuda.is_available():
-            blockers.append(("no CUDA GPU on this machine (the documented run took 40-45 min on a 48 GB GPU)", "make reproduce on a machine with a CUDA GPU (`bespoke-kohya bundle` packs a run for one)"))
-        base = preset.kohya.pretrained_model_name_or_path
-        found, _ = _hub_or_local(base)
-        if not found and hub_offline():
-            blockers.append((f"base model {base} is not available offline", f"huggingface-cli download {base}, or --set pretrained_model_name_or_path=/local/path"))
-        return blockers
+        plan = Plan.from_resolved(preset.model_dump(mode="json"))
+        checks = run_checks(plan, repo_root=REPO_ROOT, run_dir=RUNS_DIR, images=0, cpu=cpu) if plan else []
+        return [(c.cause, c.fix) for c in checks if c.level is Level.FAIL]
 
     def prepare(self, preset: Any, options: TrainOptions) -> list[str]:
+        if not options.dry_run:
+            from ..preflight import count_images
+            from .session import RUNS_DIR
+
+            dataset = options.dataset or REPO_ROOT / "dataset"
+            _preflight(preset.model_dump(mode="json"), options, Path(options.run_dir or RUNS_DIR), count_images(Path(dataset)))
         if _sd_scripts() is None and not options.dry_run:
             raise UserError(_MISSING)
         return [_NO_FP16] if options.cpu and preset.kohya.mixed_precision != "no" else []
@@ -145,6 +153,8 @@ class KohyaEngine:
         from ..launch import build_command
         from ..vendor import tokenizer_cache_dir
 
+        if options.resume and not options.dry_run:  # a new run was checked by prepare()
+            _preflight(run.record.resolved, options, run.dir, run.record.dataset.images or 0, from_epoch=len(run.record.epochs))
         sd = _sd_scripts()
         if sd is None and (options.resume or not options.dry_run):
             raise UserError(_MISSING)
@@ -194,7 +204,7 @@ class KohyaEngine:
             return Outcome(Status.INTERRUPTED, result.returncode)
         if result.returncode != 0 or result.failure or not epochs:
             cause = result.failure or (f"sd-scripts exited with status {result.returncode}" if result.returncode else "sd-scripts wrote no checkpoint")
-            return Outcome(Status.FAILED, result.returncode, Failure(cause=cause, tail=result.tail[-15:]))
+            return Outcome(Status.FAILED, result.returncode, Failure(cause=cause, tail=result.tail[-15:], recognised=result.failure is not None))
         return Outcome(Status.FINISHED, result.returncode)
 
     def sampler(self, run: RunHandle, options: SampleOptions) -> "DiffusersSampler":

@@ -98,7 +98,8 @@ def finish_message(run: RunHandle, outcome: Outcome, console: Any, err_console: 
         return 130
     failure = outcome.failure
     err_console.print(f"[red]training failed:[/] {failure.cause if failure else None}", soft_wrap=True)
-    for line in failure.tail if failure else []:
+    # A recognised cause is the one line to read; the traceback around it stays in the log.
+    for line in failure.tail if failure and not failure.recognised else []:
         err_console.print(f"  {line}", markup=False, soft_wrap=True)
     err_console.print(f"full log: {run.dir / TRAIN_LOG}")
     return 1

@@ -64,6 +64,7 @@ class DatasetRef(_Open):
 class Failure(_Open):
     cause: str | None = None
     tail: list[str] = Field(default_factory=list)
+    recognised: bool = False  # the cause is a known one, said in one line: the tail stays in the log
 
 
 class RunRecord(_Open):

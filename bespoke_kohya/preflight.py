@@ -1,0 +1,571 @@
+"""Pre-flight for a kohya run: the checks that can be made before sd-scripts starts.
+
+On a rented box every failed start costs money, so the causes that can be seen before
+launch are reported in one line each, before anything is written: the device, the base
+model (every form), GPU memory, disk space and the sd-scripts install.
+
+Each check is a function of plain inputs returning a `Check`; what it asks the machine
+(the GPUs, the model hub and its cache, free disk space, sd-scripts' interpreter) comes
+through `Probes`, whose fields tests replace with fakes. Standard library only at import
+time: go.sh runs `python -m bespoke_kohya.preflight` from the bundled wheel before
+anything is installed (huggingface_hub and torch are used when they are there).
+
+GPU memory estimate (`memory_estimate`), in bytes:
+
+    frozen weights   params(U-Net + text encoders [+ VAE unless cache_latents]) x weight bytes
+                     (2 for fp16/bf16, 4 for mixed_precision = "no")
+  + LoRA training    lora_params x (4 weight + 4 grad + optimizer state bytes), fp32
+  + activations      ACTIVATION_GIB[family][gradient_checkpointing] x batch
+                     x (resolution / native resolution)^2 x (2 when mixed_precision = "no")
+  + CUDA context     1 GiB, then x 1.1 for allocator fragmentation
+
+Parameter counts are those of the public configs (SD1.5: runwayml/stable-diffusion-v1-5;
+SDXL: stabilityai/stable-diffusion-xl-base-1.0), counted by instantiating diffusers'
+UNet2DConditionModel / AutoencoderKL and transformers' CLIP text models with those configs.
+LoRA parameters per rank are the in+out features of every Linear and 1x1 Conv that
+sd-scripts' networks.lora wraps (Transformer2DModel blocks of the U-Net; CLIPAttention
+and CLIPMLP of the text encoders), counted the same way: 589,824 per rank for SD1.5
+(dim 32 gives the familiar ~38 MB fp16 file). Activations are the rough part: not measured
+on a GPU here, they are set so the totals match public figures for sd-scripts LoRA runs
+(sd-scripts README, "Tips for SDXL training": SDXL LoRA at 1024 px fits 8 GB, 10 GB
+recommended, with gradient checkpointing, cached text-encoder outputs, an 8-bit optimizer
+and dim 4-8; SD1.5 LoRA at 512 px, batch 1, fp16 is commonly run in 6-8 GB without
+gradient checkpointing). Treat the estimate as +-30 %; it only warns.
+
+Disk estimate (`disk_needs`): per saved epoch a LoRA file (lora_params x save bytes) and,
+with save_state, a resume state (lora_params x (4 + optimizer state bytes)); the last
+epoch is saved as `<output_name>.safetensors` plus `<output_name>-state`. Samples:
+prompts x seeds x saved epochs x (full-size RGB + 24x24 + x8 preview, as uncompressed
+upper bounds). Prepared images: count x resolution^2 x 3. A hub base that is not cached
+adds its download to the Hugging Face cache's filesystem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from .bundle import is_local_path
+from .errors import UserError
+from .paths import hub_cache_dir, hub_offline
+from .runfolder import run_document
+from .vendor import SD_SCRIPTS_TAG, SdScripts, find_sd_scripts, probe_python
+
+GIB = 1024**3
+MIB = 1024**2
+PIPELINE_CLASSES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+NATIVE_RESOLUTION = {"sd15": 512, "sdxl": 1024}
+PARAMS = {  # frozen weights of the base, see the module docstring
+    "sd15": {"unet": 859_520_964, "text": 123_060_480, "vae": 83_653_863},
+    "sdxl": {"unet": 2_567_463_684, "text": 123_060_480 + 694_659_840, "vae": 83_653_863},
+}
+LORA_PER_RANK = {"sd15": {"unet": 423_936, "text": 165_888}, "sdxl": {"unet": 2_659_840, "text": 165_888 + 737_280}}
+ACTIVATION_GIB = {"sd15": {False: 2.5, True: 0.7}, "sdxl": {False: 9.0, True: 2.5}}  # per image at native resolution, fp16
+OPTIMIZER_STATE_BYTES = {"AdamW": 8, "AdamW8bit": 2, "Lion": 4, "SGDNesterov": 4, "Prodigy": 16, "Adafactor": 4}
+CUDA_CONTEXT = 1 * GIB
+FRAGMENTATION = 1.1
+# What sd-scripts downloads for a hub base: the fp32 safetensors of each component it loads
+# (diffusers skips the safety checker sd-scripts passes as None).
+HUB_DOWNLOAD = {family: sum(params.values()) * 4 for family, params in PARAMS.items()}
+# `go.sh` before install: our venv and sd-scripts' venv, each with a CUDA torch (sd-scripts' venv
+# measured 6.0 GB with torch 2.14.1 and its CUDA 13 libraries), plus pip's cache.
+INSTALL_BYTES = 15 * GIB
+# Measured by `bespoke-kohya smoke`: ~60 s an optimizer step at 64 px (batch 4) on 2 cores.
+CPU_SMOKE = {"seconds": 60.0, "resolution": 64, "batch": 4, "cores": 2}
+HUB_TIMEOUT = 4.0
+# Hub ids that moved: the same weights under another id.
+MIRRORS = {"runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
+
+
+class Level(str, Enum):
+    """How a check came out: FAIL stops the launch, WARN is printed, OK and SKIP are quiet."""
+
+    OK = "ok"
+    WARN = "warning"
+    FAIL = "error"
+    SKIP = "skipped"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check's outcome: the cause, and for problems what to do; `message` joins them into one line."""
+
+    name: str
+    level: Level
+    cause: str
+    fix: str = ""
+
+    @property
+    def message(self) -> str:
+        return f"{self.cause}; {self.fix}" if self.fix else self.cause
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    total_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True)
+class GpuProbe:
+    """What the machine says about its GPUs; `note` says how it was asked (or why it could not)."""
+
+    gpus: tuple[Gpu, ...]
+    note: str
+
+
+class HubAnswer(str, Enum):
+    FOUND = "found"
+    MISSING = "missing"  # not found, gated or private
+    UNREACHABLE = "unreachable"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a kohya preset will do, read from its resolved form (`Preset.model_dump()` or run.json's `resolved`)."""
+
+    name: str
+    family: str
+    base: str
+    resolution: int
+    batch: int
+    precision: str
+    gradient_checkpointing: bool
+    cache_latents: bool
+    network_dim: int
+    train_text_encoder: bool
+    optimizer: str
+    save_precision: str
+    epochs: int
+    save_every: int
+    save_state: bool
+    repeats: int
+    samples_per_epoch: int
+    sample_pixels: int
+
+    @classmethod
+    def from_resolved(cls, resolved: dict[str, Any]) -> Plan | None:
+        """The plan of a kohya preset; None for other engines (nothing to check)."""
+        k = resolved.get("kohya")
+        if resolved.get("engine") != "kohya" or not k:
+            return None
+        s = resolved.get("sample") or {}
+        width, height = s.get("width") or k["resolution"], s.get("height") or k["resolution"]
+        return cls(
+            name=resolved["name"], family=resolved.get("family") or "sd15", base=(k.get("pretrained_model_name_or_path") or "").strip(),
+            resolution=k["resolution"], batch=k["train_batch_size"], precision=k["mixed_precision"],
+            gradient_checkpointing=k["gradient_checkpointing"], cache_latents=k["cache_latents"], network_dim=k["network_dim"],
+            train_text_encoder=k.get("text_encoder_lr") != 0, optimizer=k["optimizer_type"], save_precision=k["save_precision"],
+            epochs=k["max_train_epochs"], save_every=k["save_every_n_epochs"], save_state=k["save_state"],
+            repeats=(resolved.get("dataset") or {}).get("num_repeats", 1),
+            samples_per_epoch=len(s.get("prompts") or []) * len(s.get("seeds") or []), sample_pixels=width * height,
+        )
+
+
+# ---------------------------------------------------------------- probes (the machine's side)
+
+
+def probe_gpus() -> GpuProbe:
+    """The CUDA GPUs and their free memory: nvidia-smi (no torch needed), else torch in this interpreter."""
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            done = subprocess.run([smi, "--query-gpu=name,memory.total,memory.free", "--format=csv,noheader,nounits"],
+                                  capture_output=True, text=True, timeout=20, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return GpuProbe((), f"nvidia-smi failed ({exc})")
+        if done.returncode != 0:
+            last = (done.stdout.strip() or done.stderr.strip() or "no output").splitlines()[-1]
+            return GpuProbe((), f"nvidia-smi failed: {last}")
+        gpus = []
+        for row in done.stdout.strip().splitlines():
+            name, total, free = (part.strip() for part in row.rsplit(",", 2))
+            gpus.append(Gpu(name, int(float(total)) * MIB, int(float(free)) * MIB))
+        return GpuProbe(tuple(gpus), "nvidia-smi")
+    try:
+        import torch
+    except ImportError:
+        return GpuProbe((), "nvidia-smi not found")
+    if not torch.cuda.is_available():
+        return GpuProbe((), f"nvidia-smi not found; torch {torch.__version__} sees no CUDA device")
+    gpus = []
+    for i in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(i)
+        gpus.append(Gpu(torch.cuda.get_device_name(i), total, free))
+    return GpuProbe(tuple(gpus), f"torch {torch.__version__}")
+
+
+def hub_cached(model_id: str) -> bool:
+    """Whether the hub cache holds the model's model_index.json (diffusers' entry point)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # before go.sh installs anything: the cache's documented layout
+        return any((hub_cache_dir() / ("models--" + model_id.replace("/", "--")) / "snapshots").glob("*/model_index.json"))
+    return isinstance(try_to_load_from_cache(model_id, "model_index.json"), str)
+
+
+def hub_lookup(model_id: str, timeout: float = HUB_TIMEOUT) -> HubAnswer:
+    """Ask the hub (or $HF_ENDPOINT) whether the model exists, waiting at most `timeout` seconds."""
+    try:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    except ImportError:
+        return _hub_lookup_stdlib(model_id, timeout)
+    try:
+        HfApi().model_info(model_id, timeout=timeout)
+    except (RepositoryNotFoundError, GatedRepoError):
+        return HubAnswer.MISSING
+    except Exception:  # any network or server error: the hub did not answer usefully
+        return HubAnswer.UNREACHABLE
+    return HubAnswer.FOUND
+
+
+def _hub_lookup_stdlib(model_id: str, timeout: float) -> HubAnswer:
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{endpoint}/api/models/{model_id}", timeout=timeout):
+            return HubAnswer.FOUND
+    except urllib.error.HTTPError as exc:
+        return HubAnswer.MISSING if exc.code in (401, 403, 404) else HubAnswer.UNREACHABLE
+    except (OSError, ValueError):
+        return HubAnswer.UNREACHABLE
+
+
+def disk_space(path: Path) -> tuple[int, int]:
+    """(filesystem id, free bytes) where `path` would be written (its nearest existing folder)."""
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path.stat().st_dev, shutil.disk_usage(path).free
+
+
+@dataclass
+class Probes:
+    """The machine, as the checks see it; tests replace fields with fakes."""
+
+    gpus: Callable[[], GpuProbe] = probe_gpus
+    offline: Callable[[], bool] = hub_offline
+    hub_cached: Callable[[str], bool] = hub_cached
+    hub_lookup: Callable[[str], HubAnswer] = hub_lookup
+    hub_cache_dir: Callable[[], Path] = hub_cache_dir
+    disk_space: Callable[[Path], tuple[int, int]] = disk_space
+    sd_scripts: Callable[[Path], SdScripts | None] = find_sd_scripts
+    sd_python: Callable[[Path], dict] = probe_python
+    cpu_cores: Callable[[], int] = field(default=lambda: os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------- estimates
+
+
+def lora_params(plan: Plan) -> int:
+    per_rank = LORA_PER_RANK[plan.family]
+    return plan.network_dim * (per_rank["unet"] + (per_rank["text"] if plan.train_text_encoder else 0))
+
+
+def memory_estimate(plan: Plan) -> int:
+    """Peak GPU memory of one training process, in bytes (formula in the module docstring)."""
+    params = PARAMS[plan.family]
+    weight_bytes = 4 if plan.precision == "no" else 2
+    frozen = (params["unet"] + params["text"] + (0 if plan.cache_latents else params["vae"])) * weight_bytes
+    lora = lora_params(plan) * (8 + OPTIMIZER_STATE_BYTES.get(plan.optimizer, 8))
+    scale = (plan.resolution / NATIVE_RESOLUTION[plan.family]) ** 2 * plan.batch * (2 if plan.precision == "no" else 1)
+    activations = ACTIVATION_GIB[plan.family][plan.gradient_checkpointing] * GIB * scale
+    return int((frozen + lora + activations + CUDA_CONTEXT) * FRAGMENTATION)
+
+
+def saved_epochs(plan: Plan, from_epoch: int = 0) -> int:
+    """Checkpoints sd-scripts writes after `from_epoch`: every save_every epochs before the last, and the last."""
+    return sum(1 for e in range(from_epoch + 1, plan.epochs) if e % plan.save_every == 0) + (1 if from_epoch < plan.epochs else 0)
+
+
+def run_bytes(plan: Plan, images: int, from_epoch: int = 0) -> int:
+    """What the run folder grows by: checkpoints, resume states, samples and (fresh runs) the prepared images."""
+    n = saved_epochs(plan, from_epoch)
+    params = lora_params(plan)
+    checkpoint = params * (4 if plan.save_precision == "float" else 2) + MIB
+    state = params * (4 + OPTIMIZER_STATE_BYTES.get(plan.optimizer, 8)) + MIB if plan.save_state else 0
+    sample = plan.sample_pixels * 3 + 24 * 24 * 4 + (24 * 8) ** 2 * 4
+    prepared = images * plan.resolution**2 * 3 if from_epoch == 0 else 0
+    return n * (checkpoint + state + plan.samples_per_epoch * sample) + prepared + 50 * MIB  # + logs
+
+
+def cpu_seconds_per_step(plan: Plan, cores: int) -> float:
+    """A lower bound on a CPU step, scaled from the smoke by pixels x batch (at 64 px the weights dominate, so never below it),
+    by the U-Net's size for SDXL, and by cores."""
+    work = (plan.resolution / CPU_SMOKE["resolution"]) ** 2 * plan.batch / CPU_SMOKE["batch"]
+    size = PARAMS[plan.family]["unet"] / PARAMS["sd15"]["unet"]
+    return CPU_SMOKE["seconds"] * max(1.0, work) * size * CPU_SMOKE["cores"] / max(1, cores)
+
+
+def _duration(seconds: float) -> str:
+    for unit, length in (("days", 86400), ("hours", 3600), ("min", 60)):
+        if seconds >= 2 * length:
+            return f"{seconds / length:,.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+# ---------------------------------------------------------------- checks
+
+
+def check_device(plan: Plan, probe: GpuProbe, *, cpu: bool, images: int | None, cores: int) -> Check:
+    """A CUDA GPU is present, or --cpu was given; otherwise say how slow the CPU would be."""
+    step = cpu_seconds_per_step(plan, cores)
+    steps = math.ceil(images * plan.repeats / plan.batch) * plan.epochs if images else None
+    slow = f"~{_duration(step)} a step" + (f" x {steps:,} steps = ~{_duration(step * steps)}" if steps else "")
+    if cpu:
+        return Check("device", Level.WARN if not probe.gpus else Level.OK, f"--cpu: {plan.name} on {cores} CPU cores takes at least {slow}")
+    if probe.gpus:
+        names = ", ".join(sorted({g.name for g in probe.gpus}))
+        return Check("device", Level.OK, f"{len(probe.gpus)} CUDA GPU ({names}) via {probe.note}")
+    return Check("device", Level.FAIL,
+                 f"no CUDA GPU found ({probe.note}): {plan.name} on these {cores} CPU cores would take at least {slow} "
+                 "(smoke: ~60 s a step at 64 px on 2 cores)", "train on a GPU box (bespoke-kohya bundle), or pass --cpu to accept it")
+
+
+def check_model_index(folder: Path, family: str) -> None:
+    """Refuse a diffusers folder that is missing its model_index.json or is of the other family."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise UserError(f"{folder}: not a diffusers model folder (no model_index.json); pass a diffusers folder, a single-file .safetensors or a hub id")
+    try:
+        class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    except (ValueError, AttributeError) as exc:
+        raise UserError(f"{index}: not valid JSON ({exc}); re-download or re-save the model") from None
+    expected = PIPELINE_CLASSES[family]
+    if class_name and class_name != expected:
+        raise UserError(f"{folder}: is a {class_name} but the preset's family is {family} (needs {expected}); pick a preset of the matching family or another base")
+
+
+def safetensors_keys(path: Path) -> list[str]:
+    """The tensor names in a .safetensors header (8-byte length, then JSON); UserError when it is not one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            size = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if not 2 <= size <= min(100 * MIB, path.stat().st_size - 8):
+                raise ValueError("bad header length")
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, struct.error) as exc:
+        raise UserError(f"{path}: not a readable .safetensors file ({exc}), corrupt or cut short; download it again") from None
+    return [k for k in header if k != "__metadata__"]
+
+
+def _single_file_family(keys: list[str]) -> str | None:
+    """sd15 / sdxl from an original-format checkpoint's key names; None when neither layout is recognised."""
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.") for k in keys) and any(k.startswith("model.diffusion_model.") for k in keys):
+        return "sd15"
+    return None
+
+
+def _hub_fix(model_id: str) -> str:
+    """How to get a hub base that is not here: its new id when it moved, else a download; or a local file."""
+    if mirror := MIRRORS.get(model_id):
+        get = f"it left the hub: use the same weights with --set pretrained_model_name_or_path={mirror}"
+    else:
+        get = f"download it on a machine with network (hf download {model_id})"
+    return f"{get}, or pass a local .safetensors file or diffusers folder with --set pretrained_model_name_or_path=/path"
+
+
+def check_base(plan: Plan, probes: Probes, run_dir: Path | None = None) -> Check:
+    """The base model exists in its form: local folder/file of the right architecture, cached hub id, or a hub answer."""
+    base = plan.base
+    name = f"base model {base}"
+    if not base:
+        return Check("base", Level.FAIL, f"preset {plan.name}: pretrained_model_name_or_path is empty", "pass --set pretrained_model_name_or_path=/path/model.safetensors")
+    if is_local_path(base, run_dir):
+        path = Path(base).expanduser()
+        if not path.is_absolute() and run_dir is not None and (run_dir / path).exists():
+            path = run_dir / path
+        try:
+            if path.is_dir():
+                check_model_index(path, plan.family)
+                return Check("base", Level.OK, f"{name}: local diffusers folder ({PIPELINE_CLASSES[plan.family]})")
+            if not path.is_file():
+                return Check("base", Level.FAIL, f"{name}: no such file or folder", "give a diffusers folder or a .safetensors file that exists, or a hub id")
+            if path.suffix.lower() != ".safetensors":
+                return Check("base", Level.WARN, f"{name}: a {path.suffix} file is a Python pickle sd-scripts can load but `sample` refuses", "prefer the .safetensors release")
+            found = _single_file_family(safetensors_keys(path))
+        except UserError as exc:
+            return Check("base", Level.FAIL, f"base model {exc}")  # the message names the file
+        if found is None:
+            return Check("base", Level.WARN, f"{name}: not an original-format SD checkpoint (no known key layout), sd-scripts may refuse it")
+        if found != plan.family:
+            return Check("base", Level.FAIL, f"{name}: is an {found} checkpoint but preset {plan.name} is {plan.family}", "pick a preset of the matching family or another base")
+        return Check("base", Level.OK, f"{name}: local {found} single-file checkpoint")
+    if probes.hub_cached(base):
+        return Check("base", Level.OK, f"{name}: in the Hugging Face cache")
+    if probes.offline():
+        return Check("base", Level.FAIL, f"{name}: not in the Hugging Face cache and HF_HUB_OFFLINE is set", _hub_fix(base))
+    answer = probes.hub_lookup(base)
+    if answer is HubAnswer.FOUND:
+        return Check("base", Level.OK, f"{name}: on the hub, sd-scripts downloads it on first use")
+    if answer is HubAnswer.MISSING:
+        return Check("base", Level.FAIL, f"{name}: the hub has no such (public) model", _hub_fix(base))
+    return Check("base", Level.FAIL, f"{name}: not in the Hugging Face cache and the hub did not answer within {HUB_TIMEOUT:g} s",
+                 f"{_hub_fix(base)}; without network set HF_HUB_OFFLINE=1")
+
+
+def check_memory(plan: Plan, gpus: tuple[Gpu, ...], num_gpus: int = 1) -> Check:
+    """The estimate against the smallest free memory of the GPUs used; warn with the setting to change."""
+    if not gpus:
+        return Check("memory", Level.SKIP, "no GPU to compare with")
+    need = memory_estimate(plan)
+    free = min(g.free_bytes for g in gpus[: max(1, num_gpus)])
+    if need <= free:
+        return Check("memory", Level.OK, f"~{_gib(need)} estimated, {_gib(free)} free")
+    if not plan.gradient_checkpointing:
+        fix = "gradient_checkpointing=true"
+        fixed = Plan(**{**plan.__dict__, "gradient_checkpointing": True})
+    elif plan.batch > 1:
+        fix = f"train_batch_size={plan.batch // 2}"
+        fixed = Plan(**{**plan.__dict__, "batch": plan.batch // 2})
+    else:
+        fix = f"resolution={plan.resolution * 3 // 4 // 64 * 64}"
+        fixed = Plan(**{**plan.__dict__, "resolution": plan.resolution * 3 // 4 // 64 * 64})
+    return Check("memory", Level.WARN, f"{plan.name} needs ~{_gib(need)} of GPU memory (estimate), {_gib(free)} is free",
+                 f"--set {fix} brings it to ~{_gib(memory_estimate(fixed))}")
+
+
+def disk_needs(plan: Plan, probes: Probes, *, run_dir: Path, images: int, from_epoch: int, download: bool, before_install: bool) -> list[tuple[Path, int, str]]:
+    """(where, bytes, what) the run will write: the run folder (and, before go.sh installs, the venvs), a hub download."""
+    needs = [(run_dir, run_bytes(plan, images, from_epoch), "checkpoints, states and samples")]
+    if before_install:
+        needs.append((run_dir, INSTALL_BYTES, "installs"))
+    if download:
+        needs.append((probes.hub_cache_dir(), int(HUB_DOWNLOAD[plan.family]), "base model download"))
+    return needs
+
+
+def check_disk(needs: list[tuple[Path, int, str]], space: Callable[[Path], tuple[int, int]]) -> Check:
+    """Enough free space on each filesystem written to (needs on the same one are added up)."""
+    by_fs: dict[int, tuple[Path, int, int, list[str]]] = {}
+    for path, size, what in needs:
+        fs, free = space(path)
+        first, total, _, whats = by_fs.get(fs, (path, 0, free, []))
+        by_fs[fs] = (first, total + size, free, whats + [f"{what} ~{_gib(size)}"])
+    for path, total, free, whats in by_fs.values():
+        if total > free:
+            return Check("disk", Level.FAIL, f"{path}: needs ~{_gib(total)} ({', '.join(whats)}), only {_gib(free)} free", "free space there or pick another --run-dir")
+    return Check("disk", Level.OK, "; ".join(f"{path}: ~{_gib(total)} needed, {_gib(free)} free" for path, total, free, _ in by_fs.values()))
+
+
+def check_sd_scripts(probes: Probes, repo_root: Path, *, need_cuda: bool) -> Check:
+    """sd-scripts is installed, at the tested tag, and (on a GPU run) its interpreter imports torch with CUDA."""
+    try:
+        sd = probes.sd_scripts(repo_root)
+    except UserError as exc:
+        return Check("sd-scripts", Level.FAIL, f"sd-scripts: {exc}")
+    if sd is None:
+        return Check("sd-scripts", Level.FAIL, "sd-scripts is not installed", "run `make vendor` (or set SD_SCRIPTS_DIR and SD_SCRIPTS_PYTHON)")
+    if need_cuda:
+        info = probes.sd_python(sd.python)
+        if "error" in info or "torch_error" in info or not info.get("torch"):
+            why = info.get("error") or info.get("torch_error") or "torch is not installed"
+            return Check("sd-scripts", Level.FAIL, f"sd-scripts' python {sd.python} cannot import torch ({why})", "run `make vendor` again")
+        if not info.get("cuda"):
+            return Check("sd-scripts", Level.FAIL, f"sd-scripts' torch {info['torch']} cannot use CUDA (a CPU build, or a CUDA {info.get('cuda_version')} build this driver does not run)",
+                         "install a matching CUDA torch: SD_SCRIPTS_TORCH='torch torchvision --index-url https://download.pytorch.org/whl/cuXXX' make vendor")
+    if sd.tag != SD_SCRIPTS_TAG:
+        at = sd.tag or (sd.commit[:10] if sd.commit else "an unknown revision")
+        return Check("sd-scripts", Level.WARN, f"sd-scripts in {sd.path} is at {at}, this tool is tested with {SD_SCRIPTS_TAG}", f"git -C {sd.path} checkout {SD_SCRIPTS_TAG}")
+    return Check("sd-scripts", Level.OK, f"sd-scripts {sd.tag} in {sd.path}")
+
+
+# ---------------------------------------------------------------- all together
+
+
+def count_images(dataset: Path | None) -> int:
+    return sum(1 for p in dataset.iterdir() if p.suffix.lower() == ".png") if dataset and dataset.is_dir() else 0
+
+
+def run_checks(plan: Plan, *, repo_root: Path, run_dir: Path, images: int, cpu: bool = False, num_gpus: int = 1,
+               from_epoch: int = 0, before_install: bool = False, probes: Probes | None = None) -> list[Check]:
+    """Every pre-flight check for a kohya plan, in the order a user fixes them."""
+    probes = probes or Probes()
+    gpus = probes.gpus()
+    checks = [check_device(plan, gpus, cpu=cpu, images=images, cores=probes.cpu_cores())]
+    base = check_base(plan, probes, run_dir)
+    checks.append(base)
+    if not cpu:
+        checks.append(check_memory(plan, gpus.gpus, num_gpus))
+    download = base.level is Level.OK and not is_local_path(plan.base, run_dir) and not probes.hub_cached(plan.base)
+    needs = disk_needs(plan, probes, run_dir=run_dir, images=images, from_epoch=from_epoch, download=download, before_install=before_install)
+    checks.append(check_disk(needs, probes.disk_space))
+    if not before_install:
+        checks.append(check_sd_scripts(probes, repo_root, need_cuda=not cpu and bool(gpus.gpus)))
+    return checks
+
+
+def enforce(checks: list[Check]) -> list[str]:
+    """The warning lines to show; raises one UserError listing every failure, one line each."""
+    failures = [c.message for c in checks if c.level is Level.FAIL]
+    if failures:
+        raise UserError("\n".join(failures + ["(checked before launch; --skip-preflight launches anyway)"]))
+    return [c.message for c in checks if c.level is Level.WARN]
+
+
+def for_train(resolved: dict[str, Any], *, repo_root: Path, run_dir: Path, images: int, cpu: bool, num_gpus: int,
+              from_epoch: int = 0, probes: Probes | None = None) -> list[str]:
+    """`train`'s pre-flight: warnings to print, or a UserError naming each cause (nothing written either way)."""
+    plan = Plan.from_resolved(resolved)
+    if plan is None:
+        return []
+    return enforce(run_checks(plan, repo_root=repo_root, run_dir=run_dir, images=images, cpu=cpu,
+                              num_gpus=num_gpus, from_epoch=from_epoch, probes=probes))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bespoke_kohya.preflight --run DIR`: go.sh's check of a bundled run before installing anything."""
+    parser = argparse.ArgumentParser(prog="python -m bespoke_kohya.preflight", description=main.__doc__)
+    parser.add_argument("--run", type=Path, required=True, help="run folder (its run.json)")
+    parser.add_argument("--cpu", action="store_true", help="training will run on the CPU")
+    parser.add_argument("--base", help="the base model go.sh will set (BASE_MODEL)")
+    parser.add_argument("--before-install", action="store_true", help="sd-scripts is not installed yet: count the installs, skip its check")
+    args = parser.parse_args(argv)
+    run_dir = args.run.resolve()
+    try:
+        record = run_document(run_dir)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    resolved = record.get("resolved") or {}
+    if args.base and resolved.get("kohya"):
+        resolved = {**resolved, "kohya": {**resolved["kohya"], "pretrained_model_name_or_path": args.base}}
+    plan = Plan.from_resolved(resolved)
+    if plan is None:
+        print(f"  ok: the {resolved.get('engine')} engine needs no pre-flight")
+        return 0
+    images = count_images(run_dir / "originals") or int((record.get("dataset") or {}).get("images") or 0)
+    checks = run_checks(plan, repo_root=run_dir, run_dir=run_dir, images=images, cpu=args.cpu,
+                        from_epoch=len(record.get("epochs") or {}), before_install=args.before_install)
+    for c in checks:  # ok lines carry free-space figures that change between runs: only problems are printed in full
+        if c.level in (Level.WARN, Level.FAIL):
+            print(f"  {c.level.value}: {c.message}")
+    passed = sum(c.level is Level.OK for c in checks)
+    print(f"  pre-flight: {passed} of {len(checks)} checks passed")
+    return 1 if any(c.level is Level.FAIL for c in checks) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
