@@ -299,9 +299,10 @@ def _train_base(settings: Pixel24Settings, out: Path, on_base: Progress | None, 
     model = build_model(model_config(settings, vocab, palette))
     schedule = Schedule(settings.base_steps, settings.base_batch_size, settings.base_learning_rate, settings.warmup_steps, settings.base_ema_decay)
     loop = Loop(model, to_indices(data.images, palette), [encode_caption(model.vocab_index, c)[0] for c in data.captions], settings, schedule)
-    started = time.perf_counter()
+    started, losses = time.perf_counter(), []
 
     def report(step: int, loss: float, lr: float) -> None:
+        losses.append(loss)
         if on_base is None:
             return
         elapsed = time.perf_counter() - started
@@ -310,7 +311,8 @@ def _train_base(settings: Pixel24Settings, out: Path, on_base: Progress | None, 
             minutes = (schedule.steps - step) * schedule.batch_size / speed / 60
             on_base({"note": f"pixel24 base model: training once on the {len(data.names):,} stand-in CryptoPunks ({schedule.steps} steps, "
                              f"about {minutes:.0f} more min at {speed:.0f} img/s); cached in {out.parent} for every later fine-tune"})
-        on_base({"epoch": "base", "step": step, "total_steps": schedule.steps, "loss": loss, "lr": lr, "images_per_s": speed})
+        on_base({"epoch": "base", "step": step, "total_steps": schedule.steps, "loss": loss, "avg_loss": float(np.mean(losses[-100:])), "lr": lr,
+                 "images_per_s": speed})
 
     if not loop.run(schedule.steps, report, should_stop):
         return False
