@@ -8,6 +8,7 @@ Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -157,13 +158,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train(options, console=console, err_console=err_console)
 
 
-def _int_list(text: str | None, flag: str) -> list[int] | None:
+def _int_list(text: str | None, flag: str, high: int | None = None) -> list[int] | None:
+    """Comma-separated whole numbers from 0 to ``high``; empty items and repeats are refused."""
     if not text:
         return None
+    example = f"e.g. {flag} 1,2,3"
+    items = [x.strip() for x in text.split(",")]
+    if "" in items:
+        raise UserError(f"{flag} {text!r}: empty item; expected comma-separated whole numbers, {example}")
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        values = [int(x) for x in items]
     except ValueError:
-        raise UserError(f"{flag} {text!r}: expected comma-separated whole numbers, e.g. {flag} 1,2,3") from None
+        raise UserError(f"{flag} {text!r}: expected comma-separated whole numbers, {example}") from None
+    out_of_range = [v for v in values if v < 0 or (high is not None and v > high)]
+    if out_of_range:
+        raise UserError(f"{flag} {text!r}: {out_of_range[0]} is out of range; use whole numbers from 0" + (f" to {high}" if high is not None else ""))
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise UserError(f"{flag} {text!r}: {', '.join(map(str, repeated))} given more than once; list each once")
+    return values
+
+
+def _at_least(minimum: int, convert: Callable[[str], float], what: str) -> Callable[[str], float]:
+    """argparse type: ``convert(text)``, finite (nan and inf refused) and at least ``minimum``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what} of at least {minimum}, got {text!r}")
+        return value
+
+    return parse
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
@@ -210,6 +238,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Sample every epoch (or --epochs) of a run with the fixed prompt suite and seeds."""
+    from .presets import MAX_SEED
     from .sample import sample_run
 
     doc = sample_run(
@@ -217,7 +246,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         epochs=_int_list(args.epochs, "--epochs"),
         prompts_file=Path(args.prompts) if args.prompts else None,
         prompts=args.prompt or None,
-        seeds=_int_list(args.seeds, "--seeds"),
+        seeds=_int_list(args.seeds, "--seeds", high=MAX_SEED),
         device=args.device,
         include_base=args.include_base,
         base_override=args.base_model,
@@ -244,6 +273,7 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
     palette = None if args.palette in (None, "none") else dataset_palette(Path(args.palette))
     options = PostprocessOptions(method=args.method, palette=palette, max_delta_e=args.max_delta_e, merge={"auto": "auto", "on": True, "off": False}[args.merge], max_colors=args.max_colors)
     records = postprocess_files(paths, Path(args.out), options)
+    warn([r["warning"] for r in records if r["warning"]])
     console.print(f"[green]wrote[/] {len(records)} 24x24 image(s) and previews to {args.out}")
     return 0
 
@@ -271,9 +301,7 @@ def cmd_dataset_standin(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Run the documented six-step checklist and print a pass/fail table."""
-    from .reproduce import format_table, run_checklist
-
-    from .reproduce import ReproduceOptions
+    from .reproduce import ReproduceOptions, format_table, run_checklist
 
     options = ReproduceOptions(
         preset=args.preset, overrides=list(args.set or []), experimental=args.experimental, cpu=args.cpu, device=args.device,
@@ -284,9 +312,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for col in ("step", "checked", "status", "evidence", "why / to run it"):
         table.add_column(col, overflow="fold")
     colours = {"pass": "green", "fail": "red", "skipped": "yellow", "n/a": "dim"}
-    for step, check, status, evidence, note in format_table(checklist):
+    rows, commands = format_table(checklist)
+    for step, check, status, evidence, note in rows:
         table.add_row(step, check, f"[{colours[status]}]{status}[/]", Text(evidence), Text(note))
     console.print(table)
+    for line in commands:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(f"written: {run_dir / 'reproduce.json'}")
     return checklist.exit_code
 
@@ -319,8 +350,16 @@ def _add_preset_args(p: argparse.ArgumentParser, dataset_required: bool = True, 
     p.add_argument("--experimental", action="store_true", help="allow presets marked experimental")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its refusals as one `error:` line (like UserError) instead of the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        err_console.print(Text.assemble(("error: ", "red"), f"{self.prog}: {message} (see {self.prog} --help)"), soft_wrap=True)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bespoke-kohya", description="Train a generator of 24x24 Bespoke Punks and find its best epoch.")
+    parser = _Parser(prog="bespoke-kohya", description="Train a generator of 24x24 Bespoke Punks and find its best epoch.")
     parser.add_argument("--version", action="version", version=f"bespoke-kohya {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -352,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None, help="run directory (default runs/<preset>-<UTC time>)")
     p.add_argument("--dry-run", action="store_true", help="render the run and print the exact command, train nothing")
     p.add_argument("--resume", default=None, metavar="RUN", help="continue an interrupted run from its saved state")
-    p.add_argument("--num-gpus", type=int, default=1, help="GPUs for accelerate's multi-GPU launcher")
+    p.add_argument("--num-gpus", type=_at_least(1, int, "a whole number"), default=1, help="GPUs for accelerate's multi-GPU launcher")
     p.add_argument("--cpu", action="store_true", help="train on the CPU (no GPU needed; slow for kohya presets)")
     p.set_defaults(func=cmd_train)
 
@@ -380,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--method", choices=["nearest", "grid"], default="grid", help="grid: detect the art-pixel grid (default); nearest: plain NEAREST resize")
     p.add_argument("--palette", default="none", help="dataset folder whose colours close colours snap to, or none")
-    p.add_argument("--max-delta-e", type=float, default=4.0, help="snap only colours closer than this ΔE76")
+    p.add_argument("--max-delta-e", type=_at_least(0, float, "a finite number"), default=4.0, help="snap only colours closer than this ΔE76")
     p.add_argument("--merge", choices=["auto", "on", "off"], default="auto", help="merge the image's own near-identical colours: auto = only when the image is noisy (default)")
     p.add_argument("--max-colors", type=int, default=None, help="cap the colour count (median cut, no dithering)")
     p.set_defaults(func=cmd_postprocess)

@@ -7,6 +7,7 @@ duplicates, phrases repeated inside a caption) are reported and handled.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import re
 from collections import Counter
@@ -17,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import UserError
-from .images import IMAGE_SUFFIXES, flatten_alpha, open_image, parse_hex_colour, save_png
+from .images import IMAGE_SUFFIXES, PICTURE_SUFFIXES, flatten_alpha, open_image, parse_hex_colour, save_png
 from .paths import ART as ART_SIZE
 
 # Files a dataset folder may hold besides images and captions.
@@ -122,8 +123,23 @@ def dedupe_phrases(caption: str) -> str:
     return ", ".join(kept)
 
 
-def _read_caption(path: Path) -> str | None:
-    if not path.is_file():
+def caption_path(image: Path, caption_extension: str) -> Path | None:
+    """The caption file of ``image``: same stem, extension matched case-insensitively (`a.TXT` counts).
+
+    An exact match wins; two files differing only in case (`a.txt`, `a.TXT`) are refused.
+    """
+    exact = image.with_suffix(caption_extension)
+    if exact.is_file():
+        return exact
+    wanted = caption_extension.lower()
+    found = sorted(p for p in image.parent.glob(f"{glob.escape(image.stem)}.*") if p.suffix.lower() == wanted and p.stem == image.stem and p.is_file())
+    if len(found) > 1:
+        raise UserError(f"{image}: several captions differ only in case ({', '.join(p.name for p in found)}); keep one")
+    return found[0] if found else None
+
+
+def _read_caption(path: Path | None) -> str | None:
+    if path is None:
         return None
     try:
         text = path.read_text(encoding="utf-8")
@@ -132,12 +148,19 @@ def _read_caption(path: Path) -> str | None:
     return re.sub(r"\s+", " ", text).strip() or None
 
 
+def check_caption_extension(caption_extension: str) -> None:
+    """Refuse a caption extension that names a picture format (captions are text files)."""
+    if caption_extension.lower() in PICTURE_SUFFIXES:
+        raise UserError(f"caption extension {caption_extension!r} is an image extension; captions are text files, use e.g. .txt")
+
+
 def list_images(folder: Path, caption_extension: str = ".txt") -> list[Path]:
     """The PNG images of a dataset folder, sorted; refuses stray files and empty folders."""
     if not folder.exists():
         raise UserError(f"{folder}: dataset folder not found; pass --dataset with a folder of 24x24 PNG images and .txt captions")
     if not folder.is_dir():
         raise UserError(f"{folder}: not a folder; --dataset needs a folder of 24x24 PNG images")
+    check_caption_extension(caption_extension)
     images = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.is_dir():
@@ -145,7 +168,7 @@ def list_images(folder: Path, caption_extension: str = ".txt") -> list[Path]:
         suffix = path.suffix.lower()
         if suffix in IMAGE_SUFFIXES:
             images.append(path)
-        elif suffix != caption_extension and suffix not in _IGNORED_SUFFIXES:
+        elif suffix != caption_extension.lower() and suffix not in _IGNORED_SUFFIXES:
             raise UserError(f"{path}: not a PNG image or a {caption_extension} caption; convert it to PNG or move it out of the dataset folder")
     if not images:
         raise UserError(f"{folder}: no .png images found; put the 24x24 originals (and their {caption_extension} captions) in it")
@@ -153,14 +176,12 @@ def list_images(folder: Path, caption_extension: str = ".txt") -> list[Path]:
 
 
 def inspect_image(path: Path, caption_extension: str = ".txt") -> ImageInfo:
-    """Open and check one original; wrong size or an unreadable file is a UserError."""
-    im = open_image(path)
-    if im.size != (ART_SIZE, ART_SIZE):
-        raise UserError(f"{path}: image is {im.width}x{im.height}, expected {ART_SIZE}x{ART_SIZE}; give the original 24x24 art, not an upscale or crop")
+    """Open and check one original; a non-PNG, wrong size or unreadable file is a UserError (size checked before decoding)."""
+    im = open_image(path, formats=("PNG",), check=lambda header: _check_art_size(path, header.size))
     rgba = np.asarray(im.convert("RGBA"))
     transparent = bool((rgba[..., 3] < 255).any())
     rgb = np.asarray(flatten_alpha(im))
-    caption = _read_caption(path.with_suffix(caption_extension))
+    caption = _read_caption(caption_path(path, caption_extension))
     return ImageInfo(
         name=path.stem,
         path=path,
@@ -172,6 +193,11 @@ def inspect_image(path: Path, caption_extension: str = ".txt") -> ImageInfo:
         repeated_phrases=repeated_phrases(caption) if caption else [],
         pixel_hash=hashlib.sha256(rgba.tobytes()).hexdigest(),
     )
+
+
+def _check_art_size(path: Path, size: tuple[int, int]) -> None:
+    if size != (ART_SIZE, ART_SIZE):
+        raise UserError(f"{path}: image is {size[0]}x{size[1]}, expected {ART_SIZE}x{ART_SIZE}; give the original 24x24 art, not an upscale or crop")
 
 
 def check_dataset(folder: Path, caption_extension: str = ".txt") -> DatasetReport:
@@ -223,7 +249,7 @@ def prepare(report: DatasetReport, out_data_dir: Path, *, resolution: int, num_r
         )
     missing, deduped = [], []
     for info in report.images:
-        rgb = flatten_alpha(open_image(info.path), bg)
+        rgb = flatten_alpha(open_image(info.path, formats=("PNG",)), bg)
         save_png(upscale(rgb, resolution), folder / f"{info.name}.png")
         caption = info.caption
         if caption is None:

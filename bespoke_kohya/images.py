@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -10,6 +12,12 @@ from PIL import Image, UnidentifiedImageError
 from .errors import UserError
 
 IMAGE_SUFFIXES = (".png",)
+# Suffixes of picture files: never valid as a caption extension.
+PICTURE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+# Largest image decoded (4096x4096): far above any sample (at most 2048 px a side), far
+# below what a header can claim; a bigger file is refused from its header alone.
+MAX_PIXELS = 4096 * 4096
+_TOO_LARGE = "images here are at most 4096x4096 px (24x24 originals, full-size samples up to 2048); remove it or scale it down"
 
 
 def parse_hex_colour(value: str) -> tuple[int, int, int]:
@@ -38,14 +46,57 @@ def flatten_alpha(im: Image.Image, background: tuple[int, int, int] = (255, 255,
     return im.convert("RGB")
 
 
-def open_image(path: Path) -> Image.Image:
-    """Open and fully decode an image, turning decoder failures into a one-line UserError."""
+def open_image(path: Path, *, formats: tuple[str, ...] | None = None, check: Callable[[Image.Image], None] | None = None) -> Image.Image:
+    """Open and fully decode an image as an 8-bit mode, turning every failure into a one-line UserError.
+
+    Only the header is read before the checks: the file's real format must be one of
+    ``formats`` (when given), its size at most MAX_PIXELS, and ``check`` (e.g. an exact
+    size) must pass, so an oversized file is refused before it is decoded.
+    """
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it; make that a refusal too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _check_header(path, im, formats)
+                if check is not None:
+                    check(im)
+                im.load()
+                return to_8bit(path, im.copy())
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{path}: image has more than {Image.MAX_IMAGE_PIXELS:,} pixels; {_TOO_LARGE}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"{path}: cannot read this image ({exc.__class__.__name__}: {exc}); re-export it as PNG or remove it") from None
+
+
+def _check_header(path: Path, im: Image.Image, formats: tuple[str, ...] | None) -> None:
+    """Refuse a file whose real format is not allowed, or that is too large to decode."""
+    if formats is not None and im.format not in formats:
+        raise UserError(f"{path}: is a {im.format or 'non-image'} file, not {' or '.join(formats)} (only its name says otherwise); export the original art as {formats[0]}")
+    if im.width * im.height > MAX_PIXELS:
+        raise UserError(f"{path}: image is {im.width}x{im.height} px; {_TOO_LARGE}")
+
+
+def to_8bit(path: Path, im: Image.Image) -> Image.Image:
+    """The image in an 8-bit mode: 16-bit greyscale is scaled to 0-255, not clipped.
+
+    Pillow's own conversion of ``I;16``/``I`` to RGB clips at 255, turning every grey
+    above level 255 of 65535 white. Float images have no agreed range and are refused.
+    """
+    if im.mode == "F":
+        raise UserError(f"{path}: floating-point image (mode F) has no agreed 0-255 range; export it as an 8-bit PNG")
+    if not im.mode.startswith("I"):
+        return im
+    values = np.asarray(im, dtype=np.int64)
+    if values.min() < 0 or values.max() > 65535:
+        raise UserError(f"{path}: {im.mode} image with values outside 0-65535; export it as an 8-bit PNG")
+    grey = Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
+    transparent = im.info.get("transparency")
+    if isinstance(transparent, int):
+        # A 16-bit tRNS names one exact grey value; keep it as an alpha plane.
+        alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
+        return Image.merge("LA", (grey, Image.fromarray(alpha, "L")))
+    return grey
 
 
 def load_rgb(path: Path, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:

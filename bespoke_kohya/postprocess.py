@@ -49,6 +49,12 @@ PREVIEW_FACTOR = 8
 # σ 8 noise reads 4.4–8.2, and noise softened by blur + JPEG 2.2–3.7.
 MERGE_NOISE = 1.0
 MERGE_DELTA_E = 3.0
+# Below this grid score an input does not look like upscaled pixel art, and its 24×24
+# result means little. Measured on renders of real punks at 512/576/1024 px: clean 1.0,
+# blur σ2 ≥ 0.83, JPEG q50 ≥ 0.81, σ8 noise + shift ≥ 0.68, blur σ4 ≥ 0.54, σ16 noise
+# ≥ 0.46; 512×512 random noise reads 0.13 and a flat image 0. A warning, not a refusal:
+# a smooth (bilinear) upscale of real art also reads ~0.03 yet its cell medians are right.
+MIN_GRID_SCORE = 0.3
 
 
 @dataclass(frozen=True)
@@ -419,8 +425,8 @@ def cap_colours(im: Image.Image, max_colors: int) -> Image.Image:
 # --------------------------------------------------------------------------- pipeline
 
 
-def _postprocess(im: Image.Image, options: PostprocessOptions, source: str) -> tuple[Image.Image, Grid | None, float, bool]:
-    """:func:`postprocess` with the source named in size errors; also returns the noise level and whether colours were merged."""
+def _postprocess(im: Image.Image, options: PostprocessOptions, source: str) -> tuple[Image.Image, Grid | None, float, bool, float]:
+    """:func:`postprocess` with the source named in size errors; also returns the noise level, whether colours were merged and the grid score."""
     im = _normalise_mode(im)
     _check_size(im, CELLS, source)
     if options.method not in ("nearest", "grid"):
@@ -428,7 +434,7 @@ def _postprocess(im: Image.Image, options: PostprocessOptions, source: str) -> t
     if options.merge not in (True, False, "auto"):
         raise UserError(f"merge: must be true, false or 'auto', got {options.merge!r}")
     grid: Grid | None = None
-    noise = 0.0
+    noise, score = 0.0, 1.0
     if im.size == (CELLS, CELLS):
         # Already true resolution: both methods pass it through, and there is no
         # cell interior to measure noise in.
@@ -436,11 +442,13 @@ def _postprocess(im: Image.Image, options: PostprocessOptions, source: str) -> t
         grid = Grid(1.0, 1.0, 0.0, 0.0, 1.0) if options.method == "grid" else None
     elif options.method == "nearest":
         out = downscale_nearest(im, CELLS)
-        if options.merge == "auto":
-            noise = _downscale_grid(np.asarray(im), CELLS, None)[2]
+        # The grid is found anyway: its score says whether the input looks like pixel art.
+        _, seen, noise = _downscale_grid(np.asarray(im), CELLS, None)
+        score = seen.score
     else:
         arr, grid, noise = _downscale_grid(np.asarray(im), CELLS, None)
         out = Image.fromarray(arr, im.mode)
+        score = grid.score
     merged = options.merge is True or (options.merge == "auto" and noise >= MERGE_NOISE)
     if merged:
         out = merge_close_colours(out, MERGE_DELTA_E)
@@ -448,27 +456,42 @@ def _postprocess(im: Image.Image, options: PostprocessOptions, source: str) -> t
         out = snap_to_palette(out, options.palette, options.max_delta_e)
     if options.max_colors is not None:
         out = cap_colours(out, options.max_colors)
-    return out, grid, noise, merged
+    return out, grid, noise, merged, score
+
+
+def grid_warning(source: str, score: float) -> str | None:
+    """A warning line when an input does not look like upscaled pixel art (grid score below MIN_GRID_SCORE)."""
+    if score >= MIN_GRID_SCORE:
+        return None
+    return f"{source}: does not look like upscaled pixel art (grid confidence {score:.2f}, below {MIN_GRID_SCORE}); its 24x24 result is unlikely to mean anything"
 
 
 def postprocess(im: Image.Image, options: PostprocessOptions) -> tuple[Image.Image, Grid | None]:
     """One full-size image -> 24×24 (RGB, or RGBA when the input has alpha), and the grid used (None for nearest)."""
-    out, grid, _, _ = _postprocess(im, options, "image")
+    out, grid, _, _, _ = _postprocess(im, options, "image")
     return out, grid
 
 
-def _write_atomic(im: Image.Image, path: Path) -> None:
-    """Save a PNG under a temporary name in the same folder, then rename it into place."""
+def _write_new(im: Image.Image, path: Path) -> None:
+    """Save a PNG under a temporary name in the same folder, then link it into place; never replaces a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_png(im, tmp)
-        os.replace(tmp, path)
+        try:
+            os.link(tmp, path)  # atomic, and fails if another process created `path` meanwhile
+        except FileExistsError:
+            raise UserError(f"{path}: already exists (another process wrote it meanwhile); choose an empty --out folder") from None
+        except OSError:
+            # A filesystem without hard links: the earlier check is all there is.
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def _output_paths(paths: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
-    """(24×24 path, ×8 preview path) per input; refuses name clashes and overwriting an input."""
+    """(24×24 path, ×8 preview path) per input; refuses name clashes, an --out that is a file, and existing files."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: --out is an existing file, not a folder; give a folder to write the 24x24 images into")
     seen: dict[str, Path] = {}
     inputs = {p.resolve() for p in paths}
     result = []
@@ -480,6 +503,8 @@ def _output_paths(paths: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
         for target in (small, preview):
             if target.resolve() in inputs:
                 raise UserError(f"{target}: writing the result would overwrite an input image; choose another output folder")
+            if target.exists():
+                raise UserError(f"{target}: already exists; postprocess never overwrites files, choose an empty --out folder or remove it")
         result.append((small, preview))
     return result
 
@@ -488,23 +513,24 @@ def postprocess_files(paths: list[Path], out_dir: Path, options: PostprocessOpti
     """Post-process image files into ``out_dir`` as ``NAME.png`` (24×24) and ``NAME.x8.png`` (NEAREST ×8 preview).
 
     Returns one record per input (paths, input size, method, grid or None, colour
-    count). A missing, corrupt, tiny or non-square input raises :class:`UserError`
-    naming the file; results already written stay complete (each file is renamed into
-    place only once fully written).
+    count, and ``warning``: a line when the input does not look like upscaled pixel
+    art, else None). A missing, corrupt, tiny or non-square input, or an output name
+    that already exists, raises :class:`UserError` naming the file; results already
+    written stay complete (each file is linked into place only once fully written), and
+    the output folder is only created by the first result written.
     """
     paths = [Path(p) for p in paths]
     out_dir = Path(out_dir)
     targets = _output_paths(paths, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     with _progress_bar(progress, len(paths)) as advance:
         for path, (small, preview) in zip(paths, targets):
             if not path.is_file():
                 raise UserError(f"{path}: image not found; check the path")
             im = open_image(path)
-            out, grid, noise, merged = _postprocess(im, options, str(path))
-            _write_atomic(out, small)
-            _write_atomic(enlarge(out, PREVIEW_FACTOR), preview)
+            out, grid, noise, merged, score = _postprocess(im, options, str(path))
+            _write_new(out, small)
+            _write_new(enlarge(out, PREVIEW_FACTOR), preview)
             records.append(
                 {
                     "source": str(path),
@@ -516,6 +542,7 @@ def postprocess_files(paths: list[Path], out_dir: Path, options: PostprocessOpti
                     "noise": round(noise, 3),
                     "merged": merged,
                     "colours": int(len(np.unique(np.asarray(out.convert("RGB")).reshape(-1, 3), axis=0))),
+                    "warning": grid_warning(str(path), score),
                 }
             )
             advance()

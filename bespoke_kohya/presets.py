@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -26,9 +26,16 @@ _CHECKOUT_PRESETS = REPO_ROOT / "presets"
 PRESETS_DIR = _CHECKOUT_PRESETS if _CHECKOUT_PRESETS.is_dir() else Path(__file__).resolve().parent / "presets_data"
 
 
+# Seeds go to numpy's legacy RandomState (sd-scripts via accelerate's set_seed), which
+# takes at most 32 bits; torch and numpy's Generator take more, so 32 bits suits all.
+MAX_SEED = 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
 class _Strict(BaseModel):
-    # validate_assignment so that overrides applied after loading are checked too.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # validate_assignment so that overrides applied after loading are checked too; strict
+    # so that `resolution=true` is refused instead of read as 1 (ints stay valid for floats).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class DatasetSettings(_Strict):
@@ -47,6 +54,15 @@ class DatasetSettings(_Strict):
         False,
         description="Allow a resolution that is not a whole multiple of 24 (e.g. 512 = 21.33 px per art pixel, as in the documented recipe). NEAREST then makes art pixels 21 or 22 px wide; a warning is printed. Prefer 576 (24 px per art pixel).",
     )
+
+    @field_validator("caption_extension")
+    @classmethod
+    def _caption_not_an_image(cls, value: str) -> str:
+        from .images import PICTURE_SUFFIXES
+
+        if value.lower() in PICTURE_SUFFIXES:
+            raise ValueError("the caption extension cannot be an image extension; captions are text files, use e.g. .txt")
+        return value
 
 
 class KohyaSettings(_Strict):
@@ -77,7 +93,7 @@ class KohyaSettings(_Strict):
     train_batch_size: int = Field(1, ge=1, le=256, description="Images per step.")
     clip_skip: int | None = Field(None, ge=1, le=12, description="Use the output of the N-th last CLIP layer (2 is usual for SDXL/anime bases).")
     save_every_n_epochs: int = Field(1, ge=1, description="Write a LoRA checkpoint every N epochs (1 = every epoch, so epochs can be compared).")
-    seed: int = Field(42, ge=0, description="Training seed.")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Training seed (0 to 2**32-1).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     cache_latents: bool = Field(True, description="Encode images with the VAE once (no random augmentation is used, so this is safe).")
     sdpa: bool = Field(True, description="Use PyTorch scaled-dot-product attention.")
@@ -104,7 +120,7 @@ class SampleSettings(_Strict):
     )
     suffix: str = Field("hard color borders, sharp pixel edges", description="Phrase every prompt ends with.")
     negative_prompt: str = Field("blurry, anti-aliasing, gradient, body, torso, text, watermark", description="Negative prompt (diffusion presets).")
-    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1, description="Seeds; every epoch uses the same ones so epochs are comparable.")
+    seeds: list[Seed] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1, description="Seeds (0 to 2**32-1); every epoch uses the same ones so epochs are comparable.")
     steps: int = Field(30, ge=1, le=500, description="Denoising steps (documented: 30). pixel24 uses pixel24.sample_steps instead.")
     guidance_scale: float = Field(7.5, ge=0, le=30, description="Classifier-free guidance scale (documented: 7.5). pixel24 uses pixel24.guidance_scale instead.")
     scheduler: Literal["euler_a", "euler", "ddim", "dpmsolver++", "pndm"] = Field("euler_a", description="Sampler/scheduler.")
@@ -121,6 +137,52 @@ class SampleSettings(_Strict):
 
 
 # --- pixel24 settings (owned by the pixel24 engine) ---
+# Largest pixel24 U-Net accepted: 200 million parameters is about 4 GB of float32
+# weights, gradients, AdamW moments and EMA (20 bytes each), before activations. The
+# default is 1.3 million; a mistyped width (e.g. [4096, 4096, 4096]) would otherwise
+# try to allocate hundreds of GB.
+MAX_PIXEL24_PARAMETERS = 200_000_000
+TRAINING_BYTES_PER_PARAMETER = 20
+
+
+def unet_parameters(channels: list[int], layers: int, in_channels: int = 3, out_channels: int = 3) -> int:
+    """Parameters of pixel24's UNet2DModel (diffusers' layout), counted from the settings alone."""
+    t = channels[0] * 4  # time-embedding width
+
+    def resnet(cin, cout):
+        shortcut = cin * cout + cout if cin != cout else 0
+        return 2 * cin + 9 * cin * cout + cout + t * 2 * cout + 2 * cout + 2 * cout + 9 * cout * cout + cout + shortcut
+
+    def attention(c):
+        return 2 * c + 4 * (c * c + c)
+
+    def resample(c):
+        return 9 * c * c + c
+
+    n = 9 * in_channels * channels[0] + channels[0]  # conv_in
+    n += channels[0] * t + t + t * t + t  # time embedding
+    last = len(channels) - 1
+    cin = channels[0]
+    for i, c in enumerate(channels):  # down blocks
+        for j in range(layers):
+            n += resnet(cin if j == 0 else c, c) + (attention(c) if i == last else 0)
+        n += 0 if i == last else resample(c)
+        cin = c
+    c = channels[-1]
+    n += 2 * resnet(c, c) + attention(c)  # mid block
+    rev = channels[::-1]
+    out = rev[0]
+    for i, c in enumerate(rev):  # up blocks
+        prev, out = out, c
+        skip_in = rev[min(i + 1, last)]
+        for j in range(layers + 1):
+            skip = skip_in if j == layers else c
+            n += resnet((prev if j == 0 else c) + skip, c) + (attention(c) if i == 0 else 0)
+        n += 0 if i == last else resample(c)
+    n += 2 * channels[0] + 9 * channels[0] * out_channels + out_channels  # norm_out, conv_out
+    return n
+
+
 class Pixel24Settings(_Strict):
     """The native 24×24 model: masked discrete diffusion over a palette of the artist's own colours (trains on a CPU)."""
 
@@ -149,7 +211,7 @@ class Pixel24Settings(_Strict):
     sample_steps: int = Field(16, ge=1, le=576, description="Unmasking steps when drawing (MaskGIT: the masked share follows a cosine from all pixels to none).")
     temperature: float = Field(0.5, gt=0, le=5, description="Sampling temperature of each pixel's colour (measured: 0.7 leaves stray pixels, 0.3 fills areas with the commonest colour).")
     guidance_scale: float = Field(2.0, ge=0, le=30, description="Classifier-free guidance on the logits when drawing (1 = none).")
-    seed: int = Field(0, ge=0, description="Training seed (weights, data order, masks).")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Training seed (weights, data order, masks; 0 to 2**32-1).")
 
     @field_validator("block_out_channels")
     @classmethod
@@ -158,6 +220,17 @@ class Pixel24Settings(_Strict):
         if bad:
             raise ValueError(f"every width must be a multiple of 8 (at least 8), got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> "Pixel24Settings":
+        n = unet_parameters(self.block_out_channels, self.layers_per_block, self.colour_dim, self.feature_dim)
+        if n > MAX_PIXEL24_PARAMETERS:
+            raise ValueError(
+                f"block_out_channels {self.block_out_channels} with layers_per_block {self.layers_per_block} make a U-Net of about "
+                f"{n / 1e6:,.0f} million parameters (~{n * TRAINING_BYTES_PER_PARAMETER / 1e9:,.0f} GB to train); the limit is "
+                f"{MAX_PIXEL24_PARAMETERS / 1e6:,.0f} million: set smaller pixel24.block_out_channels (default [32, 64, 64]) or pixel24.layers_per_block"
+            )
+        return self
 # --- end pixel24 settings ---
 
 
@@ -259,6 +332,8 @@ def preset_path(name_or_path: str, presets_dir: Path = PRESETS_DIR) -> Path:
     """A preset name from `presets/` or a path to a preset file."""
     candidate = Path(name_or_path)
     if candidate.suffix == ".toml" or candidate.exists():
+        if candidate.is_dir():
+            raise UserError(f"{candidate}: is a folder, not a preset file; pass a preset name (see `bespoke-kohya presets`) or a .toml file")
         if not candidate.is_file():
             raise UserError(f"{candidate}: preset file not found")
         return candidate
@@ -275,6 +350,8 @@ def read_preset_data(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; re-save the preset as UTF-8") from None
 
 
 def _parse_override(raw: str) -> tuple[str, str]:

@@ -218,13 +218,23 @@ def create_run_dir(target: Path, build) -> Any:
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a run is an ordinary folder
         result = build(tmp)
-        if target.exists():
-            target.rmdir()  # an empty folder the user made on purpose
-        os.rename(tmp, target)
+        _move_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return result
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename the finished ``tmp`` to ``target``; another process that got there first is a one-line refusal."""
+    try:
+        if target.exists():
+            target.rmdir()  # an empty folder the user made on purpose (fails if someone filled it)
+        os.rename(tmp, target)  # fails if target appeared and is not empty
+    except OSError:
+        if target.exists():
+            raise UserError(f"{target}: already exists (another render created it); runs are never overwritten, choose another --out/--run-dir") from None
+        raise
 
 
 def render(preset: Preset, report: DatasetReport, out_dir: Path, run_id: str) -> RenderedRun:

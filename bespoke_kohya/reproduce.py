@@ -119,13 +119,18 @@ def config_differences(preset: Preset, documented: dict[str, Any] = DOCUMENTED_A
     return diffs
 
 
-def format_table(checklist: Checklist) -> list[tuple[str, str, str, str, str]]:
-    """Rows (step, check, status, evidence, reason/command) for printing."""
+def format_table(checklist: Checklist) -> tuple[list[tuple[str, str, str, str, str]], list[str]]:
+    """Rows (step, check, status, evidence, reason) for printing, and the commands to show once below the table.
+
+    Several skipped steps share one long command; each row points at it as ``[n]`` and
+    the n-th command line is ``[n] <command>``.
+    """
+    commands = list(dict.fromkeys(s.command for s in checklist.steps if s.command))
     rows = []
     for s in checklist.steps:
-        note = s.reason + (f" → run: {s.command}" if s.command else "")
+        note = s.reason + (f" → run [{commands.index(s.command) + 1}] below" if s.command else "")
         rows.append((f"{s.step} {s.name}", s.check, s.status, s.evidence, note))
-    return rows
+    return rows, [f"[{i}] {command}" for i, command in enumerate(commands, 1)]
 
 
 Runner = Callable[..., Any]

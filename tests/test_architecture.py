@@ -33,19 +33,34 @@ def imports_of(path: Path) -> set[str]:
     return {m for m in found if m.startswith("bespoke_kohya")}
 
 
-def module(name: str) -> Path:
-    return PACKAGE / f"{name}.py"
+def modules(name: str) -> list[Path]:
+    """The source files of a stage: ``name.py``, or every module of the subpackage ``name/`` (report)."""
+    if (PACKAGE / name).is_dir():
+        return sorted((PACKAGE / name).rglob("*.py"))
+    assert (PACKAGE / f"{name}.py").is_file(), f"no module or package bespoke_kohya.{name.replace('/', '.')}"
+    return [PACKAGE / f"{name}.py"]
+
+
+def stage_imports(name: str) -> set[str]:
+    return set().union(*(imports_of(path) for path in modules(name)))
 
 
 @pytest.mark.parametrize("stage", LATER_STAGES)
 def test_later_stages_import_nothing_from_train(stage: str) -> None:
     # Data flows one way: a later stage reads a run through the run contract, never through train.
-    assert not {m for m in imports_of(module(stage)) if m == "bespoke_kohya.train" or m.startswith("bespoke_kohya.train.")}
+    assert not {m for m in stage_imports(stage) if m == "bespoke_kohya.train" or m.startswith("bespoke_kohya.train.")}
 
 
 def test_the_import_checker_sees_function_level_imports(tmp_path: Path) -> None:
-    assert "bespoke_kohya.train" in imports_of(module("cli"))  # cli runs the train verb, inside cmd_train
-    assert "bespoke_kohya.runfolder.records" in imports_of(module("report"))
+    assert "bespoke_kohya.train" in stage_imports("cli")  # cli runs the train verb, inside cmd_train
+    assert "bespoke_kohya.runfolder.records" in stage_imports("report")  # from report/collect.py
+    assert len(modules("report")) >= 5  # the subpackage's modules, not one file
+
+
+def test_the_import_checker_resolves_relative_imports_in_a_subpackage() -> None:
+    # report/collect.py's `from ..runfolder import ...` is bespoke_kohya.runfolder, not bespoke_kohya.report.runfolder.
+    found = imports_of(PACKAGE / "report" / "collect.py")
+    assert "bespoke_kohya.runfolder" in found and not any(m.startswith("bespoke_kohya.report.runfolder") for m in found)
 
 
 ENGINE_TEST = re.compile(r"""\.engine\s*[!=]=|["'](kohya|pixel24)["']\s*(==|!=|in\b)|(==|!=)\s*["'](kohya|pixel24)["']""")
@@ -53,9 +68,8 @@ ENGINE_TEST = re.compile(r"""\.engine\s*[!=]=|["'](kohya|pixel24)["']\s*(==|!=|i
 
 @pytest.mark.parametrize("name", ENGINE_NEUTRAL)
 def test_no_engine_is_branched_on_outside_the_engines(name: str) -> None:
-    text = module(name).read_text(encoding="utf-8")
-    hits = [line.strip() for line in text.splitlines() if ENGINE_TEST.search(line)]
-    assert not hits, f"{name}.py branches on an engine name; ask bespoke_kohya.engines instead: {hits}"
+    hits = [line.strip() for path in modules(name) for line in path.read_text(encoding="utf-8").splitlines() if ENGINE_TEST.search(line)]
+    assert not hits, f"{name} branches on an engine name; ask bespoke_kohya.engines instead: {hits}"
 
 
 def test_the_engine_pattern_catches_a_branch() -> None:

@@ -107,3 +107,68 @@ def test_a_damaged_run_json_is_one_error_line_and_exit_2(tmp_path: Path):
     r = cli("report", "--run", str(tmp_path))
     assert r.returncode == 2
     assert error_lines(r) == [f"error: {tmp_path / 'run.json'}: expected a JSON object, found list; restore it from a copy or render the run again"]
+
+
+# ------------------------------------------------------------------ issue 12: one line for each bad value
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    lines = error_lines(result)
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "flag, value, expect",
+    [
+        ("--epochs", "1,1", "1 given more than once"),
+        ("--seeds", ",,", "empty item"),
+        ("--seeds", "3,,4", "empty item"),
+        ("--seeds", "99999999999999999999", "out of range; use whole numbers from 0 to 4294967295"),
+        ("--epochs", "-2", "out of range"),
+    ],
+)
+def test_sample_lists_are_refused_in_one_line(tmp_path: Path, flag: str, value: str, expect: str):
+    """Issue 12: `--epochs 1,1`, `--seeds ,,` were accepted silently; `--seeds 99999999999999999999` raised Overflow."""
+    line = one_error_line(cli("sample", "--run", str(tmp_path / "run"), flag, value))
+    assert flag in line and expect in line
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["train", "--num-gpus", "0"], "--num-gpus: must be a whole number of at least 1, got '0'"),
+    (["train", "--num-gpus", "-3"], "--num-gpus: must be a whole number of at least 1, got '-3'"),
+    (["postprocess", "x.png", "--out", "o", "--max-delta-e", "nan"], "--max-delta-e: must be a finite number of at least 0, got 'nan'"),
+    (["postprocess", "x.png", "--out", "o", "--max-delta-e", "-1"], "--max-delta-e: must be a finite number of at least 0, got '-1'"),
+])
+def test_out_of_range_flags_are_refused_in_one_line(small_punks: Path, tmp_path: Path, args: list[str], expect: str):
+    """Issue 12: `--num-gpus 0` or `-3` and `--max-delta-e nan` or `-1` were accepted silently."""
+    extra = ["--preset", "sd15_576", "--dataset", str(small_punks), "--run-dir", str(tmp_path / "r"), "--dry-run", "--cpu"] if args[0] == "train" else []
+    line = one_error_line(cli(*args, *extra, cwd=tmp_path))
+    assert expect in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small punks"]
+
+
+def test_dataset_check_refuses_a_decompression_bomb_in_one_line(tmp_path: Path):
+    """Issue 12 (tracebacks): a PNG claiming 30000x30000 raised DecompressionBombError in `dataset check`."""
+    from tests.test_dataset import png_claiming
+
+    make_punk(tmp_path / "ok.png")
+    png_claiming(tmp_path / "bomb.png", 30000, 30000)
+    line = one_error_line(cli("dataset", "check", str(tmp_path)))
+    assert "bomb.png" in line and "at most 4096x4096" in line
+
+
+def test_postprocess_out_file_and_noise(tmp_path: Path):
+    """Issue 12: `postprocess IMG --out FILE` raised FileExistsError; a 512x512 noise image was taken for pixel art silently."""
+    import numpy as np
+    from PIL import Image
+
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(noise)
+    target = tmp_path / "taken.png"
+    target.write_bytes(b"mine")
+    line = one_error_line(cli("postprocess", str(noise), "--out", str(target)))
+    assert "taken.png: --out is an existing file, not a folder" in line and target.read_bytes() == b"mine"
+    r = cli("postprocess", str(noise), "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert "warning: " in r.stderr and "noise.png: does not look like upscaled pixel art" in r.stderr

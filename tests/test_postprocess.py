@@ -332,3 +332,57 @@ def test_real_punks_recovered_from_clean_and_noisy_renders(punks_dir: Path) -> N
             degraded = noisy(shifted(render(art, size), 5, 3), seed=len(png.name))
             out, grid = postprocess(Image.fromarray(degraded), PostprocessOptions())
             assert within_share(out, art) >= 0.99, (png.name, size, grid)
+
+
+# ----------------------------------------------------------------------------- issue 12: output folder and odd inputs
+
+
+def test_existing_files_in_out_are_never_overwritten(tmp_path: Path) -> None:
+    """Issue 12 item 5: `postprocess --out DIR` overwrote unrelated files in DIR that shared an output name."""
+    src = tmp_path / "a.png"
+    Image.fromarray(render(palette_art(40), 512)).save(src)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "a.x8.png").write_bytes(b"someone else's preview")
+    with pytest.raises(UserError) as e:
+        postprocess_files([src], out_dir, PostprocessOptions(), progress=False)
+    assert "a.x8.png: already exists; postprocess never overwrites" in str(e.value) and "\n" not in str(e.value)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a.x8.png"]
+    assert (out_dir / "a.x8.png").read_bytes() == b"someone else's preview"
+
+
+def test_a_file_appearing_meanwhile_is_not_replaced(tmp_path: Path) -> None:
+    """Issue 12 item 5: the final write itself never replaces a file (another process may write the same name meanwhile)."""
+    from bespoke_kohya.postprocess import _write_new
+
+    target = tmp_path / "a.png"
+    target.write_bytes(b"theirs")
+    with pytest.raises(UserError, match="a.png: already exists"):
+        _write_new(Image.fromarray(palette_art(41)), target)
+    assert target.read_bytes() == b"theirs" and [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
+def test_out_that_is_a_file_and_refusals_leave_no_folder(tmp_path: Path) -> None:
+    """Issue 12: `--out FILE` raised FileExistsError; a refused postprocess left an empty output folder."""
+    src = tmp_path / "a.png"
+    Image.fromarray(render(palette_art(42), 512)).save(src)
+    with pytest.raises(UserError, match="--out is an existing file, not a folder"):
+        postprocess_files([src], src, PostprocessOptions(), progress=False)
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (12, 12)).save(tiny)
+    with pytest.raises(UserError, match="12×12"):
+        postprocess_files([tiny], tmp_path / "new" / "out", PostprocessOptions(), progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_noise_is_flagged_as_not_pixel_art(tmp_path: Path) -> None:
+    """Issue 12 (accepted silently): a 512×512 noise image given to postprocess was taken for pixel art."""
+    rng = np.random.default_rng(3)
+    noise = tmp_path / "noise.png"
+    Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(noise)
+    art = tmp_path / "art.png"
+    Image.fromarray(noisy(shifted(render(palette_art(43), 512), 5, 3), sigma=16)).save(art)
+    for method in ("grid", "nearest"):
+        records = postprocess_files([noise, art], tmp_path / method, PostprocessOptions(method=method), progress=False)
+        assert "noise.png: does not look like upscaled pixel art" in records[0]["warning"]
+        assert records[1]["warning"] is None  # heavily degraded art still passes

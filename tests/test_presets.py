@@ -125,3 +125,70 @@ def test_apply_overrides_does_not_touch_the_input():
     data = {"kohya": {"network_dim": 32}}
     out = apply_overrides(data, ["network_dim=8"])
     assert data["kohya"]["network_dim"] == 32 and out["kohya"]["network_dim"] == 8
+
+
+# ------------------------------------------------------------------ issue 12: values and wording
+
+
+def test_booleans_are_refused_where_numbers_are_meant():
+    """Issue 12 (misleading wording): `resolution=true` said '≥ 16 (got True)'; booleans are not numbers."""
+    with pytest.raises(UserError) as e:
+        load_preset("sd15_576", ["resolution=true"])
+    assert str(e.value) == "sd15_576.toml with --set overrides: kohya.resolution: Input should be a valid integer (got True)"
+    with pytest.raises(UserError, match="learning_rate: Input should be a valid number"):
+        load_preset("sd15_576", ["learning_rate=false"])
+    # TOML integers stay valid for float fields.
+    assert load_preset("sd15_576", ["network_alpha=16", "learning_rate=1"]).kohya.network_alpha == 16.0
+
+
+@pytest.mark.parametrize("override", ["pixel24.seed=99999999999999999999999", "pixel24.seed=4294967296", "seeds=[1, 99999999999999999999]", "seeds=[-1]"])
+def test_seeds_outside_32_bits_are_refused(override: str):
+    """Issue 12 (tracebacks): `--set pixel24.seed=99999999999999999999999` raised `ValueError: Overflow` mid-run."""
+    with pytest.raises(UserError) as e:
+        load_preset("pixel24", [override])
+    assert "seed" in str(e.value) and "\n" not in str(e.value)
+    assert load_preset("pixel24", ["pixel24.seed=4294967295"]).pixel24.seed == 2**32 - 1
+
+
+def test_huge_pixel24_unet_is_refused_before_allocating():
+    """Issue 12 (accepted silently): block_out_channels=[4096,4096,4096] with layers_per_block=4 (~17 B parameters)."""
+    with pytest.raises(UserError) as e:
+        load_preset("pixel24", ["pixel24.block_out_channels=[4096, 4096, 4096]", "pixel24.layers_per_block=4"])
+    message = str(e.value)
+    assert "17,034 million parameters" in message and "limit is 200 million" in message
+    assert "pixel24.block_out_channels" in message and "\n" not in message
+    assert load_preset("pixel24", ["pixel24.block_out_channels=[128, 256, 384]", "pixel24.layers_per_block=3"])
+
+
+def test_parameter_estimate_matches_the_real_unet():
+    """Issue 12: the estimate behind the limit above counts what diffusers would build (on the meta device: nothing allocated)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from diffusers import UNet2DModel
+
+    from bespoke_kohya.pixel24.model import unet_config
+    from bespoke_kohya.presets import Pixel24Settings, unet_parameters
+
+    for channels, layers in [([32, 64, 96], 1), ([16, 32], 1), ([32, 64, 96, 128], 2), ([64, 64], 4), ([4096, 4096, 4096], 4)]:
+        settings = Pixel24Settings.model_construct(block_out_channels=channels, layers_per_block=layers, colour_dim=32, feature_dim=64)
+        with torch.device("meta"):
+            unet = UNet2DModel(**unet_config(settings))
+        real = sum(p.numel() for p in unet.parameters())
+        assert unet_parameters(channels, layers, 32, 64) == pytest.approx(real, rel=1e-3), channels
+
+
+def test_caption_extension_cannot_name_an_image_format():
+    """Issue 12 (misleading wording): `--set caption_extension=.png` said 'not a PNG image or a .png caption'."""
+    with pytest.raises(UserError, match="dataset.caption_extension: the caption extension cannot be an image extension"):
+        load_preset("sd15_576", ["caption_extension=.PNG"])
+
+
+def test_preset_folder_and_non_utf8_file_get_one_clear_line(tmp_path: Path):
+    """Issue 12 (misleading wording / tracebacks): a folder said 'preset file not found'; a non-UTF-8 .toml raised."""
+    with pytest.raises(UserError, match="is a folder, not a preset file"):
+        load_preset(str(tmp_path))
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes((PRESETS_DIR / "sd15_576.toml").read_bytes().replace(b'description = "', b'description = "caf\xe9 '))
+    with pytest.raises(UserError) as e:
+        load_preset(str(latin))
+    assert str(e.value) == f"{latin}: not UTF-8 text; re-save the preset as UTF-8"

@@ -124,3 +124,18 @@ def test_buckets_below_256_lower_min_bucket_reso():
     preset = load_preset("sdxl_24_native", ["enable_bucket=true"], experimental=True)
     general = dataset_config(preset)["general"]
     assert general["min_bucket_reso"] <= 24 and general["max_bucket_reso"] == 24
+
+
+def test_losing_a_race_for_the_same_out_is_one_line(tmp_path: Path):
+    """Issue 12 (tracebacks): two `render --out SAME` at once left the loser with a raw OSError."""
+    target = tmp_path / "run"
+
+    def other_render_wins(tmp: Path):
+        (tmp / "mine").write_text("loser's files")
+        target.mkdir()  # the other process finishes first, while this one is still building
+        (target / "theirs").write_text("winner's files")
+
+    with pytest.raises(UserError) as e:
+        create_run_dir(target, other_render_wins)
+    assert str(e.value).startswith(f"{target}: already exists (another render created it)")
+    assert [p.name for p in tmp_path.iterdir()] == ["run"] and [p.name for p in target.iterdir()] == ["theirs"]

@@ -1,4 +1,4 @@
-"""The epoch-comparison report, on a run built from real punks (tests/fake_run.py).
+"""The epoch-comparison report, on a run built from real punks (tests/helpers/fake_run.py).
 
 Epoch 1 is degraded renders, epoch 2 clean new punks, epoch 3 exact copies of
 training images; the report must show all of them, score them, recommend neither the
@@ -11,16 +11,20 @@ import base64
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from markupsafe import escape
 from PIL import Image
 
 from bespoke_kohya import report
 from bespoke_kohya.errors import UserError
+from bespoke_kohya.report.collect import status_notices
+from bespoke_kohya.report.page import SCALE, fmt
 
 from tests.helpers.fake_run import FakeRun, build_fake_run
 from tests.helpers.runs import write_record
@@ -93,7 +97,7 @@ def test_grid_shows_every_epoch_prompt_and_seed_pixel_exact(full_run: FakeRun, p
         b64, width = shown[f"epoch {epoch}, {pid}, seed {seed}"]
         # the embedded image is the true 24x24 result, enlarged only by CSS (pixelated)
         assert np.array_equal(decode_png(b64), art)
-        assert width == 24 * report.SCALE
+        assert width == 24 * SCALE
     assert "image-rendering:pixelated" in page
 
 
@@ -141,8 +145,8 @@ def test_metrics_table_explains_every_metric(page: str, metrics: dict) -> None:
     infos = list(METRICS.values()) if isinstance(METRICS, dict) else list(METRICS)
     assert [m["key"] for m in metrics["metrics"]] == [m.key for m in infos]
     for info in infos:
-        assert report.esc(info.explanation) in page
-        assert report.esc(info.label) in page
+        assert escape(info.explanation) in page
+        assert escape(info.label) in page
 
 
 def test_html_numbers_equal_metrics_json(page: str, metrics: dict) -> None:
@@ -153,7 +157,7 @@ def test_html_numbers_equal_metrics_json(page: str, metrics: dict) -> None:
     for row, key, text in cells:
         entry = metrics["reference"] if row == "reference" else metrics["epochs"][row]
         expected = entry["values"].get(key) if key != "score" else entry.get("score")
-        assert text == report.fmt(expected), (row, key)
+        assert text == fmt(expected), (row, key)
         if expected is not None:
             assert float(text) == expected
             checked += 1
@@ -279,7 +283,7 @@ def test_failed_training_shows_cause_and_log_tail(small_run: FakeRun, tmp_path: 
 )
 def test_status_notices(status: str, expected: str | None, tmp_path: Path) -> None:
     record = {"status": status, "epochs": {"1": "c/a", "2": "c/b", "3": "c/c"}}
-    notes = report.status_notices(record, tmp_path)
+    notes = status_notices(record, tmp_path)
     assert [n.text for n in notes] == ([expected.format(run=tmp_path)] if expected else [])
 
 
@@ -333,7 +337,7 @@ def test_prompts_are_escaped(small_run: FakeRun, tmp_path: Path) -> None:
     edit_json(run / "samples" / "samples.json", change)
     page = report.write_report(run).read_text(encoding="utf-8")
     assert "<script>" not in page
-    assert "lad, &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &quot;quotes&quot;" in page
+    assert "lad, &lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &#34;quotes&#34;" in page  # markupsafe's spelling of quotes
 
 
 def test_originals_fall_back_to_prepared_data(small_run: FakeRun, tmp_path: Path, punks_dir: Path) -> None:
@@ -395,7 +399,7 @@ def test_failed_write_keeps_previous_report(small_run: FakeRun, tmp_path: Path, 
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.Path, "write_bytes", boom)
+    monkeypatch.setattr(Path, "write_bytes", boom)
     with pytest.raises(OSError, match="disk full"):
         report.write_report(run)
     monkeypatch.undo()
@@ -450,3 +454,48 @@ def test_report_of_a_run_sampled_by_the_real_sampler(tmp_path: Path, punks_dir: 
         assert entry["values"]["grid_alignment"] is None
     assert set(doc["verdicts"]) == {"1", "2"}
     assert "changed after these samples were made" not in page  # sha256 recorded by the sampler matches
+
+
+# ------------------------------------------------------------------ the page is a template, shipped as package data
+
+
+def test_report_modules_hold_no_markup() -> None:
+    """HTML and CSS live only in report/templates/: no string in the report's Python looks like a tag or a style rule."""
+    import ast
+
+    tag = re.compile(r"<\s*/?\s*[a-zA-Z][a-zA-Z0-9]*(\s[^<>]*)?>|<!DOCTYPE", re.I)
+    rule = re.compile(r"\{[^{}]*[a-z-]+\s*:[^{}]*\}|\b[a-z-]+\s*:\s*[#\w.%-]+;")  # a style rule, or `name:value;` as in a style attribute
+    package = Path(report.__file__).parent
+    modules = sorted(package.glob("*.py"))
+    assert {p.name for p in modules} >= {"__init__.py", "collect.py", "score.py", "plot.py", "page.py"}
+    for path in modules:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body and isinstance(n.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                assert not tag.search(node.value) and not rule.search(node.value), f"{path.name}:{node.lineno}: {node.value[:80]!r}"
+    assert sorted(p.name for p in (package / "templates").iterdir()) == ["report.css", "report.html.j2"]
+
+
+@pytest.mark.slow
+def test_template_and_css_ship_in_the_wheel(small_run: FakeRun, tmp_path: Path) -> None:
+    """A wheel built from this checkout renders the page from its own copy of the template and CSS."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from bespoke_kohya.bundle import build_wheel
+
+    wheel = build_wheel(Path(report.__file__).resolve().parents[2], tmp_path / "dist")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        zf.extractall(tmp_path / "site")
+    assert {"bespoke_kohya/report/templates/report.html.j2", "bespoke_kohya/report/templates/report.css"} <= set(names)
+    run = copy_run(small_run, tmp_path)
+    code = "import sys; from bespoke_kohya import report; print(report.__file__); report.write_report(sys.argv[1])"
+    done = subprocess.run([sys.executable, "-c", code, str(run)], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith(str(tmp_path / "site"))
+    page = (run / "report" / "index.html").read_text(encoding="utf-8")
+    css = (tmp_path / "site" / "bespoke_kohya" / "report" / "templates" / "report.css").read_text(encoding="utf-8")
+    assert css.strip() in page and "image-rendering:pixelated" in css

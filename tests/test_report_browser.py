@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from bespoke_kohya import report
+from bespoke_kohya.report.page import SCALE
 
 from tests.helpers.fake_run import build_fake_run
 
@@ -83,8 +84,8 @@ def test_page_renders_offline_with_the_grid(tmp_path: Path, punks_dir: Path) -> 
 
     places: dict[tuple[int, str, int], tuple[int, int]] = {}
     for key, art in fake.arts.items():
-        found = find(shot, art, report.SCALE)
-        assert len(found) == 1, f"sample {key} shown {len(found)} times at x{report.SCALE}"
+        found = find(shot, art, SCALE)
+        assert len(found) == 1, f"sample {key} shown {len(found)} times at x{SCALE}"
         places[key] = found[0]
     # Aligned: one x per epoch (a column), one y per prompt × seed (a row), in suite order.
     xs = {e: {places[k][0] for k in places if k[0] == e} for e in fake.epochs}

@@ -77,3 +77,18 @@ def test_reproduce_pixel24_passes_every_applicable_step_on_cpu(small_punks: Path
     assert (run / "report" / "index.html").is_file() and (run / "samples" / "epoch-002").is_dir()
     page = (run / "report" / "index.html").read_text()
     assert "take epoch 2 as documented" in page and "score with the report" in page
+
+
+def test_table_shows_a_repeated_command_once_below():
+    """Issue 12: `reproduce`'s table repeated the same long command in four rows."""
+    from bespoke_kohya.reproduce import format_table
+
+    c = Checklist()
+    c.add(2, "config", PASS, reason="training not launched: no GPU", command="make vendor")
+    then = "bespoke-kohya train --resume RUN && bespoke-kohya sample --run RUN && bespoke-kohya report --run RUN"
+    for step in (3, 4, 5, 6):
+        c.add(step, f"check {step}", SKIPPED, reason="needs trained checkpoints", command=then)
+    rows, commands = format_table(c)
+    assert commands == ["[1] make vendor", f"[2] {then}"]
+    assert [row[4] for row in rows] == ["training not launched: no GPU → run [1] below"] + ["needs trained checkpoints → run [2] below"] * 4
+    assert not any(then in cell for row in rows for cell in row)

@@ -1,0 +1,114 @@
+"""`report`: one self-contained HTML page comparing a run's epochs, plus metrics.json.
+
+Reads what the earlier stages left in the run directory (run.json, logs/loss.csv,
+samples/samples.json and the images it lists, reproduce.json) and writes
+``RUN/report/index.html`` and ``RUN/report/metrics.json``. Every image is embedded
+as a data URI and there is no script or stylesheet from elsewhere, so the page opens
+from disk with no network and can be mailed.
+
+What is missing (no samples yet, an epoch never sampled, a failed training, the
+training originals moved) is said on the page instead of failing; only a folder that
+is not a run at all (no run.json) is an error.
+
+The parts, in pipeline order:
+  collect  read the run folder into a RunData (the only module that reads run files)
+  score    the metrics document and the recommended epoch (numbers from bespoke_kohya.metrics)
+  plot     the loss curve as a PNG
+  page     the HTML page: templates/report.html.j2 + templates/report.css, autoescaped
+The page prints the same rounded values that metrics.json stores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .collect import RunData, collect, read_record, read_samples
+from .page import render_html
+from .plot import loss_plot_png
+from .score import metrics_document
+
+__all__ = ["REPORT_DIR", "build", "report_summary", "write_report"]
+
+REPORT_DIR = "report"
+
+
+def replace_dir(target: Path, files: dict[str, bytes]) -> None:
+    """Swap in a new ``target`` folder holding ``files``: built beside it, then renamed.
+
+    A failure leaves the previous report untouched and no partial folder behind.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    old: Path | None = None
+    try:
+        for name, payload in files.items():
+            (tmp / name).write_bytes(payload)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.rmdir(old)
+            os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            if old is not None:
+                os.rename(old, target)
+                old = None
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build(run_dir: Path) -> tuple[RunData, dict[str, Any]]:
+    """Collect a run and compute its metrics document (what metrics.json holds)."""
+    data = collect(Path(run_dir))
+    return data, metrics_document(data)
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write ``RUN/report/index.html`` and ``RUN/report/metrics.json``; returns the page's path.
+
+    Raises UserError when ``run_dir`` is not a run (no run.json); anything merely
+    missing (samples, epochs, loss log) is explained on the page instead.
+    """
+    run_dir = Path(run_dir)
+    data, doc = build(run_dir)
+    page = render_html(data, doc, loss_plot_png(data.loss))
+    metrics = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    replace_dir(run_dir / REPORT_DIR, {"index.html": page.encode("utf-8"), "metrics.json": metrics.encode("utf-8")})
+    return run_dir / REPORT_DIR / "index.html"
+
+
+def report_summary(run_dir: Path) -> dict[str, Any]:
+    """The recommended epoch, its reasons and the verdict per epoch (for `reproduce`).
+
+    Reuses report/metrics.json when it was made from the current samples.json;
+    otherwise computes the metrics (without writing anything).
+    """
+    run_dir = Path(run_dir)
+    read_record(run_dir)
+    _, current = read_samples(run_dir)
+    saved = run_dir / REPORT_DIR / "metrics.json"
+    doc: dict[str, Any] | None = None
+    if saved.is_file() and current is not None:
+        try:
+            doc = json.loads(saved.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            doc = None
+        if doc is not None and doc.get("samples_sha256") != current:
+            doc = None
+    if doc is None:
+        doc = build(run_dir)[1]
+    return {
+        "recommended_epoch": doc["recommendation"].get("epoch"),
+        "reasons": list(doc["recommendation"].get("reasons") or []),
+        "verdicts": dict(doc["verdicts"]),
+        "notices": [n["text"] for n in doc.get("notices") or []],
+    }
