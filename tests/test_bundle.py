@@ -201,7 +201,7 @@ def test_dry_run_in_a_fresh_folder_shows_every_stage(unpacked: Path, built: Bund
         [".venv/bin/python", "-m", "pip", "install", "--disable-pip-version-check", f"wheels/{built.wheel}"],
         [".venv/bin/bespoke-kohya", "vendor", "--repo-root", run, "--tag", "v0.10.1"],
         [f"{run}/vendor/sd-scripts/venv/bin/python", "-c", bundle_gpu_probe(out)],
-        [".venv/bin/bespoke-kohya", "train", "--resume", ".", "--preset", "sd15_576"],
+        [".venv/bin/bespoke-kohya", "train", "--resume", ".", "--preset", "sd15_576", "--no-sample"],
         [".venv/bin/bespoke-kohya", "sample", "--run", ".", "--dataset", "originals"],
         [".venv/bin/bespoke-kohya", "report", "--run", "."],
         [".venv/bin/python", "-m", "bespoke_kohya.bundle", "pack-results", "."],
@@ -236,7 +236,7 @@ def test_dry_run_options_reach_their_commands(unpacked: Path, tmp_path: Path):
     assert [".venv/bin/python", "-m", "pip", "install", "--disable-pip-version-check", "torch==2.5.1", "--index-url", "https://download.pytorch.org/whl/cu124"] in cmds
     assert [".venv/bin/bespoke-kohya", "vendor", "--repo-root", str(unpacked), "--tag", "v0.10.1", "--source", "/mirror/sd-scripts"] in cmds
     assert [".venv/bin/python", "-m", "bespoke_kohya.bundle", "set-base", ".", str(base)] in cmds
-    assert [".venv/bin/bespoke-kohya", "train", "--resume", ".", "--preset", "sd15_576", "--cpu"] in cmds
+    assert [".venv/bin/bespoke-kohya", "train", "--resume", ".", "--preset", "sd15_576", "--no-sample", "--cpu"] in cmds
     assert [".venv/bin/bespoke-kohya", "sample", "--run", ".", "--dataset", "originals", "--device", "cpu"] in cmds
     assert "skip: --cpu given" in done.stdout and not any("torch.cuda" in " ".join(c) for c in cmds)
     assert tomllib.loads((unpacked / "config" / "train.toml").read_text())["model"]["pretrained_model_name_or_path"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -465,7 +465,7 @@ def test_go_sh_trains_samples_and_reports_a_pixel24_bundle(tmp_path: Path, small
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert stage_commands(first.stdout) == [
         f".venv/bin/python -m pip install --disable-pip-version-check wheels/{made.wheel}",
-        ".venv/bin/bespoke-kohya train --resume . --preset pixel24 --cpu",
+        ".venv/bin/bespoke-kohya train --resume . --preset pixel24 --no-sample --cpu",
         ".venv/bin/bespoke-kohya sample --run . --dataset originals --epochs 1,2 --device cpu",
         ".venv/bin/bespoke-kohya report --run .",
         ".venv/bin/python -m bespoke_kohya.bundle pack-results .",

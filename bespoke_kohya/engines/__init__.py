@@ -34,6 +34,7 @@ class TrainOptions:
     dry_run: bool = False
     num_gpus: int = 1
     cpu: bool = False
+    sample: bool = True  # draw each finished epoch with the preset's suite once training ends (--no-sample: don't)
 
 
 @dataclass(frozen=True)
