@@ -268,6 +268,14 @@ def test_the_standin_base_is_trained_once_and_reused(sixteen: Path, tmp_path: Pa
     assert pixel24.base_dir(tiny_preset(base_steps=3).pixel24) != base
 
 
+def test_checkpoints_are_spread_over_the_steps_one_per_step_at_most() -> None:
+    from bespoke_kohya.pixel24.training import _epoch_ends
+
+    assert _epoch_ends(2000, 5) == [400, 800, 1200, 1600, 2000]
+    assert _epoch_ends(7, 3) == [2, 5, 7]
+    assert _epoch_ends(3, 5) == [1, 2, 3]  # fewer steps than epochs: an epoch per step, numbered 1..3
+
+
 def test_a_run_too_short_to_learn_is_warned_about_with_what_to_set() -> None:
     assert pixel24.short_run_warning(tiny_preset().pixel24) == (
         "pixel24.steps = 4 × batch 8 shows the model only 32 images; expect noise-like samples. Set pixel24.steps to at least 2500 for a usable model")

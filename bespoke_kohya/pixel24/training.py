@@ -351,8 +351,9 @@ def _start_model(settings: Pixel24Settings, data: TrainingSet, on_base: Progress
 
 
 def _epoch_ends(steps: int, epochs: int) -> list[int]:
-    """The step at which each epoch's checkpoint is written (evenly spread; the last one at ``steps``)."""
-    return [max(1, round(steps * e / epochs)) for e in range(1, epochs + 1)]
+    """The step at which each epoch's checkpoint is written (evenly spread, the last at ``steps``; at most one per step)."""
+    epochs = min(epochs, steps)
+    return [round(steps * e / epochs) for e in range(1, epochs + 1)]
 
 
 def short_run_warning(settings: Pixel24Settings) -> str | None:
@@ -438,7 +439,7 @@ def train(
                 log.append(LossRow(step=step, epoch=epoch, loss=loss, avg_loss=float(np.mean(losses)), lr=lr))
                 if on_step is not None:
                     elapsed = time.perf_counter() - started
-                    on_step({"epoch": epoch, "epochs": settings.epochs, "step": step, "total_steps": settings.steps, "loss": loss,
+                    on_step({"epoch": epoch, "epochs": len(ends), "step": step, "total_steps": settings.steps, "loss": loss,
                              "avg_loss": float(np.mean(losses)), "lr": lr, "images_per_s": (step - start_step) * settings.batch_size / max(elapsed, 1e-9)})
 
             if not loop.run(end, step_done, should_stop):
