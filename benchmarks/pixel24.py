@@ -1,28 +1,41 @@
-"""pixel24 on this machine: throughput, time until samples look like punks, and held-out metrics.
+"""pixel24 as an artist meets it: cold start to samples, then how real the samples look.
 
-    python benchmarks/pixel24.py                      # ~6 minutes on 2 idle cores
-    python benchmarks/pixel24.py --minutes 10 --finetune-minutes 5 --samples 64
+    .venv/bin/python benchmarks/pixel24.py                    # both models, ~45 min on 2 idle cores
+    .venv/bin/python benchmarks/pixel24.py --part new         # only today's model (~30 min cold)
+    .venv/bin/python benchmarks/pixel24.py --part old         # only the first pixel24 (continuous RGB)
 
-Three measurements, all in one run:
+20 of the real punks are held out with a fixed seed; each model trains on the other
+164 exactly as a user would, through the CLI, from a cold cache (a fresh
+``BESPOKE_CACHE``: the stand-in is built and, for today's model, the base model trained
+from nothing). Then each held-out caption is drawn with 8 seeds and the samples are
+measured against the real punks:
 
-1. Training throughput (images/s) of the preset's U-Net at a few batch sizes.
-2. Pretraining on the CryptoPunks stand-in (built into a temporary folder if needed):
-   after each of ``--evals`` epochs, sample and score the outputs with
-   ``bespoke_kohya.metrics`` against stand-in images, raw and "tidy" (colours merged
-   below ΔE 6, capped at 24: the raw RGB output carries low-amplitude grain that makes
-   every pixel a distinct colour). "Looks like punks by the metrics" = the first epoch
-   where, on average over background solidity, background area and dark outline, at
-   least ``--punk-shape`` of the tidy outputs fall inside the originals' 5–95% range.
-3. Fine-tuning on part of the real Bespoke set with the rest held out: metrics of samples
-   (prompted with the held-out captions) next to the same metrics of the held-out
-   originals the model never saw, both against the training part.
+- wall time: base pretraining, fine-tuning, sampling (seconds);
+- two-sample test (``bespoke_kohya.distinguish``): a small CNN's cross-validated accuracy
+  at telling samples from real punks; 0.5 = indistinguishable. "grouped" keeps all
+  seeds of one caption in one fold (the classifier must judge the generator, not
+  recognise the 20 captions' backgrounds), "pooled" does not;
+- near-copies of a training image (against the real set's own rate);
+- colours per image and orphan-pixel share, medians, against the real set's 5–95% range.
+
+The old model runs from the git tree of ``--old-ref`` (the last commit with the
+continuous-RGB pixel24), with the recipe its README documented: stand-in pretraining
+(5 epochs), then ``init_from`` + lr 2e-4, 10 epochs × 10 repeats, sampled through its own
+``sample`` stage (colour clean-up included). Results of each part go to
+``OUT/results-{old,new}.json`` and the grids to ``OUT/samples-{old,new}.png`` and
+``OUT/side-by-side.png``; the table is printed from whichever parts exist.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import subprocess
 import sys
-import tempfile
+import tarfile
+import io
 import time
 from pathlib import Path
 
@@ -31,235 +44,173 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bespoke_kohya import metrics, pixel24, standin  # noqa: E402
+from bespoke_kohya import distinguish, metrics  # noqa: E402
 from bespoke_kohya.images import load_rgb  # noqa: E402
-from bespoke_kohya.presets import load_preset  # noqa: E402
 
-DEFAULT_BESPOKE = REPO.parent / "shared" / "datasets" / "bespoke-punks-24"
-PROMPTS = [
-    "lad, wearing cap, green background",
-    "lady, blonde bob hair, purple background",
-    "lad, mohawk, wearing big shades, yellow background",
-    "lady, wild hair, dark skin tone, light blue background",
-]
-TRIGGER = "pixel art, 24x24, portrait of bespoke punk "
-SUFFIX = ", hard color borders, sharp pixel edges"
-SHAPE = ["border_solidity", "background_area", "dark_outline"]
-MERGE_DELTA_E = 6.0  # the tidy step: merge the output's colours closer than this ...
-MAX_COLOURS = 24  # ... then cap the count (Bespoke median: 23)
-SHOWN = ["distinct_colours", "perceptual_colours", "palette_adherence", "border_solidity", "background_area", "dark_outline", "orphan_pixels", "nearest_distance"]
+DEFAULT_BESPOKE = Path(os.environ.get("BESPOKE_DATASET", REPO.parent / "shared" / "datasets" / "bespoke-punks-24"))
+HELD_OUT = 20
+SEEDS = list(range(1, 9))
+OLD_REF = "89f2c15"  # the last commit whose pixel24 denoised continuous RGB
 
 
-def throughput(preset_name: str, batches: list[int], steps: int) -> None:
-    """Images/s of full training steps (forward, backward, AdamW) on random data."""
-    import torch
-    from diffusers import UNet2DModel
-
-    settings = load_preset(preset_name).pixel24
-    print(f"\n## 1. Throughput ({preset_name}: block_out_channels {settings.block_out_channels}, layers_per_block {settings.layers_per_block}, {pixel24.cpu_threads()} CPU threads)")
-    print("| batch | images/s |\n|---|---|")
-    torch.set_num_threads(pixel24.cpu_threads())
-    for batch in batches:
-        torch.manual_seed(0)
-        unet = UNet2DModel(**pixel24.unet_config(settings))
-        opt = torch.optim.AdamW(unet.parameters(), 1e-4)
-        x, emb = torch.randn(batch, 3, 24, 24), torch.randn(batch, settings.block_out_channels[0] * 4)
-        times = []
-        for _ in range(steps + 2):
-            t0 = time.perf_counter()
-            loss = unet(x, torch.randint(0, 1000, (batch,)), class_labels=emb).sample.pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            times.append(time.perf_counter() - t0)
-        print(f"| {batch} | {batch / float(np.median(times[2:])):.0f} |")
+def split(dataset: Path, out: Path) -> tuple[list[Path], list[Path]]:
+    """(training PNGs copied with their captions into ``out``, held-out PNGs), fixed seed."""
+    paths = sorted(dataset.glob("*.png"))
+    order = np.random.default_rng(0).permutation(len(paths))
+    held = sorted(paths[i] for i in order[:HELD_OUT])
+    train = sorted(paths[i] for i in order[HELD_OUT:])
+    out.mkdir(parents=True)
+    for p in train:
+        shutil.copy2(p, out / p.name)
+        if p.with_suffix(".txt").is_file():
+            shutil.copy2(p.with_suffix(".txt"), out / p.with_suffix(".txt").name)
+    return train, held
 
 
-def tidy(img: np.ndarray) -> np.ndarray:
-    """Merge near-identical colours and cap their number: the raw RGB output carries low-amplitude grain."""
+def caption(path: Path) -> str:
+    t = path.with_suffix(".txt")
+    return t.read_text(encoding="utf-8").strip() if t.is_file() else "punk"
+
+
+def run(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> float:
+    """Run a CLI step, its output to ``log``; returns wall seconds (raises on failure)."""
+    started = time.perf_counter()
+    with open(log, "a") as fh:
+        fh.write(f"\n$ {' '.join(cmd)}\n")
+        fh.flush()
+        done = subprocess.run(cmd, env=env, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise SystemExit(f"step failed ({done.returncode}): {' '.join(cmd)}; see {log}")
+    return time.perf_counter() - started
+
+
+def samples_from(run_dir: Path, epoch: int) -> np.ndarray:
+    """The 24×24 outputs of one epoch, in samples.json order (prompt-major, then seed)."""
+    doc = json.loads((run_dir / "samples" / "samples.json").read_text())
+    return np.stack([load_rgb(run_dir / img["art"]) for img in doc["epochs"][str(epoch)]["images"]])
+
+
+def part_new(args: argparse.Namespace, train_dir: Path, held: list[Path], work: Path) -> dict:
+    env = {**os.environ, "BESPOKE_CACHE": str(work / "cache-new"), "PYTHONUNBUFFERED": "1"}
+    run_dir, log = work / "run-new", args.out / "log-new.txt"
+    cli = [sys.executable, "-m", "bespoke_kohya"]
+    total = run(cli + ["train", "--preset", "pixel24", "--dataset", str(train_dir), "--run-dir", str(run_dir)], env, REPO, log)
+    base_cfg = next((work / "cache-new" / "pixel24-base").glob("*/pixel24.json"))
+    base_s = float(json.loads(base_cfg.read_text())["base"]["seconds"])
+    last = max(int(k) for k in json.loads((run_dir / "run.json").read_text())["epochs"])
+    prompts = work / "held-out-prompts-new.txt"
+    prompts.write_text("".join(caption(p) + "\n" for p in held))
+    sample_s = run(cli + ["sample", "--run", str(run_dir), "--epochs", str(last), "--prompts", str(prompts), "--seeds", ",".join(map(str, SEEDS))], env, REPO, log)
+    return {"base_s": base_s, "finetune_s": total - base_s, "sample_s": sample_s, "images": samples_from(run_dir, last)}
+
+
+def part_old(args: argparse.Namespace, train_dir: Path, held: list[Path], work: Path) -> dict:
+    tree = work / "old-tree"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", args.old_ref], check=True, capture_output=True).stdout
+    tarfile.open(fileobj=io.BytesIO(archive)).extractall(tree)
+    env = {**os.environ, "BESPOKE_CACHE": str(work / "cache-old"), "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"}
+    log = args.out / "log-old.txt"
+    cli = [sys.executable, "-m", "bespoke_kohya"]
+    base_run, ft_run = work / "run-old-base", work / "run-old"
+    base_s = run(cli + ["train", "--preset", "pixel24", "--run-dir", str(base_run)], env, tree, log)
+    ft_s = run(cli + ["train", "--preset", "pixel24", "--dataset", str(train_dir), "--run-dir", str(ft_run), "--set", f"pixel24.init_from={base_run}",
+                      "--set", "pixel24.learning_rate=2e-4", "--set", "pixel24.epochs=10", "--set", "dataset.num_repeats=10"], env, tree, log)
+    prompts = work / "held-out-prompts-old.txt"
+    prompts.write_text("".join(caption(p) + "\n" for p in held))
+    sample_s = run(cli + ["sample", "--run", str(ft_run), "--epochs", "10", "--prompts", str(prompts), "--seeds", ",".join(map(str, SEEDS))], env, tree, log)
+    return {"base_s": base_s, "finetune_s": ft_s, "sample_s": sample_s, "images": samples_from(ft_run, 10)}
+
+
+def measure(images: np.ndarray, real: np.ndarray, training: np.ndarray) -> dict:
+    groups = [str(i // len(SEEDS)) for i in range(len(images))]
+    return {
+        "two_sample_grouped": distinguish.two_sample_accuracy(real, images, groups=groups).accuracy,
+        "two_sample_pooled": distinguish.two_sample_accuracy(real, images).accuracy,
+        "near_copies": distinguish.near_copy_share(images, training),
+        "colours": float(np.median([metrics.colour_count(im) for im in images])),
+        "orphans": float(np.median([metrics.orphan_share(im) for im in images])),
+    }
+
+
+def grid(images: np.ndarray, cols: int = 16, scale: int = 4) -> "Image.Image":
     from PIL import Image
 
-    from bespoke_kohya.postprocess import cap_colours, merge_close_colours
-
-    return np.asarray(cap_colours(merge_close_colours(Image.fromarray(img), MERGE_DELTA_E), MAX_COLOURS))
-
-
-def shape_in_range(scored: dict) -> float:
-    """Mean share of outputs inside the reference's 5–95% range for the shape metrics (background, outline)."""
-    return float(np.mean([scored["in_range"][k] for k in SHAPE]))
+    rows = -(-len(images) // cols)
+    canvas = np.full((rows * 25, cols * 25, 3), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        canvas[r * 25 : r * 25 + 24, c * 25 : c * 25 + 24] = im
+    return Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST)
 
 
-def sample_and_score(checkpoint: Path, prompts: list[str], seeds: list[int], ref: metrics.Reference, steps: int, guidance: float) -> tuple[dict, list[np.ndarray], float]:
-    """Sample prompts × seeds, score them; returns (epoch metrics, images, seconds spent sampling)."""
-    model = pixel24.load_checkpoint(checkpoint)
-    t0 = time.perf_counter()
-    images = pixel24.sample(model, prompts, seeds, steps=steps, guidance_scale=guidance)
-    spent = time.perf_counter() - t0
-    flat = [im for row in images for im in row]
-    groups = [str(i) for i, row in enumerate(images) for _ in row]
-    return metrics.epoch_metrics(flat, ref, groups=groups), flat, spent
+def calibration(real: np.ndarray, work: Path) -> dict:
+    from bespoke_kohya.standin import ensure_standin
+
+    half = np.random.default_rng(1).permutation(len(real))
+    crypto_dir = ensure_standin(work / "standin-calibration")
+    crypto = np.stack([load_rgb(p) for p in sorted(crypto_dir.glob("*.png"))[: len(real)]])
+    return {"real_vs_real": distinguish.two_sample_accuracy(real[half[: len(real) // 2]], real[half[len(real) // 2 :]]).accuracy,
+            "cryptopunks_vs_bespoke": distinguish.two_sample_accuracy(real, crypto).accuracy,
+            "real_near_copies": distinguish.near_copy_share(real, real, exclude_self=True)}
 
 
-def save_grid(images: list[np.ndarray], columns: int, path: Path) -> None:
-    """An 8× NEAREST grid of 24×24 images."""
-    from PIL import Image
-
-    rows = [np.concatenate(images[i : i + columns], axis=1) for i in range(0, len(images), columns)]
-    rows[-1] = np.pad(rows[-1], ((0, 0), (0, rows[0].shape[1] - rows[-1].shape[1]), (0, 0)), constant_values=255)
-    grid = np.concatenate(rows, axis=0)
-    Image.fromarray(grid).resize((grid.shape[1] * 8, grid.shape[0] * 8), Image.NEAREST).save(path)
-
-
-def estimate_steps(preset_name: str, minutes: float, batch: int) -> int:
-    """Optimizer steps that fit in ``minutes`` at the throughput of a short timing run."""
-    import torch
-    from diffusers import UNet2DModel
-
-    settings = load_preset(preset_name).pixel24
-    torch.set_num_threads(pixel24.cpu_threads())
-    unet = UNet2DModel(**pixel24.unet_config(settings))
-    opt = torch.optim.AdamW(unet.parameters(), 1e-4)
-    x, emb = torch.randn(batch, 3, 24, 24), torch.randn(batch, settings.block_out_channels[0] * 4)
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        unet(x, torch.randint(0, 1000, (batch,)), class_labels=emb).sample.pow(2).mean().backward()
-        opt.step()
-        opt.zero_grad()
-        times.append(time.perf_counter() - t0)
-    return max(1, int(minutes * 60 / float(np.median(times[1:]))))
+def table(args: argparse.Namespace, real: np.ndarray) -> None:
+    rows = {part: json.loads((args.out / f"results-{part}.json").read_text()) for part in ("old", "new") if (args.out / f"results-{part}.json").is_file()}
+    cal = json.loads((args.out / "calibration.json").read_text())
+    colours = [metrics.colour_count(im) for im in real]
+    orphans = [metrics.orphan_share(im) for im in real]
+    print(f"\ncalibration: real vs real {cal['real_vs_real']:.2f} (≈0.5 expected), CryptoPunks vs Bespoke {cal['cryptopunks_vs_bespoke']:.2f} (≈1.0); "
+          f"near-copies within the real set {cal['real_near_copies']:.3f}")
+    print(f"real set 5–95%: colours {np.percentile(colours, 5):.0f}–{np.percentile(colours, 95):.0f}, orphans {np.percentile(orphans, 5):.3f}–{np.percentile(orphans, 95):.3f}\n")
+    print("| model | base s | fine-tune s | sample s | cold start → samples | two-sample grouped | pooled | near-copies | colours | orphans | measured |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for part, r in rows.items():
+        total = r["base_s"] + r["finetune_s"] + r["sample_s"]
+        print(f"| {part} | {r['base_s']:.0f} | {r['finetune_s']:.0f} | {r['sample_s']:.0f} | {total / 60:.1f} min | {r['two_sample_grouped']:.2f} | {r['two_sample_pooled']:.2f} "
+              f"| {r['near_copies']:.3f} | {r['colours']:.0f} | {r['orphans']:.3f} | {r['when']} |")
+    print("\ntargets: cold start ≤ 20 min; two-sample ≤ 0.70; colours and orphans inside the real range; near-copies ≤ the real set's rate")
 
 
-def pretrain(args: argparse.Namespace, work: Path) -> Path:
-    """Section 2: train on the stand-in, score each epoch; returns the run folder."""
-    data = Path(args.standin) if args.standin else standin.build_standin(work / "standin")
-    paths = sorted(data.glob("*.png"))
-    ref_paths = paths[:: max(1, len(paths) // args.reference)][: args.reference]
-    ref = metrics.Reference.from_images([p.stem for p in ref_paths], [load_rgb(p) for p in ref_paths])
-    preset = load_preset(args.preset)
-    steps = estimate_steps(args.preset, args.minutes, preset.pixel24.batch_size)
-    overrides = [f"epochs={args.evals}", f"max_steps={steps}"] + list(args.set or [])
-    preset = load_preset(args.preset, overrides)
-    run = work / "pretrain"
-    print(f"\n## 2. Pretraining on the stand-in ({len(paths)} images, {args.minutes:g} min budget ≈ {steps} steps of {preset.pixel24.batch_size}; overrides {overrides})")
-    log: list[dict] = []
-    t0 = time.perf_counter()
-    marks: dict[int, float] = {}
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", type=Path, default=DEFAULT_BESPOKE)
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "benchmark-pixel24")
+    ap.add_argument("--part", choices=["all", "old", "new", "table"], default="all")
+    ap.add_argument("--old-ref", default=OLD_REF)
+    args = ap.parse_args()
+    if not args.dataset.is_dir():
+        raise SystemExit(f"{args.dataset}: not found; pass --dataset DIR (the Bespoke Punks folder)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    real = np.stack([load_rgb(p) for p in sorted(args.dataset.glob("*.png"))])
+    if args.part != "table":
+        import tempfile
 
-    def on_step(event: dict) -> None:
-        log.append(event)
-        marks[event["epoch"]] = time.perf_counter() - t0
+        with tempfile.TemporaryDirectory(prefix="bench-pixel24-") as tmp:
+            work = Path(tmp)
+            train, held = split(args.dataset, work / "train-164")
+            training = np.stack([load_rgb(p) for p in train])
+            if not (args.out / "calibration.json").is_file():
+                (args.out / "calibration.json").write_text(json.dumps(calibration(real, work)))
+            for part in (["old", "new"] if args.part == "all" else [args.part]):
+                print(f"training the {part} model (log: {args.out / f'log-{part}.txt'}) …", flush=True)
+                result = (part_old if part == "old" else part_new)(args, work / "train-164", held, work)
+                images = result.pop("images")
+                grid(images).save(args.out / f"samples-{part}.png")
+                np.save(args.out / f"samples-{part}.npy", images)
+                result.update(measure(images, real, training), when=time.strftime("%Y-%m-%d %H:%M"))
+                (args.out / f"results-{part}.json").write_text(json.dumps(result, indent=1))
+    table(args, real)
+    if all((args.out / f"samples-{p}.png").is_file() for p in ("old", "new")):
+        from PIL import Image
 
-    result = pixel24.train(preset, data, run, on_step=on_step)
-    print(f"trained {result['steps']} steps in {result['seconds']:.0f} s: {result['images_per_s']:.0f} images/s")
-    print(f"Raw = the model's RGB output; tidy = colours merged below ΔE {MERGE_DELTA_E:g} and capped at {MAX_COLOURS}. "
-          f"'shape' = share of tidy outputs inside the stand-in's 5–95% range of {', '.join(SHAPE)}, averaged.")
-    print("| epoch | wall s (train) | images seen | avg loss | raw style | raw colours | tidy colours | tidy orphan px | tidy border solid | tidy bg area | tidy dark outline | shape | sample s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    first_punk = None
-    s = preset.pixel24
-    for epoch, rel in sorted(result["epochs"].items()):
-        scored, images, spent = sample_and_score(run / rel, [TRIGGER + p + SUFFIX for p in PROMPTS], list(range(1, args.seeds + 1)), ref, s.sample_steps, s.guidance_scale)
-        tidied = metrics.epoch_metrics([tidy(im) for im in images], ref)
-        seen = sum(1 for e in log if e["epoch"] <= epoch) * s.batch_size
-        avg = [e["avg_loss"] for e in log if e["epoch"] == epoch][-1]
-        v, t = scored["values"], tidied["values"]
-        shape = shape_in_range(tidied)
-        print(f"| {epoch} | {marks[epoch]:.0f} | {seen} | {avg:.4f} | {scored['style']:.2f} | {v['distinct_colours']:.0f} | {t['distinct_colours']:.0f} | {t['orphan_pixels']:.2f} "
-              f"| {t['border_solidity']:.2f} | {t['background_area']:.2f} | {t['dark_outline']:.2f} | {shape:.2f} | {spent:.1f} |")
-        if first_punk is None and shape >= args.punk_shape:
-            first_punk = (epoch, marks[epoch])
-        save_grid(images, args.seeds, work / f"pretrain-epoch{epoch}.png")
-    d = ref.distributions
-    print(f"(stand-in originals, medians: colours {np.median(d['distinct_colours']):.0f}, orphan px {np.median(d['orphan_pixels']):.2f}, border solid {np.median(d['border_solidity']):.2f}, "
-          f"bg area {np.median(d['background_area']):.2f}, dark outline {np.median(d['dark_outline']):.2f})")
-    if first_punk:
-        print(f"samples first look like punks by the metrics (shape ≥ {args.punk_shape}) after epoch {first_punk[0]}: {first_punk[1]:.0f} s of training")
-    else:
-        print(f"shape never reached {args.punk_shape} within {args.minutes:g} min; try --minutes {args.minutes * 2:g}")
-    print(f"grids: {work}/pretrain-epoch*.png (rows = prompts, columns = seeds)")
-    return run
-
-
-def finetune(args: argparse.Namespace, work: Path, pretrained: Path) -> None:
-    """Section 3: fine-tune on part of the Bespoke set; samples vs held-out originals."""
-    bespoke = Path(args.bespoke)
-    if not bespoke.is_dir():
-        print(f"\n## 3. skipped: Bespoke dataset not found at {bespoke} (pass --bespoke)")
-        return
-    paths = sorted(bespoke.glob("*.png"))
-    held = paths[:: args.holdout_every]
-    train_paths = [p for p in paths if p not in held]
-    train_dir = work / "bespoke-train"
-    train_dir.mkdir()
-    for p in train_paths:
-        (train_dir / p.name).symlink_to(p)
-        if p.with_suffix(".txt").exists():
-            (train_dir / p.with_suffix(".txt").name).symlink_to(p.with_suffix(".txt"))
-    preset = load_preset(args.preset)
-    steps = estimate_steps(args.preset, args.finetune_minutes, preset.pixel24.batch_size)
-    # One epoch of ~`steps` steps: the 147 images repeated (an epoch of them alone is 3 steps).
-    repeats = max(1, round(steps * preset.pixel24.batch_size / len(train_paths)))
-    overrides = ["epochs=1", f"num_repeats={repeats}", f"init_from={pretrained}", f"learning_rate={args.finetune_lr}"] + list(args.set or [])
-    preset = load_preset(args.preset, overrides)
-    print(f"\n## 3. Fine-tuning on {len(train_paths)} Bespoke Punks, {len(held)} held out ({args.finetune_minutes:g} min ≈ {steps} steps)")
-    result = pixel24.train(preset, train_dir, work / "finetune", on_step=None)
-    ref = metrics.Reference.from_images([p.stem for p in train_paths], [load_rgb(p) for p in train_paths])
-    captions = [p.with_suffix(".txt").read_text(encoding="utf-8").strip() if p.with_suffix(".txt").exists() else preset.dataset.default_caption for p in held]
-    model = pixel24.load_checkpoint(work / "finetune" / result["epochs"][1])
-    unknown = sorted({w for c in captions for w in pixel24.encode_prompt(model, c)[1]})
-    # Output k: held-out caption k (cycled) with seed k + 1, so no two outputs share starting noise.
-    s = preset.pixel24
-    flat = [pixel24.sample(model, [captions[k % len(captions)]], [k + 1], steps=s.sample_steps, guidance_scale=s.guidance_scale)[0][0] for k in range(args.samples)]
-    ours = metrics.epoch_metrics(flat, ref)
-    ours_tidy = metrics.epoch_metrics([tidy(im) for im in flat], ref)
-    originals = metrics.epoch_metrics([load_rgb(p) for p in held], ref)
-    print(f"trained {result['steps']} steps in {result['seconds']:.0f} s; {len(unknown)} held-out caption words unknown to the model")
-    print("| metric (median) | pixel24 raw | pixel24 tidy | held-out originals | training set |\n|---|---|---|---|---|")
-    train_values = ref.values()
-    for key in SHOWN:
-        cells = [ours["values"][key], ours_tidy["values"][key], originals["values"][key], train_values.get(key)]
-        print(f"| {metrics.METRICS[key].label} | " + " | ".join(_fmt(c) for c in cells) + " |")
-    print(f"| style score | {ours['style']:.2f} | {ours_tidy['style']:.2f} | {originals['style']:.2f} | – |")
-    print(f"| shape in range | {shape_in_range(ours):.2f} | {shape_in_range(ours_tidy):.2f} | {shape_in_range(originals):.2f} | – |")
-    print(f"| near-copies | {len(ours['copies'])}/{ours['n']} | {len(ours_tidy['copies'])}/{ours_tidy['n']} | {len(originals['copies'])}/{originals['n']} | – |")
-    save_grid(flat, 8, work / "finetune-samples.png")
-    save_grid([load_rgb(p) for p in held], 8, work / "heldout-originals.png")
-    print(f"grids: {work}/finetune-samples.png, {work}/heldout-originals.png")
-
-
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else (f"{value:.0f}" if value >= 10 else f"{value:.2f}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="pixel24")
-    ap.add_argument("--set", action="append", help="preset override key=value (repeatable)")
-    ap.add_argument("--standin", help="existing stand-in folder (default: build one in the work folder)")
-    ap.add_argument("--bespoke", default=str(DEFAULT_BESPOKE), help="Bespoke Punks folder for the held-out comparison")
-    ap.add_argument("--work", help="keep outputs here (default: a temporary folder, kept and printed)")
-    ap.add_argument("--minutes", type=float, default=4.0, help="pretraining budget")
-    ap.add_argument("--evals", type=int, default=3, help="epochs (= evaluation points) in the pretraining budget")
-    ap.add_argument("--finetune-minutes", type=float, default=1.5)
-    ap.add_argument("--finetune-lr", type=float, default=2e-4)
-    ap.add_argument("--holdout-every", type=int, default=5, help="every N-th Bespoke image (sorted) is held out")
-    ap.add_argument("--samples", type=int, default=32, help="samples for the held-out comparison")
-    ap.add_argument("--seeds", type=int, default=8, help="seeds per prompt when scoring pretraining epochs")
-    ap.add_argument("--reference", type=int, default=400, help="stand-in images in the metrics reference")
-    ap.add_argument("--punk-shape", type=float, default=0.5, help="'shape' value that counts as 'looks like punks' (see the table legend)")
-    ap.add_argument("--skip-throughput", action="store_true")
-    ap.add_argument("--pretrained", help="an existing pixel24 run (or checkpoint) to fine-tune from: skips section 2")
-    args = ap.parse_args(argv)
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="pixel24-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    print(f"# pixel24 benchmark (outputs in {work})")
-    if not args.skip_throughput:
-        throughput(args.preset, [32, 64, 128], steps=4)
-    run = Path(args.pretrained) if args.pretrained else pretrain(args, work)
-    finetune(args, work, run)
-    return 0
+        old, new = Image.open(args.out / "samples-old.png"), Image.open(args.out / "samples-new.png")
+        both = Image.new("RGB", (old.width + new.width + 40, max(old.height, new.height)), "white")
+        both.paste(old, (0, 0))
+        both.paste(new, (old.width + 40, 0))
+        both.save(args.out / "side-by-side.png")
+        print(f"grids: {args.out / 'side-by-side.png'} (left: old, right: new)")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -50,6 +50,8 @@ from .vendor import MARKER as SD_SCRIPTS_MARKER
 from .vendor import SD_SCRIPTS_TAG
 
 BUNDLE_JSON = "bundle.json"
+# pixel24.base values that name no file: nothing to pack or look for (presets.Pixel24Settings.base).
+PIXEL24_BUILTIN_BASES = ("standin", "none")
 GO_SH = "go.sh"
 WHEELS = "wheels"
 ORIGINALS = "originals"
@@ -218,11 +220,12 @@ def go_script(engine: str, wheel: str, run_id: str, preset: str) -> str:
 
 
 def _base_value(record: dict[str, Any]) -> tuple[str, str | None]:
-    """(preset field, current value) of what a run starts from: the kohya base or pixel24's init_from."""
+    """(preset field, current value) of what a run starts from: the kohya base or pixel24's base."""
     resolved = record.get("resolved") or {}
     if resolved.get("engine") == "kohya":
         return "kohya.pretrained_model_name_or_path", (resolved.get("kohya") or {}).get("pretrained_model_name_or_path")
-    return "pixel24.init_from", (resolved.get("pixel24") or {}).get("init_from")
+    value = (resolved.get("pixel24") or {}).get("base")
+    return "pixel24.base", None if value in PIXEL24_BUILTIN_BASES else value
 
 
 def apply_base(run_dir: Path, value: str, record: dict[str, Any]) -> None:
@@ -370,7 +373,7 @@ def _base_state(run_dir: Path, record: dict[str, Any]) -> StageState:
     dotted, value = _base_value(record)
     if not value:
         if dotted.startswith("pixel24."):
-            return StageState(True, "pixel24 trains from scratch (no init_from)")
+            return StageState(True, "pixel24 starts from the stand-in base (trained here once, cached) or from scratch")
         return StageState(False, f"{dotted} is empty; run BASE_MODEL=/path/to/model.safetensors ./go.sh")
     if dotted.startswith("pixel24.") or is_local_path(value, run_dir):
         path = Path(value).expanduser()
@@ -507,12 +510,13 @@ def _prepare_base(preset: Any, include_base: bool) -> tuple[str, Path | None, st
     if preset.engine == "kohya":
         dotted, value = "kohya.pretrained_model_name_or_path", preset.kohya.pretrained_model_name_or_path
     else:
-        dotted, value = "pixel24.init_from", preset.pixel24.init_from
+        dotted, value = "pixel24.base", preset.pixel24.base
+        value = None if value in PIXEL24_BUILTIN_BASES else value
     if not value:
         if include_base:
             raise UserError(f"--include-base: the preset has no {dotted} to pack")
         return dotted, None, value, []
-    # pixel24's init_from is always a file (a checkpoint of an earlier run), never a hub id.
+    # pixel24's base, when not built in, is always a file (a checkpoint of an earlier run), never a hub id.
     if dotted.startswith("kohya.") and not is_local_path(value):
         if include_base:
             raise UserError(
@@ -556,7 +560,7 @@ class _BasePlan:
 
 def _plan_base(preset: Any, include_base: bool) -> _BasePlan:
     dotted, source, value, notes = _prepare_base(preset, include_base)
-    original = preset.kohya.pretrained_model_name_or_path if preset.kohya else preset.pixel24.init_from
+    original = preset.kohya.pretrained_model_name_or_path if preset.kohya else preset.pixel24.base
     return _BasePlan(dotted, original, value, source, notes)
 
 

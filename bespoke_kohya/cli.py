@@ -167,6 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dataset=Path(args.dataset) if args.dataset else None, run_dir=Path(args.run_dir) if args.run_dir else None,
         resume=Path(args.resume) if args.resume else None, dry_run=args.dry_run, num_gpus=args.num_gpus, cpu=args.cpu,
         skip_preflight=args.skip_preflight, warn=lambda line: warn([line]),
+        sample=not args.no_sample,
     )
     return train(options, console=console, err_console=err_console)
 
@@ -292,12 +293,25 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write the epoch-comparison report of a run."""
+    """Draw the epochs that have no samples yet (unless --no-sample), then write the epoch-comparison report.
+
+    Exit 1 when the page has nothing to compare (no trained epoch with pictures): its warnings say why.
+    """
     from .report import report_summary, write_report
 
-    page = write_report(Path(args.run))
-    summary = report_summary(Path(args.run))
+    run = Path(args.run)
+    if not args.no_sample:
+        from .engines.session import sample_unsampled
+
+        sample_unsampled(run, console, err_console, "no samples yet", device=args.device)
+    page = write_report(run)
+    summary = report_summary(run)
+    warn(summary["warnings"])
     console.print(f"[green]report[/] {page}")
+    if not summary["compared_epochs"]:
+        err_console.print(Text.assemble(("nothing to compare: ", "red"), "; ".join(summary["reasons"]) or "no trained epoch has samples"), soft_wrap=True)
+        return 1
+    console.print(f"compared epochs {', '.join(map(str, summary['compared_epochs']))} × {summary['images_per_epoch']} image(s) each")
     if summary.get("recommended_epoch") is not None:
         console.print(f"recommended epoch: {summary['recommended_epoch']}")
     return 0
@@ -411,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=_at_least(1, int, "a whole number"), default=1, help="GPUs for accelerate's multi-GPU launcher")
     p.add_argument("--cpu", action="store_true", help="train on the CPU (no GPU needed; slow for kohya presets)")
     p.add_argument("--skip-preflight", action="store_true", help="launch sd-scripts without the pre-flight checks (GPU, base model, memory, disk, sd-scripts)")
+    p.add_argument("--no-sample", action="store_true", help="do not draw the epochs with the preset's prompts × seeds when training ends (report does it later)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bundle", help="pack a rendered run, this package and go.sh into one .tar.gz for a rented GPU box")
@@ -452,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write the epoch-comparison report of a run")
     p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--no-sample", action="store_true", help="compare only what is already sampled (default: first draw every epoch that has no samples yet)")
+    p.add_argument("--device", choices=["cuda", "mps", "cpu"], help="device for that sampling (default: cuda, else mps, else cpu)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("reproduce", help="the documented six-step checklist with a pass/fail table")

@@ -22,7 +22,7 @@ Stages, each skipped when already done:
   2 sd-scripts  kohya sd-scripts @@SD_SCRIPTS_TAG@@ with its own venv in vendor/sd-scripts
   3 base        BASE_MODEL=/path if given; else the preset's base (a hub id is downloaded by sd-scripts)
   4 gpu         a CUDA GPU must be visible (skipped with --cpu)
-  5 train       bespoke-kohya train --resume .
+  5 train       bespoke-kohya train --resume . --no-sample
   6 sample      bespoke-kohya sample --run .   (only epochs not sampled yet)
   7 report      bespoke-kohya report --run .
   8 results     results.tar.gz: run.json, checkpoints, samples, report and logs, to copy home
@@ -223,7 +223,8 @@ fi
 begin "train"
 if ! check train; then
   # --preset is ignored with --resume (run.json's resolved preset is used); the parser requires it.
-  cmd=("$APP" train --resume . --preset "@@PRESET@@")
+  # --no-sample: the next stage samples, resumably and with the originals' palette (--dataset originals).
+  cmd=("$APP" train --resume . --preset "@@PRESET@@" --no-sample)
   if ((CPU)); then cmd+=(--cpu); fi
   if ((SKIP_PREFLIGHT)); then cmd+=(--skip-preflight); fi
   run train "training stopped; run ./go.sh again to continue from the last saved state (logs/train.log has sd-scripts' output)" "${cmd[@]}"

@@ -58,6 +58,9 @@ class TrainProgress:
         return f"epoch {f['epoch']} step {f['completed']}{total} loss {f['loss']} avg {f['avg']} {f['speed']}".rstrip()
 
     def update(self, data: dict[str, Any]) -> None:
+        if "note" in data:  # a line worth reading (an estimate, a warning): printed above the bar, never overwritten
+            self.console.print(data["note"], markup=False, highlight=False, soft_wrap=True)
+            return
         fields: dict[str, Any] = {}
         if "epoch" in data:
             fields["epoch"] = f"{data['epoch']}/{data['epochs']}" if data.get("epochs") else str(data["epoch"])

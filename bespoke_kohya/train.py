@@ -3,7 +3,9 @@
 The run directory is created atomically (render), `run.json` records everything
 needed to reproduce and compare it, and its status moves
 rendered → running → finished | failed | interrupted. What trains is the engine's
-business (bespoke_kohya.engines); this verb never asks which one it is.
+business (bespoke_kohya.engines); this verb never asks which one it is. When training
+finishes, every epoch is drawn with the preset's fixed suite (unless --no-sample), so
+`report` has pictures to compare straight away.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 from rich.console import Console
 
 from .engines import TrainOptions, get_engine
-from .engines.session import create_run, default_run_dir, finish_message, options_preset, resolve_dataset, run_session
+from .engines.session import create_run, default_run_dir, finish_message, options_preset, resolve_dataset, run_session, sample_unsampled
+from .errors import UserError
 from .progress import TrainProgress
 from .runfolder import TRAIN_LOG, Status
 from .runfolder.records import RunHandle
@@ -41,8 +44,8 @@ def resume(run_dir: Path, options: TrainOptions, console: Console, err_console: 
     """
     run = RunHandle.open(run_dir.resolve())
     if run.record.status == Status.FINISHED:
-        console.print(f"{run.dir}: training already finished ({len(run.record.epochs)} epochs); nothing to do")
-        return 0
+        console.print(f"{run.dir}: training already finished ({len(run.record.epochs)} epochs); nothing to train")
+        return _sample(run, options, console, err_console)
     return _session(run, options, console, err_console, fresh=False)
 
 
@@ -61,4 +64,17 @@ def _session(run: RunHandle, options: TrainOptions, console: Console, err_consol
     console.print(f"[bold]training[/] {run.record.preset} in {run.dir} (log: {run.dir / TRAIN_LOG})")
     with TrainProgress(console) as view:
         outcome = run_session(run, options, view.update)
-    return finish_message(run, outcome, console, err_console)
+    code = finish_message(run, outcome, console, err_console)
+    return _sample(run, options, console, err_console) if code == 0 else code
+
+
+def _sample(run: RunHandle, options: TrainOptions, console: Console, err_console: Console) -> int:
+    """Draw the finished epochs that have no samples yet (all of them after a fresh run); then say what comes next."""
+    if options.sample:
+        try:
+            sample_unsampled(run.dir, console, err_console, "training finished", device="cpu" if options.cpu else None)
+        except UserError as exc:
+            # The checkpoints are safe; only the pictures are missing, and report draws what is missing.
+            raise UserError(f"training finished, but sampling failed: {exc}\nfix that, then run `bespoke-kohya report --run {run.dir}` (it samples what is missing)") from None
+    console.print(f"next: bespoke-kohya report --run {run.dir}")
+    return 0

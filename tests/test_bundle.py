@@ -201,7 +201,7 @@ def test_dry_run_in_a_fresh_folder_shows_every_stage(unpacked: Path, built: Bund
         [".venv/bin/python", "-m", "pip", "install", "--disable-pip-version-check", f"wheels/{built.wheel}"],
         [".venv/bin/bespoke-kohya", "vendor", "--repo-root", run, "--tag", "v0.10.1"],
         [f"{run}/vendor/sd-scripts/venv/bin/python", "-c", bundle_gpu_probe(out)],
-        [".venv/bin/bespoke-kohya", "train", "--resume", ".", "--preset", "sd15_576"],
+        [".venv/bin/bespoke-kohya", "train", "--resume", ".", "--preset", "sd15_576", "--no-sample"],
         [".venv/bin/bespoke-kohya", "sample", "--run", ".", "--dataset", "originals"],
         [".venv/bin/bespoke-kohya", "report", "--run", "."],
         [".venv/bin/python", "-m", "bespoke_kohya.bundle", "pack-results", "."],
@@ -240,7 +240,7 @@ def test_dry_run_options_reach_their_commands(unpacked: Path, tmp_path: Path):
     assert [".venv/bin/python", "-m", "pip", "install", "--disable-pip-version-check", "torch==2.5.1", "--index-url", "https://download.pytorch.org/whl/cu124"] in cmds
     assert [".venv/bin/bespoke-kohya", "vendor", "--repo-root", str(unpacked), "--tag", "v0.10.1", "--source", "/mirror/sd-scripts"] in cmds
     assert [".venv/bin/python", "-m", "bespoke_kohya.bundle", "set-base", ".", str(base)] in cmds
-    assert [".venv/bin/bespoke-kohya", "train", "--resume", ".", "--preset", "sd15_576", "--cpu"] in cmds
+    assert [".venv/bin/bespoke-kohya", "train", "--resume", ".", "--preset", "sd15_576", "--no-sample", "--cpu"] in cmds
     assert [".venv/bin/bespoke-kohya", "sample", "--run", ".", "--dataset", "originals", "--device", "cpu"] in cmds
     assert "skip: --cpu given" in done.stdout and not any("torch.cuda" in " ".join(c) for c in cmds)
     assert f"  error: base model {base}: not a readable .safetensors file" in done.stdout  # pre-flight read BASE_MODEL's header
@@ -461,7 +461,7 @@ def stage_commands(output: str) -> list[str]:
 @pytest.mark.slow
 def test_go_sh_trains_samples_and_reports_a_pixel24_bundle(tmp_path: Path, small_punks: Path, wheel: Path):
     """The whole path without a GPU: install from the wheel, train, sample, report, results; re-run skips all."""
-    tiny = ["epochs=2", "max_steps=2", "batch_size=8", "sample.steps=2", "sample.seeds=[1]"]
+    tiny = ["epochs=2", "steps=2", "base=none", "batch_size=8", "sample.steps=2", "sample.seeds=[1]"]
     made = build_bundle("pixel24", small_punks, tmp_path / "p24.tar.gz", tiny, wheel=wheel)
     run_dir = unpack(made.path, tmp_path / "gpu box")
     seed_offline_venv(run_dir)
@@ -470,7 +470,7 @@ def test_go_sh_trains_samples_and_reports_a_pixel24_bundle(tmp_path: Path, small
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert stage_commands(first.stdout) == [
         f".venv/bin/python -m pip install --disable-pip-version-check wheels/{made.wheel}",
-        ".venv/bin/bespoke-kohya train --resume . --preset pixel24 --cpu",
+        ".venv/bin/bespoke-kohya train --resume . --preset pixel24 --no-sample --cpu",
         ".venv/bin/bespoke-kohya sample --run . --dataset originals --epochs 1,2 --device cpu",
         ".venv/bin/bespoke-kohya report --run .",
         ".venv/bin/python -m bespoke_kohya.bundle pack-results .",

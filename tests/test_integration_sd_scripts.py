@@ -60,7 +60,7 @@ def train_command(dataset: Path, run_dir: Path, base: Path, *extra: str) -> list
     """
     sets = [f"pretrained_model_name_or_path={base}", "resolution=64", "allow_uneven_pixels=true", "max_train_epochs=2",
             "train_batch_size=4", "network_dim=4", "network_alpha=2.0", "num_repeats=1", "cache_latents=false"]
-    cmd = [sys.executable, "-m", "bespoke_kohya", "train", "--preset", "sd15_576", "--cpu", "--run-dir", str(run_dir), "--dataset", str(dataset)]
+    cmd = [sys.executable, "-m", "bespoke_kohya", "train", "--preset", "sd15_576", "--cpu", "--no-sample", "--run-dir", str(run_dir), "--dataset", str(dataset)]
     return cmd + [arg for s in sets for arg in ("--set", s)] + list(extra)
 
 
@@ -206,7 +206,7 @@ def test_ctrl_c_stops_the_group_then_resume_finishes(random_base: Path, small_pu
     assert (run_dir / "checkpoints" / "bespoke-000001-state" / "train_state.json").is_file()
     assert "continue with `bespoke-kohya train --resume" in (tmp_path / "cli.out").read_text(errors="replace")
 
-    resume = [sys.executable, "-m", "bespoke_kohya", "train", "--cpu", "--resume", str(run_dir)]
+    resume = [sys.executable, "-m", "bespoke_kohya", "train", "--cpu", "--no-sample", "--resume", str(run_dir)]
     code = run_cli(resume, tmp_path / "resume.out")
     assert code == 0, (tmp_path / "resume.out").read_text(errors="replace")[-3000:]
     record = assert_complete_finished_run(run_dir)

@@ -155,7 +155,7 @@ def test_huge_pixel24_unet_is_refused_before_allocating():
     with pytest.raises(UserError) as e:
         load_preset("pixel24", ["pixel24.block_out_channels=[4096, 4096, 4096]", "pixel24.layers_per_block=4"])
     message = str(e.value)
-    assert "17,031 million parameters" in message and "limit is 200 million" in message
+    assert "17,034 million parameters" in message and "limit is 200 million" in message
     assert "pixel24.block_out_channels" in message and "\n" not in message
     assert load_preset("pixel24", ["pixel24.block_out_channels=[128, 256, 384]", "pixel24.layers_per_block=3"])
 
@@ -166,15 +166,15 @@ def test_parameter_estimate_matches_the_real_unet():
     pytest.importorskip("diffusers")
     from diffusers import UNet2DModel
 
-    from bespoke_kohya.pixel24 import unet_config
+    from bespoke_kohya.pixel24.model import unet_config
     from bespoke_kohya.presets import Pixel24Settings, unet_parameters
 
     for channels, layers in [([32, 64, 96], 1), ([16, 32], 1), ([32, 64, 96, 128], 2), ([64, 64], 4), ([4096, 4096, 4096], 4)]:
-        settings = Pixel24Settings.model_construct(block_out_channels=channels, layers_per_block=layers)
+        settings = Pixel24Settings.model_construct(block_out_channels=channels, layers_per_block=layers, colour_dim=32, feature_dim=64)
         with torch.device("meta"):
             unet = UNet2DModel(**unet_config(settings))
         real = sum(p.numel() for p in unet.parameters())
-        assert unet_parameters(channels, layers) == pytest.approx(real, rel=1e-3), channels
+        assert unet_parameters(channels, layers, 32, 64) == pytest.approx(real, rel=1e-3), channels
 
 
 def test_caption_extension_cannot_name_an_image_format():

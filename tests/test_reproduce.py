@@ -64,7 +64,7 @@ def test_reproduce_without_gpu_passes_steps_1_and_2_and_skips_the_rest(punks_dir
 
 def test_reproduce_pixel24_passes_every_applicable_step_on_cpu(small_punks: Path, tmp_path: Path):
     run = tmp_path / "p24 run"
-    tiny = ["pixel24.max_steps=4", "pixel24.epochs=2", "pixel24.block_out_channels=[16, 32]", "pixel24.batch_size=8", "pixel24.sample_steps=2", "seeds=[1, 2]"]
+    tiny = ["pixel24.steps=4", "pixel24.base=none", "pixel24.epochs=2", "pixel24.block_out_channels=[16, 32]", "pixel24.batch_size=8", "pixel24.sample_steps=2", "seeds=[1, 2]"]
     args = [sys.executable, "-m", "bespoke_kohya", "reproduce", "--preset", "pixel24", "--dataset", str(small_punks), "--run-dir", str(run)]
     for item in tiny:
         args += ["--set", item]

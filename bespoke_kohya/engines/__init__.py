@@ -37,6 +37,7 @@ class TrainOptions:
     skip_preflight: bool = False  # launch without the engine's pre-flight checks (kohya: GPU, base model, memory, disk, sd-scripts)
     # Where an engine's warnings go before training (pre-flight findings that do not stop it); the verb prints them.
     warn: Callable[[str], None] = field(default=lambda _line: None, compare=False, repr=False)
+    sample: bool = True  # draw each finished epoch with the preset's suite once training ends (--no-sample: don't)
 
 
 @dataclass(frozen=True)

@@ -38,14 +38,40 @@ class Pixel24Engine:
     def train(self, run: RunHandle, options: TrainOptions, progress: Progress) -> Outcome:
         from .. import pixel24
 
+        def note(text: str) -> None:
+            progress({"note": text})
+
         # Trains on the prepared copy: alpha flattened, captions completed and de-duplicated.
+        # A run with a saved state (an earlier session of it) continues from there.
         prepared = next((run.dir / DATA).iterdir())
+        preset = self._demo_settings(run, note)
         try:
-            pixel24.train(run.record.preset_model(run.dir), prepared, run.dir, device="cpu" if options.cpu else None,
-                          on_step=progress, on_epoch=run.record_epoch)
+            result = pixel24.train(preset, prepared, run.dir, device="cpu" if options.cpu else None,
+                                   on_step=progress, on_epoch=run.record_epoch, on_note=note)
         except KeyboardInterrupt:  # the epochs that finished before Ctrl-C are already in run.json
             return Outcome(Status.INTERRUPTED, 130)
+        for warning in result["warnings"]:
+            note(warning)
         return Outcome(Status.FINISHED, 0)
+
+    @staticmethod
+    def _demo_settings(run: RunHandle, note: Callable[[str], None]) -> Any:
+        """The preset to train with; on the stand-in itself there is no base to fine-tune, so it trains from scratch on the base's schedule.
+
+        The switch is written into run.json's resolved settings, so the record says what really ran.
+        """
+        from ..standin import default_standin_dir
+
+        preset = run.record.preset_model(run.dir)
+        p = preset.pixel24
+        if p.base != "standin" or Path(run.record.dataset.path).resolve() != default_standin_dir().resolve():
+            return preset
+        demo = p.model_copy(update={"base": "none", "steps": p.base_steps, "batch_size": p.base_batch_size, "learning_rate": p.base_learning_rate, "ema_decay": p.base_ema_decay})
+        preset = preset.model_copy(update={"pixel24": demo})
+        if run.record.resolved.get("pixel24", {}).get("base") == "standin":
+            note(f"training on the stand-in itself: from scratch with the base model's schedule ({p.base_steps} steps × {p.base_batch_size})")
+            run.save(resolved=preset.model_dump(mode="json"))
+        return preset
 
     def sampler(self, run: RunHandle, options: SampleOptions) -> "Pixel24Sampler":
         return Pixel24Sampler(run.record.preset_model(run.dir), options)
@@ -68,7 +94,8 @@ class Pixel24Sampler:
     def settings(self, prompts: list[str], seeds: list[int], options_record: dict[str, Any]) -> dict[str, Any]:
         p = self.preset.pixel24
         recorded = self.preset.sample.model_dump(mode="json")
-        recorded.update(steps=p.sample_steps, guidance_scale=p.guidance_scale, width=24, height=24, engine="pixel24", postprocess_options=options_record)
+        recorded.update(steps=p.sample_steps, guidance_scale=p.guidance_scale, temperature=p.temperature, width=24, height=24, engine="pixel24",
+                        postprocess_options=options_record)
         return recorded
 
     def draw(self, job: SampleJob, prompts: list[str], seeds: list[int], write: Callable[..., dict[str, Any]]) -> dict[str, Any]:
@@ -84,7 +111,7 @@ class Pixel24Sampler:
                 if unknown := pixel24.encode_prompt(model, prompt)[1]:
                     self.warnings.append(f"prompt {prompt!r}: the model never saw these words, they have no effect: {', '.join(unknown)}")
         p = self.preset.pixel24
-        drawn = pixel24.sample(model, prompts, seeds, steps=p.sample_steps, guidance_scale=p.guidance_scale)
+        drawn = pixel24.sample(model, prompts, seeds, steps=p.sample_steps, guidance_scale=p.guidance_scale, temperature=p.temperature)
         for pid, prompt, row in zip(prompt_ids(prompts), prompts, drawn):
             for seed, pixels in zip(seeds, row):
                 write(Image.fromarray(pixels), pid, prompt, seed)

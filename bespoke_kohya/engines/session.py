@@ -2,7 +2,8 @@
 
 `create_run` renders the folder and writes the first run.json; `run_session` moves the
 status rendered/interrupted/failed → running → the engine's outcome, so a run folder
-always says how far it got.
+always says how far it got. `sample_unsampled` draws the epochs that have no pictures
+yet (after `train`, before `report`), through `sample.sample_run` like `sample` does.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ..errors import UserError
 from ..paths import REPO_ROOT
 from ..presets import Preset, load_preset
 from ..render import render
-from ..runfolder import CHECKPOINTS, TRAIN_LOG, Status
+from ..runfolder import CHECKPOINTS, SAMPLES, TRAIN_LOG, Status
 from ..runfolder.records import DatasetRef, RunHandle, RunRecord, now_iso, package_versions, write_run
 from . import Outcome, Progress, TrainOptions, get_engine
 
@@ -87,11 +88,30 @@ def run_session(run: RunHandle, options: TrainOptions, progress: Progress) -> Ou
     return outcome
 
 
+def sample_unsampled(run_dir: Path, console: Any, err_console: Any, why: str, device: str | None = None) -> list[int]:
+    """Draw every recorded epoch that has no samples yet with the preset's fixed prompts × seeds; returns those epochs.
+
+    After training ends rather than from inside each engine's epoch loop: it needs no engine
+    hook, and the images are the same either way (each checkpoint is read back from its file
+    and every seed has its own noise generator), so `train`, `report` and `sample` agree.
+    """
+    from ..bundle import unsampled_epochs  # standard-library reader of run.json + samples.json (go.sh's helper uses it too)
+    from ..sample import sample_run
+
+    todo = unsampled_epochs(run_dir)
+    if not todo:
+        return []
+    console.print(f"[bold]sampling[/] epoch(s) {', '.join(map(str, todo))} ({why}) with the preset's prompts × seeds → {run_dir / SAMPLES}")
+    doc = sample_run(run_dir, epochs=todo, device=device)
+    for line in doc.get("warnings", []):
+        err_console.print(f"[yellow]warning:[/] {line}", markup=True, highlight=False, soft_wrap=True)
+    return todo
+
+
 def finish_message(run: RunHandle, outcome: Outcome, console: Any, err_console: Any) -> int:
     """Say how the session ended and what to do next; returns the exit status."""
     if outcome.status == Status.FINISHED:
         console.print(f"[green]finished[/] {len(run.record.epochs)} epoch checkpoint(s) in {run.dir / CHECKPOINTS}")
-        console.print(f"next: bespoke-kohya sample --run {run.dir}   then   bespoke-kohya report --run {run.dir}")
         return 0
     if outcome.status == Status.INTERRUPTED:
         err_console.print(f"interrupted: run marked interrupted; continue with `bespoke-kohya train --resume {run.dir}`")

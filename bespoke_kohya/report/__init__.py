@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .collect import RunData, collect, read_record, read_samples
+from .collect import BASE_EPOCH, RunData, collect, read_record, read_samples
 from .page import render_html
 from .plot import loss_plot_png
 from .score import metrics_document
@@ -87,7 +87,7 @@ def write_report(run_dir: Path) -> Path:
 
 
 def report_summary(run_dir: Path) -> dict[str, Any]:
-    """The recommended epoch, its reasons and the verdict per epoch (for `reproduce`).
+    """The recommended epoch, its reasons, the verdict per epoch and the page's warnings (for `report` and `reproduce`).
 
     Reuses report/metrics.json when it was made from the current samples.json;
     otherwise computes the metrics (without writing anything).
@@ -106,9 +106,14 @@ def report_summary(run_dir: Path) -> dict[str, Any]:
             doc = None
     if doc is None:
         doc = build(run_dir)[1]
+    notices = doc.get("notices") or []
+    trained = sorted(int(e) for e in doc["epochs"] if int(e) != BASE_EPOCH)
     return {
         "recommended_epoch": doc["recommendation"].get("epoch"),
         "reasons": list(doc["recommendation"].get("reasons") or []),
         "verdicts": dict(doc["verdicts"]),
-        "notices": [n["text"] for n in doc.get("notices") or []],
+        "notices": [n["text"] for n in notices],
+        "warnings": [n["text"] for n in notices if n.get("level") in ("warn", "error")],
+        "compared_epochs": trained,  # trained epochs with pictures on the page (empty: nothing to compare)
+        "images_per_epoch": max((doc["epochs"][str(e)]["images"] for e in trained), default=0),
     }

@@ -1,0 +1,237 @@
+"""The pixel24 network, its config (``pixel24.json``) and its checkpoints.
+
+A diffusers ``UNet2DModel`` (24 → 12 → 6, attention only at 6×6) reads one embedding per
+pixel and writes one feature vector per pixel; the logit of palette colour *k* at a pixel
+is that vector's dot product with colour *k*'s output embedding. Both colour embeddings
+are computed from the colour's CIELAB coordinates by small MLPs rather than looked up in
+a table, so one network works with any palette: the base model learns on the stand-in's
+palette and the fine-tune switches to the artist's without losing what it learned. A
+learned vector stands for "masked"; the mask ratio takes the place of the diffusion
+timestep.
+
+A run folder holds ``checkpoints/pixel24.json`` (architecture, vocabulary, palette,
+settings: everything needed to rebuild the model, nanoGPT-style) and one
+``pixel24-NNNNNN.safetensors`` per epoch (EMA weights).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..jsonfile import write_atomic, write_json_atomic
+from ..paths import ART
+from ..presets import Pixel24Settings
+from .palette import from_hex, palette_lab, to_hex
+from .text import PhraseEncoder
+
+FORMAT = "bespoke-kohya/pixel24"
+FORMAT_VERSION = 2  # 1: continuous RGB diffusion (before palette indices); not loadable any more
+CONFIG_NAME = "pixel24.json"
+STEM = "pixel24"
+FOURIER_FEATURES = 32
+
+
+def checkpoint_name(epoch: int) -> str:
+    """``pixel24-000001.safetensors`` for epoch 1."""
+    return f"{STEM}-{epoch:06d}.safetensors"
+
+
+def _norm_groups(channels: list[int]) -> int:
+    """The largest GroupNorm group count (≤ 32) that divides every width."""
+    return next(g for g in (32, 16, 8, 4, 2, 1) if all(c % g == 0 for c in channels))
+
+
+def unet_config(settings: Pixel24Settings) -> dict[str, Any]:
+    """The ``UNet2DModel`` config: colour embeddings in, per-pixel features out, attention at the lowest level."""
+    channels = list(settings.block_out_channels)
+    levels = len(channels)
+    return {
+        "sample_size": ART,
+        "in_channels": settings.colour_dim,
+        "out_channels": settings.feature_dim,
+        "block_out_channels": channels,
+        "layers_per_block": settings.layers_per_block,
+        "down_block_types": ["DownBlock2D"] * (levels - 1) + ["AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D"] + ["UpBlock2D"] * (levels - 1),
+        "attention_head_dim": next(h for h in (32, 16, 8) if channels[-1] % h == 0),
+        "norm_num_groups": _norm_groups(channels),
+        "class_embed_type": "identity",
+        "resnet_time_scale_shift": "scale_shift",
+    }
+
+
+class ColourEmbed(nn.Module):
+    """A colour's CIELAB coordinates -> a vector (fixed random Fourier features, then an MLP)."""
+
+    def __init__(self, dim: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.register_buffer("freqs", torch.randn(3, FOURIER_FEATURES, generator=torch.Generator().manual_seed(24)) * 3.0)
+        self.net = nn.Sequential(nn.Linear(2 * FOURIER_FEATURES + 3, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim))
+
+    def forward(self, lab: torch.Tensor) -> torch.Tensor:
+        x = lab / torch.tensor([100.0, 128.0, 128.0], device=lab.device)
+        proj = x @ self.freqs
+        return self.net(torch.cat([x, proj.sin(), proj.cos()], dim=-1))
+
+
+class Pixel24Net(nn.Module):
+    """Palette indices (index K = masked) + mask ratio + caption -> logits over the K palette colours."""
+
+    def __init__(self, config: dict[str, Any], vocab_size: int) -> None:
+        from diffusers import UNet2DModel
+
+        super().__init__()
+        unet = config["unet"]
+        self.unet = UNet2DModel(**unet)
+        self.text = PhraseEncoder(vocab_size, config["text"]["dim"], unet["block_out_channels"][0] * 4)
+        self.colour_in = ColourEmbed(unet["in_channels"])
+        self.colour_out = ColourEmbed(unet["out_channels"])
+        self.mask = nn.Parameter(torch.zeros(unet["in_channels"]))
+        self.scale = unet["out_channels"] ** -0.5
+
+    def forward(self, indices: torch.Tensor, mask_ratio: torch.Tensor, conditions: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+        """``indices`` (B, 24, 24) in 0..K, ``conditions`` from ``self.text``, ``lab`` (K, 3) -> (B, K, 24, 24) logits."""
+        table = torch.cat([self.colour_in(lab), self.mask[None]])
+        x = nn.functional.embedding(indices, table).permute(0, 3, 1, 2)  # deterministic backward, unlike table[indices] on 2+ threads
+        features = self.unet(x, mask_ratio * 999, class_labels=conditions).sample
+        return torch.einsum("bfhw,kf->bkhw", features, self.colour_out(lab)) * self.scale
+
+
+@dataclass
+class Pixel24Model:
+    """A loaded model: network, vocabulary, palette and config."""
+
+    net: Pixel24Net
+    vocab: list[str]
+    palette: np.ndarray  # (K, 3) uint8
+    config: dict[str, Any]
+    device: torch.device
+    path: Path | None = None
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+    _lab: torch.Tensor | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = {w: i for i, w in enumerate(self.vocab)}
+
+    @property
+    def vocab_index(self) -> dict[str, int]:
+        return self._index
+
+    @property
+    def lab(self) -> torch.Tensor:
+        if self._lab is None or self._lab.device != self.device:
+            self._lab = palette_lab(self.palette).to(self.device)
+        return self._lab
+
+    def set_palette(self, palette: np.ndarray) -> None:
+        self.palette, self._lab = palette, None
+        self.config["palette"] = to_hex(palette)
+
+    def to(self, device: torch.device | str) -> "Pixel24Model":
+        self.device = torch.device(device)
+        self.net.to(self.device)
+        return self
+
+    def eval(self) -> "Pixel24Model":
+        self.net.eval()
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu").contiguous() for k, v in self.net.state_dict().items()}
+
+
+def model_config(settings: Pixel24Settings, vocab: list[str], palette: np.ndarray) -> dict[str, Any]:
+    """Everything needed to rebuild the model, as written to ``pixel24.json``."""
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "unet": unet_config(settings),
+        "text": {"dim": settings.text_dim},
+        "vocab": vocab,
+        "palette": to_hex(palette),
+        "settings": settings.model_dump(mode="json"),
+    }
+
+
+def build_model(config: dict[str, Any], device: torch.device | str = "cpu") -> Pixel24Model:
+    """A randomly initialised model from a ``pixel24.json``-style config (seed torch first)."""
+    vocab = list(config["vocab"])
+    net = Pixel24Net(config, len(vocab))
+    return Pixel24Model(net=net, vocab=vocab, palette=from_hex(config["palette"]), config=config, device=torch.device("cpu")).to(device)
+
+
+def save_checkpoint(model: Pixel24Model, path: Path, epoch: int, step: int) -> None:
+    """The model's weights as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    # One metadata key: safetensors writes several in hash order, and a checkpoint should be byte-reproducible.
+    meta = {FORMAT: json.dumps({"version": FORMAT_VERSION, "epoch": epoch, "step": step}, sort_keys=True)}
+    write_atomic(path, lambda p: save_file(model.state_dict(), str(p), metadata=meta))
+
+
+def write_config(path: Path, config: dict[str, Any]) -> None:
+    write_json_atomic(path, config)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """``pixel24.json`` (or the one beside a checkpoint), checked."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        path = path.with_name(CONFIG_NAME)
+    if not path.is_file():
+        raise UserError(f"{path}: model config not found; a pixel24 checkpoint needs the {CONFIG_NAME} its training run wrote beside it")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); it should be the {CONFIG_NAME} written by `bespoke-kohya train --preset pixel24`") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise UserError(f"{path}: not a pixel24 model config (format is {config.get('format') if isinstance(config, dict) else None!r}, expected {FORMAT!r})")
+    if config.get("version") == 1:
+        raise UserError(f"{path}: this run was trained by the first pixel24 (continuous RGB), which this version no longer draws; retrain it with `bespoke-kohya train --preset pixel24 --dataset DIR`")
+    if config.get("version") != FORMAT_VERSION:
+        raise UserError(f"{path}: pixel24 config version {config.get('version')!r} is newer than this bespoke-kohya understands (expected {FORMAT_VERSION}); upgrade bespoke-kohya")
+    missing = [k for k in ("unet", "text", "vocab", "palette") if k not in config]
+    if missing:
+        raise UserError(f"{path}: pixel24 config lacks {', '.join(missing)}; it is incomplete or from another tool")
+    return config
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found; list the run's checkpoints with `ls {path.parent}`")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{path}: not a readable safetensors checkpoint ({exc}); it may be truncated, retrain or pick another epoch") from None
+
+
+def load_weights(model: Pixel24Model, weights: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        model.net.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"{path}: weights do not match the {CONFIG_NAME} beside it ({first}); the files come from different runs") from None
+
+
+def load_checkpoint(path: Path, device: str | None = None) -> Pixel24Model:
+    """A trained model from ``pixel24-NNNNNN.safetensors`` and the ``pixel24.json`` beside it."""
+    from ..devices import resolve_device
+
+    path = Path(path)
+    config = read_config(path)
+    weights = read_weights(path)
+    model = build_model(config)
+    load_weights(model, weights, path)
+    model.path = path
+    return model.to(resolve_device(device)[0]).eval()

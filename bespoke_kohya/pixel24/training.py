@@ -1,0 +1,458 @@
+"""Training pixel24: the optimisation loop, its resumable state, and the cached base model.
+
+Masked-token training (MaskGIT): for each image draw a mask ratio r = cos(π/2·u),
+u ~ U(0, 1), mask that share of its pixels at random, and minimise cross-entropy on the
+masked pixels only. Horizontal flips (on by default) double the artist's data without
+changing the style: Bespoke Punks face the viewer.
+
+A run is sized in optimiser steps, not epochs: ``pixel24.steps`` is the same amount of
+learning for 20 punks or 500; ``pixel24.epochs`` only says how many checkpoints the
+report compares (one every steps/epochs steps).
+
+The base model (``pixel24.base = "standin"``) is trained once on the 10,000-CryptoPunk
+stand-in and cached under ``$BESPOKE_CACHE/pixel24-base/<key>/``, the key being a hash
+of every setting that shapes it; fine-tunes start from it. Two processes that need the
+same base wait for each other (a lock file) instead of training it twice.
+
+Resume: every checkpoint also writes ``checkpoints/pixel24-state.safetensors`` (live
+weights, EMA, optimiser moments, the data-order generator) and ``pixel24-state.json``
+(step, epoch, optimiser settings); ``train --resume`` continues from there exactly.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..images import load_rgb
+from ..jsonfile import write_atomic, write_json_atomic
+from ..paths import ART, cache_dir
+from ..presets import Pixel24Settings, Preset
+from ..runfolder import CHECKPOINTS
+from ..runfolder.records import LossLog, LossRow, read_loss
+from .model import CONFIG_NAME, STEM, Pixel24Model, build_model, checkpoint_name, load_checkpoint, model_config, read_weights, load_weights, save_checkpoint, write_config
+from .palette import build_palette, to_indices
+from .text import Phrases, build_vocab, encode_caption
+
+STATE_NAME = f"{STEM}-state.safetensors"
+STATE_JSON = f"{STEM}-state.json"
+BASE_NAME = f"{STEM}-base.safetensors"
+PIXELS = ART * ART
+# Fewer images seen than this and a fine-tune has not learned the artist's shapes yet (measured: 600 steps × 32 gave mushy faces).
+MIN_IMAGES_SEEN = 20_000
+ESTIMATE_AFTER_STEPS = 20  # steps measured before the base model's time estimate is printed
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+# ------------------------------------------------------------------ data
+
+
+@dataclass
+class TrainingSet:
+    images: np.ndarray  # (N, 24, 24, 3) uint8
+    captions: list[str]
+    names: list[str]
+    warnings: list[str]
+
+
+def load_training_set(folder: Path, default_caption: str, caption_extension: str = ".txt") -> TrainingSet:
+    """Every PNG under ``folder`` (sorted), 24×24, with its caption; a missing caption uses the default (reported)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: dataset folder not found")
+    paths = sorted(folder.rglob("*.png"))
+    if not paths:
+        raise UserError(f"{folder}: no .png images found; pixel24 trains on a folder of 24x24 PNGs with {caption_extension} captions")
+    arrays, captions, warnings = [], [], []
+    for path in paths:
+        rgb = load_rgb(path)
+        if rgb.shape[:2] != (ART, ART):
+            raise UserError(f"{path}: is {rgb.shape[1]}x{rgb.shape[0]}, pixel24 trains on 24x24 originals only; remove it or downscale it with NEAREST")
+        arrays.append(rgb)
+        caption_path = path.with_suffix(caption_extension)
+        if caption_path.is_file():
+            captions.append(caption_path.read_text(encoding="utf-8").strip())
+        else:
+            captions.append(default_caption)
+            warnings.append(f"{path.name}: no {caption_extension} caption; trained with the default caption")
+    return TrainingSet(images=np.stack(arrays), captions=captions, names=[str(p.relative_to(folder)) for p in paths], warnings=warnings)
+
+
+def _drop_phrases(phrases: Phrases, rate: float, generator: torch.Generator) -> Phrases:
+    """Each phrase kept with probability 1 - rate, so short prompts look like training captions."""
+    if rate <= 0 or not phrases:
+        return phrases
+    keep = torch.rand(len(phrases), generator=generator) >= rate
+    return [p for p, k in zip(phrases, keep.tolist()) if k]
+
+
+# ------------------------------------------------------------------ the loop
+
+
+@dataclass(frozen=True)
+class Schedule:
+    steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    ema_decay: float
+
+
+def _lr(schedule: Schedule, step: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak (a quieter end gives cleaner samples)."""
+    warmup = min(schedule.warmup_steps, schedule.steps // 4)
+    if warmup and step < warmup:
+        return schedule.learning_rate * (step + 1) / warmup
+    progress = (step - warmup) / max(1, schedule.steps - warmup)
+    return schedule.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class Loop:
+    """Optimiser, EMA and data-order generator for one model; ``run`` steps it, ``state``/``restore`` make it resumable."""
+
+    def __init__(self, model: Pixel24Model, indices: np.ndarray, captions: list[Phrases], settings: Pixel24Settings, schedule: Schedule) -> None:
+        self.model, self.s, self.schedule = model, settings, schedule
+        self.indices = torch.from_numpy(indices).long()
+        self.captions = captions
+        self.params = [p for p in model.net.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=schedule.learning_rate, weight_decay=0.01, betas=(0.9, 0.99))
+        self.ema = [p.detach().clone() for p in self.params] if schedule.ema_decay > 0 else None
+        self.gen = torch.Generator().manual_seed(settings.seed)
+        self.step = 0
+        self._order: list[int] = []
+
+    def _batch(self) -> list[int]:
+        while len(self._order) < self.schedule.batch_size:
+            self._order += torch.randperm(len(self.indices), generator=self.gen).tolist()
+        batch, self._order = self._order[: self.schedule.batch_size], self._order[self.schedule.batch_size :]
+        return batch
+
+    def _loss(self, batch: list[int]) -> torch.Tensor:
+        s, dev, k = self.s, self.model.device, len(self.model.palette)
+        x0 = self.indices[batch]
+        if s.flip:
+            flip = torch.rand(len(batch), generator=self.gen) < 0.5
+            x0 = torch.where(flip[:, None, None], x0.flip(-1), x0)
+        dropped = (torch.rand(len(batch), generator=self.gen) < s.cond_dropout).tolist()
+        conds = [[] if d else _drop_phrases(self.captions[i], s.phrase_dropout, self.gen) for i, d in zip(batch, dropped)]
+        ratio = torch.cos(torch.rand(len(batch), generator=self.gen) * math.pi / 2).clamp(min=1.0 / PIXELS)
+        rank = torch.rand(len(batch), PIXELS, generator=self.gen).argsort(dim=1).argsort(dim=1)
+        masked = (rank < (ratio * PIXELS).ceil()[:, None]).view(-1, ART, ART)
+        x0, masked, ratio = x0.to(dev), masked.to(dev), ratio.to(dev)
+        logits = self.model.net(torch.where(masked, torch.full_like(x0, k), x0), ratio, self.model.net.text(conds), self.model.lab)
+        return F.cross_entropy(logits.permute(0, 2, 3, 1)[masked], x0[masked], label_smoothing=s.label_smoothing)
+
+    def run(self, until: int, on_step: Callable[[int, float, float], None] | None = None, should_stop: Callable[[], bool] | None = None) -> bool:
+        """Step up to ``until``; False when ``should_stop`` ended it early."""
+        self.model.net.train()
+        while self.step < until:
+            if should_stop is not None and should_stop():
+                return False
+            lr = _lr(self.schedule, self.step)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            loss = self._loss(self._batch())
+            if not torch.isfinite(loss):
+                raise UserError(f"pixel24: loss became {loss.item()} at step {self.step + 1}; lower pixel24.learning_rate (now {self.schedule.learning_rate:g})")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.opt.step()
+            if self.ema is not None:
+                decay = min(self.schedule.ema_decay, (1 + self.step) / (10 + self.step))
+                with torch.no_grad():
+                    torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - decay)
+            self.step += 1
+            if on_step is not None:
+                on_step(self.step, loss.item(), lr)
+        return True
+
+    def averaged(self) -> "_Swapped":
+        """``with loop.averaged():`` the model holds the EMA weights (for saving a checkpoint)."""
+        return _Swapped(self)
+
+    # -- resumable state: tensors in safetensors, the rest in JSON
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"net.{k}": v for k, v in self.model.state_dict().items()}
+        if self.ema is not None:
+            tensors.update({f"ema.{i}": e.detach().cpu().contiguous() for i, e in enumerate(self.ema)})
+        opt = self.opt.state_dict()
+        for i, st in opt["state"].items():
+            for name, value in st.items():
+                tensors[f"opt.{i}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        tensors["rng"] = self.gen.get_state()
+        tensors["order"] = torch.tensor(self._order, dtype=torch.long)
+        meta = {"step": self.step, "param_groups": opt["param_groups"]}
+        return tensors, meta
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) -> None:
+        load_weights(self.model, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, path)
+        if self.ema is not None:
+            self.ema = [tensors[f"ema.{i}"].to(self.model.device) for i in range(len(self.params))]
+        opt_state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("opt."):
+                _, i, name = key.split(".", 2)
+                opt_state.setdefault(int(i), {})[name] = value
+        self.opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+        self.gen.set_state(tensors["rng"])
+        self._order = tensors["order"].tolist()
+        self.step = int(meta["step"])
+
+
+class _Swapped:
+    def __init__(self, loop: Loop) -> None:
+        self.loop = loop
+
+    def _swap(self) -> None:
+        if self.loop.ema is None:
+            return
+        with torch.no_grad():
+            for p, e in zip(self.loop.params, self.loop.ema):
+                tmp = p.detach().clone()
+                p.copy_(e)
+                e.copy_(tmp)
+
+    def __enter__(self) -> None:
+        self._swap()
+
+    def __exit__(self, *exc: object) -> None:
+        self._swap()
+
+
+# ------------------------------------------------------------------ base model
+
+
+def base_key(settings: Pixel24Settings) -> str:
+    """A hash of every setting that shapes the base model (architecture, palette size, base schedule, seed)."""
+    from ..standin import DEFAULT_SEED
+    from .model import FORMAT_VERSION
+
+    shaping = {k: getattr(settings, k) for k in ("block_out_channels", "layers_per_block", "colour_dim", "feature_dim", "text_dim", "palette_size",
+                                                  "base_steps", "base_batch_size", "base_learning_rate", "seed", "cond_dropout", "phrase_dropout", "flip", "label_smoothing")}
+    shaping.update(format=FORMAT_VERSION, standin_seed=DEFAULT_SEED)
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def base_dir(settings: Pixel24Settings) -> Path:
+    return cache_dir() / "pixel24-base" / base_key(settings)
+
+
+def _resolve_base_path(value: str) -> Path:
+    """A checkpoint file, or a run folder (its last numbered checkpoint), or a cached base folder."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        if (path / BASE_NAME).is_file():
+            return path / BASE_NAME
+        folder = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+        found = sorted(folder.glob(f"{STEM}-[0-9][0-9][0-9][0-9][0-9][0-9].safetensors"))
+        if not found:
+            raise UserError(f"pixel24.base = {value!r}: no {STEM}-NNNNNN.safetensors checkpoint in {folder}; give a pixel24 checkpoint, a pixel24 run folder, \"standin\" or \"none\"")
+        return found[-1]
+    if not path.is_file():
+        raise UserError(f"pixel24.base = {value!r}: not found; give a pixel24 checkpoint (.safetensors), a pixel24 run folder, \"standin\" or \"none\"")
+    return path
+
+
+def ensure_base(settings: Pixel24Settings, on_base: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> Path:
+    """The cached stand-in base model's checkpoint, trained first if this machine has none for these settings."""
+    target = base_dir(settings)
+    if (target / BASE_NAME).is_file():
+        return target / BASE_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process training the same base: wait for it, then reuse its result
+        if (target / BASE_NAME).is_file():
+            return target / BASE_NAME
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            if not _train_base(settings, staging, on_base, should_stop):
+                raise KeyboardInterrupt
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target / BASE_NAME
+
+
+def _train_base(settings: Pixel24Settings, out: Path, on_base: Progress | None, should_stop: Callable[[], bool] | None) -> bool:
+    from ..standin import ensure_standin
+
+    data = load_training_set(ensure_standin(), "punk")
+    vocab = build_vocab(data.captions, settings.vocab_min_count)
+    palette = build_palette(data.images, settings.palette_size, seed=settings.seed)
+    torch.manual_seed(settings.seed)
+    model = build_model(model_config(settings, vocab, palette))
+    schedule = Schedule(settings.base_steps, settings.base_batch_size, settings.base_learning_rate, settings.warmup_steps, settings.base_ema_decay)
+    loop = Loop(model, to_indices(data.images, palette), [encode_caption(model.vocab_index, c)[0] for c in data.captions], settings, schedule)
+    started, losses = time.perf_counter(), []
+
+    def report(step: int, loss: float, lr: float) -> None:
+        losses.append(loss)
+        if on_base is None:
+            return
+        elapsed = time.perf_counter() - started
+        speed = step * schedule.batch_size / max(elapsed, 1e-9)
+        if step == ESTIMATE_AFTER_STEPS:  # an estimate from this machine's measured speed, not a guess
+            minutes = (schedule.steps - step) * schedule.batch_size / speed / 60
+            on_base({"note": f"pixel24 base model: training once on the {len(data.names):,} stand-in CryptoPunks ({schedule.steps} steps, "
+                             f"about {minutes:.0f} more min at {speed:.0f} img/s); cached in {out.parent} for every later fine-tune"})
+        on_base({"epoch": "base", "step": step, "total_steps": schedule.steps, "loss": loss, "avg_loss": float(np.mean(losses[-100:])), "lr": lr,
+                 "images_per_s": speed})
+
+    if not loop.run(schedule.steps, report, should_stop):
+        return False
+    with loop.averaged():
+        save_checkpoint(model, out / BASE_NAME, 0, loop.step)
+    model.config["base"] = {"trained_on": "cryptopunks-standin", "images": len(data.names), "steps": loop.step, "seconds": round(time.perf_counter() - started, 1)}
+    write_config(out / CONFIG_NAME, model.config)
+    return True
+
+
+def _start_model(settings: Pixel24Settings, data: TrainingSet, on_base: Progress | None, should_stop: Callable[[], bool] | None) -> tuple[Pixel24Model, list[str]]:
+    """The model a fine-tune starts from: the base (vocabulary extended, palette switched to the artist's) or a fresh one."""
+    notes: list[str] = []
+    palette = build_palette(data.images, settings.palette_size, seed=settings.seed)
+    if settings.base == "none":
+        torch.manual_seed(settings.seed)
+        vocab = build_vocab(data.captions, settings.vocab_min_count)
+        return build_model(model_config(settings, vocab, palette)), notes
+    source = ensure_base(settings, on_base, should_stop) if settings.base == "standin" else _resolve_base_path(settings.base)
+    base = load_checkpoint(source, device="cpu")
+    ours, theirs = model_config(settings, [], palette)["unet"], base.config["unet"]
+    for key in ("block_out_channels", "layers_per_block", "in_channels", "out_channels"):
+        if ours[key] != theirs[key]:
+            raise UserError(f"pixel24.base {source}: the base has {key} = {theirs[key]!r} but the preset says {ours[key]!r}; use the base's settings or pixel24.base = \"none\"")
+    vocab = build_vocab(data.captions, settings.vocab_min_count, base=base.vocab)
+    if len(vocab) > len(base.vocab):
+        base.net.text.resize_vocab(len(vocab))
+        notes.append(f"base: {len(vocab) - len(base.vocab)} new caption words added to its {len(base.vocab)}-word vocabulary")
+    config = model_config(settings, vocab, palette)
+    config["base"] = str(source)
+    model = Pixel24Model(net=base.net, vocab=vocab, palette=palette, config=config, device=torch.device("cpu"))
+    return model, notes
+
+
+# ------------------------------------------------------------------ a run
+
+
+def _epoch_ends(steps: int, epochs: int) -> list[int]:
+    """The step at which each epoch's checkpoint is written (evenly spread, the last at ``steps``; at most one per step)."""
+    epochs = min(epochs, steps)
+    return [round(steps * e / epochs) for e in range(1, epochs + 1)]
+
+
+def short_run_warning(settings: Pixel24Settings) -> str | None:
+    seen = settings.steps * settings.batch_size
+    if seen >= MIN_IMAGES_SEEN:
+        return None
+    need = math.ceil(MIN_IMAGES_SEEN / settings.batch_size)
+    return f"pixel24.steps = {settings.steps} × batch {settings.batch_size} shows the model only {seen:,} images; expect noise-like samples. Set pixel24.steps to at least {need} for a usable model"
+
+
+def _write_state(loop: Loop, ckpt_dir: Path, epoch: int) -> None:
+    from safetensors.torch import save_file
+
+    tensors, meta = loop.state()
+    meta["epoch"] = epoch
+    write_atomic(ckpt_dir / STATE_NAME, lambda p: save_file(tensors, str(p)))
+    write_json_atomic(ckpt_dir / STATE_JSON, meta)
+
+
+def _read_state(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    if not (ckpt_dir / STATE_JSON).is_file() or not (ckpt_dir / STATE_NAME).is_file():
+        return None
+    try:
+        meta = json.loads((ckpt_dir / STATE_JSON).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{ckpt_dir / STATE_JSON}: unreadable resume state ({exc}); delete it to retrain this run from the start") from None
+    return read_weights(ckpt_dir / STATE_NAME), meta
+
+
+def train(
+    preset: Preset,
+    dataset_dir: Path,
+    run_dir: Path,
+    *,
+    device: str | None = None,
+    on_step: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_epoch: Callable[[int, str], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) pixel24 on ``dataset_dir``; one checkpoint per epoch under ``run_dir/checkpoints``."""
+    from ..devices import resolve_device
+
+    if preset.pixel24 is None:
+        raise UserError(f"preset {preset.name}: engine is {preset.engine!r}; pixel24 training needs a pixel24 preset")
+    settings = preset.pixel24
+    run_dir, ckpt_dir = Path(run_dir), Path(run_dir) / CHECKPOINTS
+    dev = torch.device(resolve_device(device)[0])
+    note = on_note or (lambda text: None)
+    data = load_training_set(Path(dataset_dir), preset.dataset.default_caption, preset.dataset.caption_extension)
+    if warning := short_run_warning(settings):
+        note(warning)
+    resumed = _read_state(ckpt_dir)
+    if resumed is not None:
+        config = json.loads((ckpt_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+        model, notes = build_model(config), []
+    else:
+        model, notes = _start_model(settings, data, on_step, should_stop)
+        model.config["dataset"] = {"path": str(Path(dataset_dir).resolve()), "images": len(data.names)}
+        write_config(ckpt_dir / CONFIG_NAME, model.config)
+    model.to(dev)
+    schedule = Schedule(settings.steps, settings.batch_size, settings.learning_rate, settings.warmup_steps, settings.ema_decay)
+    encoded = [encode_caption(model.vocab_index, c)[0] for c in data.captions]
+    loop = Loop(model, to_indices(data.images, model.palette), encoded, settings, schedule)
+    previous: list[LossRow] = []
+    if resumed is not None:
+        loop.restore(*resumed, ckpt_dir / STATE_NAME)
+        previous = [row for row in read_loss(run_dir) if row.step <= loop.step]
+        note(f"resuming at step {loop.step}/{settings.steps} (epoch {resumed[1].get('epoch')} of {settings.epochs})")
+    ends = _epoch_ends(settings.steps, settings.epochs)
+    epochs: dict[int, str] = {}
+    started, start_step, stopped = time.perf_counter(), loop.step, False
+    with LossLog(run_dir) as log:
+        for row in previous:
+            log.append(row)
+        for epoch, end in enumerate(ends, start=1):
+            if end <= loop.step:
+                continue
+            losses: list[float] = []
+
+            def step_done(step: int, loss: float, lr: float, epoch: int = epoch) -> None:
+                losses.append(loss)
+                log.append(LossRow(step=step, epoch=epoch, loss=loss, avg_loss=float(np.mean(losses)), lr=lr))
+                if on_step is not None:
+                    elapsed = time.perf_counter() - started
+                    on_step({"epoch": epoch, "epochs": len(ends), "step": step, "total_steps": settings.steps, "loss": loss,
+                             "avg_loss": float(np.mean(losses)), "lr": lr, "images_per_s": (step - start_step) * settings.batch_size / max(elapsed, 1e-9)})
+
+            if not loop.run(end, step_done, should_stop):
+                stopped = True
+                break
+            log.flush()
+            with loop.averaged():
+                save_checkpoint(model, ckpt_dir / checkpoint_name(epoch), epoch, loop.step)
+            _write_state(loop, ckpt_dir, epoch)
+            epochs[epoch] = f"{CHECKPOINTS}/{checkpoint_name(epoch)}"
+            if on_epoch is not None:
+                on_epoch(epoch, epochs[epoch])
+    elapsed = time.perf_counter() - started
+    return {"epochs": epochs, "steps": loop.step, "stopped": stopped, "seconds": round(elapsed, 2), "batch_size": settings.batch_size,
+            "images_per_s": round((loop.step - start_step) * settings.batch_size / max(elapsed, 1e-9), 1),
+            "images": len(data.names), "vocab_size": len(model.vocab), "palette_size": len(model.palette), "device": str(dev), "warnings": data.warnings + notes}

@@ -1,0 +1,129 @@
+"""The README's quick start, run as written: `make train`, then `make report RUN=<the folder train printed>`,
+ends in a report with a picture for every epoch and seed (issue 16).
+
+Real subprocesses and the real Makefile, on 8 real punks (conftest's small_punks) with a tiny pixel24 (seconds of CPU).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS, SEEDS = 2, [1, 2]
+# Tiny settings: the fields of the current pixel24 preset (`bespoke-kohya presets --explain`).
+TINY = [
+    "pixel24.block_out_channels=[16,32]",
+    f"pixel24.epochs={EPOCHS}",
+    f"pixel24.steps={EPOCHS}",
+    "pixel24.base=none",
+    "pixel24.batch_size=4",
+    "pixel24.sample_steps=2",
+    f"sample.seeds=[{','.join(map(str, SEEDS))}]",
+]
+PROMPTS = 4  # the preset's fixed suite (sample.prompts)
+ALT = re.compile(r"^epoch (\d+), (p\d+), seed (\d+)$")
+
+
+def env() -> dict[str, str]:
+    # This checkout's package, whichever venv runs it; no GPU, so the test is the same everywhere.
+    return {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "COLUMNS": "200"}
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, "-m", "bespoke_kohya", *args])
+
+
+def make(*args: str) -> subprocess.CompletedProcess[str]:
+    """`make TARGET ...` with this interpreter's venv, never rebuilding it (-o: its entry point counts as made)."""
+    venv = Path(sys.prefix)
+    return run(["make", "--no-print-directory", f"VENV={venv}", "-o", f"{venv}/bin/bespoke-kohya", *args])
+
+
+class _Samples(HTMLParser):
+    """(epoch, prompt id, seed) → the 24×24 picture of every sample cell on the report page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: dict[tuple[int, str, int], Image.Image] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        match = ALT.match(a.get("alt") or "")
+        if tag == "img" and match and (a.get("src") or "").startswith("data:image/png;base64,"):
+            png = base64.b64decode(a["src"].split(",", 1)[1])  # type: ignore[union-attr]
+            self.cells[(int(match[1]), match[2], int(match[3]))] = Image.open(io.BytesIO(png))
+
+
+def page_samples(run_dir: Path) -> dict[tuple[int, str, int], Image.Image]:
+    parser = _Samples()
+    parser.feed((run_dir / "report" / "index.html").read_text(encoding="utf-8"))
+    return parser.cells
+
+
+def assert_every_epoch_and_seed_pictured(run_dir: Path) -> None:
+    cells = page_samples(run_dir)
+    wanted = {(e, f"p{p:02d}", s) for e in range(1, EPOCHS + 1) for p in range(1, PROMPTS + 1) for s in SEEDS}
+    assert set(cells) == wanted, f"missing {sorted(wanted - set(cells))}, unexpected {sorted(set(cells) - wanted)}"
+    assert all(im.size == (24, 24) for im in cells.values())
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text(encoding="utf-8"))
+    assert {e: entry["images"] for e, entry in metrics["epochs"].items()} == {str(e): PROMPTS * len(SEEDS) for e in range(1, EPOCHS + 1)}
+    assert metrics["recommendation"]["epoch"] in range(1, EPOCHS + 1)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_the_quick_start_as_written_ends_in_a_report_with_pictures(small_punks: Path, tmp_path: Path) -> None:
+    if not (Path(sys.prefix) / "bin" / "bespoke-kohya").is_file():
+        pytest.skip(f"no bespoke-kohya entry point in {sys.prefix} (run the tests from the venv `make setup` makes)")
+    settings = " ".join(f"--set {shlex.quote(s)}" for s in TINY)
+    trained = make("train", f"DATASET={small_punks}", f"ARGS=--run-dir {shlex.quote(str(tmp_path / 'run'))} {settings}")
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    # The README says: `make report RUN=<the run folder train printed>`.
+    printed = re.search(r"^next: bespoke-kohya report --run (\S+)$", trained.stdout, re.M)
+    assert printed, trained.stdout
+    run_dir = Path(printed[1])
+    assert re.search(rf"^sampling epoch\(s\) 1, 2 \(training finished\)", trained.stdout, re.M), trained.stdout
+    samples = json.loads((run_dir / "samples" / "samples.json").read_text(encoding="utf-8"))
+    assert sorted(samples["epochs"]) == ["1", "2"]  # train drew every epoch itself
+
+    reported = make("report", f"RUN={run_dir}")
+    assert reported.returncode == 0, reported.stdout[-3000:] + reported.stderr[-3000:]
+    assert "sampling" not in reported.stdout  # nothing left to draw
+    assert f"report {run_dir / 'report' / 'index.html'}" in reported.stdout
+    assert f"compared epochs 1, 2 × {PROMPTS * len(SEEDS)} image(s) each" in reported.stdout
+    assert_every_epoch_and_seed_pictured(run_dir)
+
+
+def test_report_samples_what_train_left_unsampled_and_refuses_an_empty_comparison(small_punks: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    trained = cli("train", "--preset", "pixel24", "--dataset", str(small_punks), "--run-dir", str(run_dir), "--no-sample", *(f"--set={s}" for s in TINY))
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    assert "sampling" not in trained.stdout and not (run_dir / "samples").exists()
+
+    bare = cli("report", "--run", str(run_dir), "--no-sample")
+    assert bare.returncode == 1, bare.stdout + bare.stderr
+    assert "warning: no samples yet" in bare.stderr  # the page's warnings, on the console too
+    assert "nothing to compare: no trained epoch has samples to compare yet" in bare.stderr
+    assert not page_samples(run_dir)
+
+    drawn = cli("report", "--run", str(run_dir))
+    assert drawn.returncode == 0, drawn.stdout[-3000:] + drawn.stderr[-3000:]
+    assert "sampling epoch(s) 1, 2 (no samples yet)" in drawn.stdout
+    assert f"sampling {PROMPTS * len(SEEDS) * EPOCHS}/{PROMPTS * len(SEEDS) * EPOCHS}" in drawn.stdout + drawn.stderr  # its progress
+    assert_every_epoch_and_seed_pictured(run_dir)
