@@ -39,7 +39,8 @@ from .preflight import PIPELINE_CLASSES
 from .preflight import check_model_index as _check_model_index
 from .presets import Preset, SampleSettings
 from .progress import counter
-from .runfolder import DATA, RUN_JSON, SAMPLES, recorded_dataset
+from .runfolder import ADHOC, DATA, RUN_JSON, SAMPLES, inside_run, recorded_dataset
+from .runfolder.lock import SAMPLE, run_lock
 from .runfolder.records import RunHandle, RunRecord, SampledEpoch, Samples, read_samples, write_samples
 
 if TYPE_CHECKING:  # diffusers is heavy; it is imported only when a base is loaded
@@ -356,10 +357,15 @@ def suite_id(suite: dict[str, Any]) -> str:
 
 
 @contextmanager
-def _staged_epoch(out_dir: Path, name: str) -> Iterator[Path]:
-    """A private folder to draw an epoch into; on success it replaces ``out_dir/name`` whole, on failure it is removed."""
+def _staged_epoch(out_dir: Path, name: str, keep_old: bool = False) -> Iterator[Path]:
+    """A private folder to draw an epoch into; on success it replaces ``out_dir/name`` whole, on failure it is removed.
+
+    ``keep_old``: the staging folder starts as a copy of the current one, so what is drawn is added to it.
+    """
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
     try:
+        if keep_old and (out_dir / name).is_dir():
+            shutil.copytree(out_dir / name, staging, dirs_exist_ok=True)
         yield staging
         staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
         _swap_in(staging, out_dir / name)
@@ -415,46 +421,91 @@ def check_suite(prompts: list[str], seeds: list[int], size: tuple[int, int], fac
 # ------------------------------------------------------------------ the one epoch loop
 
 
-def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], prompts: list[str], seeds: list[int], options: Any, progress: bool = True) -> Samples:
+def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], prompts: list[str], seeds: list[int], options: Any,
+                progress: bool = True, adhoc: bool = False) -> Samples:
     """Draw every job's prompts × seeds into ``RUN/samples`` with ``sampler`` and return the merged samples.json.
 
     Writes ``epoch-NNN/<prompt-id>-s<seed>.png`` (full size), ``.24.png`` (24×24 result)
     and ``.x8.png`` (×8 preview); paths in samples.json are relative to the run folder.
     Each epoch is drawn into a private folder swapped in whole, and samples.json is
     rewritten after every epoch, so an interruption keeps the finished ones.
+
+    ``adhoc``: prompts tried out beside the suite, not instead of it. They go to
+    ``samples/adhoc/epoch-NNN/`` (named by the prompt's text, added to what is there) and to
+    samples.json's ``adhoc`` table; the suite's folders and records, which the report
+    compares, are left as they are.
     """
     epochs = [job.epoch for job in jobs]
     if len(set(epochs)) != len(epochs):
         raise UserError(f"sample: an epoch is listed twice ({epochs}); list each once")
-    sampler.check(prompts, seeds, jobs)
-    out_dir = run_dir / SAMPLES
-    doc = read_samples(run_dir) or Samples()
-    suite = {"settings": sampler.settings(prompts, seeds, _options_record(options)),
-             "prompts": [{"id": pid, "prompt": p} for pid, p in zip(prompt_ids(prompts), prompts)], "seeds": list(seeds)}
-    sid = suite_id(suite)
-    doc.settings, doc.prompts, doc.seeds, doc.suite_id = suite["settings"], suite["prompts"], suite["seeds"], sid
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with counter("sampling", len(jobs) * len(prompts) * len(seeds), progress) as tick:
-        for job in jobs:
-            name = f"epoch-{job.epoch:03d}"
-            with _staged_epoch(out_dir, name) as staging:
-                started = time.perf_counter()
-                entry: dict[str, Any] = {"checkpoint": None, "sha256": None, "base_only": job.checkpoint is None}
-                if job.checkpoint is not None:
-                    entry.update(checkpoint=_rel(job.checkpoint, run_dir), sha256=lora_sha256(job.checkpoint))
-                images: list[dict[str, Any]] = []
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir, SAMPLE):  # samples.json is read, merged and rewritten: one sampler at a time
+        sampler.check(prompts, seeds, jobs)
+        out_dir = run_dir / SAMPLES
+        out_dir.mkdir(exist_ok=True)
+        _remove_leftovers(out_dir)
+        doc = read_samples(run_dir) or Samples()
+        ids = adhoc_ids(prompts) if adhoc else prompt_ids(prompts)
+        sid = None
+        if not adhoc:
+            suite = {"settings": sampler.settings(prompts, seeds, _options_record(options)),
+                     "prompts": [{"id": pid, "prompt": p} for pid, p in zip(ids, prompts)], "seeds": list(seeds)}
+            sid = suite_id(suite)
+            doc.settings, doc.prompts, doc.seeds, doc.suite_id = suite["settings"], suite["prompts"], suite["seeds"], sid
+        folder = out_dir / ADHOC if adhoc else out_dir
+        folder.mkdir(exist_ok=True)
+        rel_folder = f"{SAMPLES}/{ADHOC}" if adhoc else SAMPLES
+        with counter("sampling", len(jobs) * len(prompts) * len(seeds), progress) as tick:
+            for job in jobs:
+                name = f"epoch-{job.epoch:03d}"
+                with _staged_epoch(folder, name, keep_old=adhoc) as staging:
+                    started = time.perf_counter()
+                    entry: dict[str, Any] = {"checkpoint": None, "sha256": None, "base_only": job.checkpoint is None}
+                    if job.checkpoint is not None:
+                        entry.update(checkpoint=_rel(job.checkpoint, run_dir), sha256=lora_sha256(job.checkpoint))
+                    images: list[dict[str, Any]] = []
 
-                def write(full: Image.Image, pid: str, prompt: str, seed: int) -> None:
-                    images.append(_write_sample(full, staging, f"{SAMPLES}/{name}", pid, prompt, seed, options))
-                    tick()
+                    def write(full: Image.Image, pid: str, prompt: str, seed: int) -> None:
+                        # The sampler numbers prompts in call order; ad-hoc files are named by the text instead.
+                        images.append(_write_sample(full, staging, f"{rel_folder}/{name}", ids[prompts.index(prompt)] if adhoc else pid, prompt, seed, options))
+                        tick()
 
-                extra = sampler.draw(job, prompts, seeds, write)
-            entry.update(extra, suite_id=sid, sampled=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                         seconds=round(time.perf_counter() - started, 3), images=images)
-            doc.epochs[str(job.epoch)] = SampledEpoch.model_validate(entry)
-            doc.epochs = dict(sorted(doc.epochs.items(), key=lambda kv: int(kv[0])))
-            write_samples(run_dir, doc)
+                    extra = sampler.draw(job, prompts, seeds, write)
+                entry.update(extra, suite_id=sid, sampled=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                             seconds=round(time.perf_counter() - started, 3), images=images)
+                if adhoc:
+                    entry["images"] = _merged_images(doc.adhoc.get(str(job.epoch)), images)
+                    doc.adhoc[str(job.epoch)] = SampledEpoch.model_validate(entry)
+                    doc.adhoc = dict(sorted(doc.adhoc.items(), key=lambda kv: int(kv[0])))
+                else:
+                    doc.epochs[str(job.epoch)] = SampledEpoch.model_validate(entry)
+                    doc.epochs = dict(sorted(doc.epochs.items(), key=lambda kv: int(kv[0])))
+                write_samples(run_dir, doc)
     return doc
+
+
+def adhoc_ids(prompts: list[str]) -> list[str]:
+    """File stems of ad-hoc prompts: a slug of the text plus a short hash, so the same prompt lands on the same files."""
+    out = []
+    for prompt in prompts:
+        slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40].rstrip("-") or "prompt"
+        out.append(f"{slug}-{hashlib.sha256(prompt.encode('utf-8')).hexdigest()[:6]}")
+    return out
+
+
+def _merged_images(before: SampledEpoch | None, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An epoch's earlier ad-hoc images, with those drawn again (same prompt and seed) replaced by the new ones."""
+    drawn = {(img["prompt_id"], img["seed"]) for img in new}
+    kept = [img.model_dump(mode="json") for img in (before.images if before else []) if (img.prompt_id, img.seed) not in drawn]
+    return kept + new
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Hidden staging folders of a sampler that was killed (SIGKILL, out of memory); called under the sample lock, so none is in use."""
+    for folder in (out_dir, out_dir / ADHOC):
+        for path in folder.glob(".epoch-*") if folder.is_dir() else []:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def sample_epochs(pipe: Any, jobs: list[SampleJob], prompts: list[str], seeds: list[int], settings: SampleSettings, out_dir: Path, *,
@@ -523,6 +574,9 @@ def select_jobs(run: RunHandle, epochs: list[int] | None, include_base: bool) ->
     if missing:
         have = ", ".join(map(str, sorted(recorded))) or "none"
         raise UserError(f"--epochs: {', '.join(map(str, missing))} not in {run.dir / RUN_JSON} (recorded epochs: {have})")
+    outside = [f"epochs.{e}: {recorded[e]}" for e in wanted if inside_run(run.dir, recorded[e]) is None]
+    if outside:
+        raise UserError(f"{run.dir / RUN_JSON}: {outside[0]} is outside the run folder; checkpoints are read from the run's own checkpoints/ only")
     jobs = [SampleJob(0, None)] if include_base else []
     return jobs + [SampleJob(e, run.dir / recorded[e]) for e in wanted]
 
@@ -545,18 +599,23 @@ def training_images_dir(run_dir: Path, record: RunRecord, dataset_dir: Path | No
 def sample_run(run_dir: Path, *, epochs: list[int] | None = None, prompts_file: Path | None = None, prompts: list[str] | None = None,
                seeds: list[int] | None = None, device: str | None = None, include_base: bool = False, base_override: str | None = None,
                dataset_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """`bespoke-kohya sample --run RUN`: draw the run's epochs with its engine into ``RUN/samples``; returns samples.json (+ warnings)."""
+    """`bespoke-kohya sample --run RUN`: draw the run's epochs with its engine into ``RUN/samples``; returns samples.json (+ warnings).
+
+    The suite is the preset's prompts, or ``prompts_file`` in their place; ``prompts`` (``--prompt``)
+    are ad-hoc: drawn beside the suite into ``samples/adhoc/``, never over it.
+    """
     run = RunHandle.open(Path(run_dir))
-    preset = run.record.preset_model(run.dir)
-    if prompts is None and prompts_file is None:
-        suite = preset.sample.full_prompts()
-    else:
-        suite = list(prompts or []) + (read_prompts_file(prompts_file) if prompts_file else [])
-    options = SampleOptions(epochs=epochs, prompts=suite, seeds=list(seeds) if seeds else list(preset.sample.seeds), device=device,
-                            include_base=include_base, base_override=base_override, dataset_dir=dataset_dir, progress=progress)
-    sampler = get_engine(run.record.engine).sampler(run, options)
-    jobs = select_jobs(run, epochs, include_base)
-    post = postprocess_options_for(preset.sample, training_images_dir(run.dir, run.record, dataset_dir))
-    doc = draw_epochs(run.dir, sampler, jobs, options.prompts or [], options.seeds or [], post, progress).as_dict()
+    with run_lock(run.dir, SAMPLE):  # taken before the model loads: a second sampler is refused at once
+        preset = run.record.preset_model(run.dir)
+        if prompts is None and prompts_file is None:
+            suite = preset.sample.full_prompts()
+        else:
+            suite = list(prompts or []) + (read_prompts_file(prompts_file) if prompts_file else [])
+        options = SampleOptions(epochs=epochs, prompts=suite, seeds=list(seeds) if seeds else list(preset.sample.seeds), device=device,
+                                include_base=include_base, base_override=base_override, dataset_dir=dataset_dir, progress=progress)
+        sampler = get_engine(run.record.engine).sampler(run, options)
+        jobs = select_jobs(run, epochs, include_base)
+        post = postprocess_options_for(preset.sample, training_images_dir(run.dir, run.record, dataset_dir))
+        doc = draw_epochs(run.dir, sampler, jobs, options.prompts or [], options.seeds or [], post, progress, adhoc=bool(prompts)).as_dict()
     doc["warnings"] = list(sampler.warnings)
     return doc

@@ -42,7 +42,7 @@ def resume(run_dir: Path, options: TrainOptions, console: Console, err_console: 
 
     Safe to repeat (a rented GPU box that lost its SSH session): finished work is kept.
     """
-    run = RunHandle.open(run_dir.resolve())
+    run = RunHandle.open_to_train(run_dir.resolve())  # refused while another process trains it
     if run.record.status == Status.FINISHED:
         console.print(f"{run.dir}: training already finished ({len(run.record.epochs)} epochs); nothing to train")
         return _sample(run, options, console, err_console)

@@ -499,3 +499,22 @@ def test_template_and_css_ship_in_the_wheel(small_run: FakeRun, tmp_path: Path) 
     page = (run / "report" / "index.html").read_text(encoding="utf-8")
     css = (tmp_path / "site" / "bespoke_kohya" / "report" / "templates" / "report.css").read_text(encoding="utf-8")
     assert css.strip() in page and "image-rendering:pixelated" in css
+
+
+def test_sample_paths_outside_the_run_are_not_read_or_embedded(small_run: FakeRun, tmp_path: Path) -> None:
+    """Issue 12: samples.json may name files outside the run (absolute, `..`); the report embedded any such PNG.
+    They are now refused cell by cell with a notice, and nothing outside the run is read."""
+    run = copy_run(small_run, tmp_path)
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (24, 24), (1, 2, 3)).save(secret)
+
+    def point_outside(doc: dict) -> None:
+        first, second = doc["epochs"]["1"]["images"][:2]
+        first["art"] = first["full"] = str(secret)
+        second["art"] = "../secret.png"
+
+    edit_json(run / "samples" / "samples.json", point_outside)
+    page = report.write_report(run).read_text(encoding="utf-8")
+    assert f"{secret} is outside the run folder, so it is not shown" in page
+    assert "../secret.png is outside the run folder, so it is not shown" in page
+    assert base64.b64encode(secret.read_bytes()).decode() not in page and secret.as_uri() not in page

@@ -444,3 +444,95 @@ def test_prompts_file(tmp_path: Path) -> None:
         sample.read_prompts_file(path)
     with pytest.raises(UserError, match="not found"):
         sample.read_prompts_file(tmp_path / "nope.txt")
+
+
+# ------------------------------------------------------------------ nothing lost (issue 12)
+
+
+def _two_epoch_run(tiny, tmp_path: Path, punks_dir: Path) -> Path:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "bespoke-000001.safetensors").write_bytes(tiny["lora1"].read_bytes())
+    (run / "checkpoints" / "bespoke-000002.safetensors").write_bytes(tiny["lora2"].read_bytes())
+    write_run(run, tiny["base"], punks_dir, {"1": "checkpoints/bespoke-000001.safetensors", "2": "checkpoints/bespoke-000002.safetensors"}, palette=None)
+    return run
+
+
+def test_a_second_sampler_is_refused_while_one_samples_the_run(tiny, tmp_path: Path, punks_dir: Path) -> None:
+    """Issue 12 item 2: two `sample` processes on one run lost records; the second is now refused in one line."""
+    import os
+    import subprocess
+    import sys
+
+    from bespoke_kohya.runfolder.lock import SAMPLE, holder
+
+    run = _two_epoch_run(tiny, tmp_path, punks_dir)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "bespoke_kohya", "sample", "--run", str(run), "--epochs", "1", "--device", "cpu"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while (who := holder(run, SAMPLE)) is None or who.pid != first.pid:
+            assert first.poll() is None, first.stdout.read()
+            assert time.monotonic() < deadline, "the first sampler never took the run's lock"
+            time.sleep(0.02)
+        with pytest.raises(UserError, match=rf"run {run} is being sampled by pid {first.pid} .*wait for it to finish"):
+            sample.sample_run(run, epochs=[2], device="cpu", progress=False)
+        assert first.wait(timeout=300) == 0, first.stdout.read()
+    finally:
+        first.kill()
+        first.wait()
+    sample.sample_run(run, epochs=[2], device="cpu", progress=False)  # afterwards it is free: both epochs are recorded
+    doc = json.loads((run / "samples" / "samples.json").read_text(encoding="utf-8"))
+    assert list(doc["epochs"]) == ["1", "2"]
+    assert all((run / img["art"]).is_file() for e in doc["epochs"].values() for img in e["images"])
+
+
+def test_adhoc_prompts_are_drawn_beside_the_suite_not_over_it(tiny, tmp_path: Path, punks_dir: Path) -> None:
+    """Issue 12 item 3: `sample --prompt "lady" --seeds 9` replaced epoch-001 whole; it now goes to samples/adhoc/
+    and samples.json's `adhoc` table, and the report still compares the full suite."""
+    from bespoke_kohya.report.collect import collect
+
+    run = _two_epoch_run(tiny, tmp_path, punks_dir)
+    suite = sample.sample_run(run, epochs=[1], seeds=[5, 6], device="cpu", progress=False)
+    suite_files = {p.name: p.read_bytes() for p in (run / "samples" / "epoch-001").iterdir()}
+    assert len(suite_files) == 6
+
+    doc = sample.sample_run(run, epochs=[1], prompts=["lady"], seeds=[9], device="cpu", progress=False)
+    assert {p.name: p.read_bytes() for p in (run / "samples" / "epoch-001").iterdir()} == suite_files
+    assert doc["epochs"] == suite["epochs"] and (doc["prompts"], doc["seeds"], doc["suite_id"]) == (suite["prompts"], suite["seeds"], suite["suite_id"])
+    lady = sample.adhoc_ids(["lady"])[0]
+    assert [(i["prompt"], i["seed"], i["art"]) for i in doc["adhoc"]["1"]["images"]] == [("lady", 9, f"samples/adhoc/epoch-001/{lady}-s9.24.png")]
+    # A second ad-hoc prompt is added to the first, not swapped for it.
+    doc = sample.sample_run(run, epochs=[1], prompts=["lad, cap"], seeds=[9], device="cpu", progress=False)
+    assert [i["prompt"] for i in doc["adhoc"]["1"]["images"]] == ["lady", "lad, cap"]
+    assert all((run / i[k]).is_file() for i in doc["adhoc"]["1"]["images"] for k in ("full", "art", "preview"))
+    assert len(list((run / "samples" / "adhoc" / "epoch-001").iterdir())) == 6
+
+    data = collect(run)
+    assert [(e.epoch, sorted(e.cells)) for e in data.sampled] == [(1, [("p01", 5), ("p01", 6)])]
+    assert data.seeds == [5, 6] and [pid for pid, _ in data.prompts] == ["p01"]
+
+
+def test_staging_folders_of_a_killed_sampler_are_removed_by_the_next_one(tiny, tmp_path: Path, punks_dir: Path) -> None:
+    """Issue 12 (minor): a killed `sample` left hidden .epoch-NNN.* folders; the next sampling (under the lock) removes them."""
+    run = _two_epoch_run(tiny, tmp_path, punks_dir)
+    for leftover in (run / "samples" / ".epoch-001.k1ll3d", run / "samples" / ".epoch-002.old-4242", run / "samples" / "adhoc" / ".epoch-001.x"):
+        leftover.mkdir(parents=True)
+        (leftover / "p01-s5.png").write_bytes(b"half")
+    sample.sample_run(run, epochs=[2], device="cpu", progress=False)
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["adhoc", "epoch-002", "samples.json"]
+    assert list((run / "samples" / "adhoc").iterdir()) == []
+
+
+def test_checkpoints_recorded_outside_the_run_are_refused(tmp_path: Path, punks_dir: Path) -> None:
+    """Issue 12: run.json's epochs may name any file; `sample` reads checkpoints from inside the run only."""
+    from bespoke_kohya.runfolder.records import RunHandle
+
+    run = tmp_path / "run"
+    outside = tmp_path / "elsewhere.safetensors"
+    write_run(run, tmp_path / "base", punks_dir, {"1": "checkpoints/bespoke-000001.safetensors", "2": str(outside), "3": "../elsewhere.safetensors"}, palette=None)
+    assert [j.epoch for j in sample.select_jobs(RunHandle.open(run), [1], False)] == [1]
+    for epoch, shown in ((2, str(outside)), (3, "../elsewhere.safetensors")):
+        with pytest.raises(UserError, match=rf"run.json: epochs.{epoch}: {shown} is outside the run folder"):
+            sample.select_jobs(RunHandle.open(run), [epoch], False)

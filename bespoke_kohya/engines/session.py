@@ -78,13 +78,18 @@ def create_run(preset: Preset, overrides: list[str], dataset_dir: Path, run_dir:
 def run_session(run: RunHandle, options: TrainOptions, progress: Progress) -> Outcome:
     """Train (or resume) ``run`` by its engine, whose plan() has been recorded; run.json says running, then the outcome."""
     engine = get_engine(run.record.engine)
-    run.save(status=Status.RUNNING, started=now_iso(), ended=None, exit_code=None, failure=None)
+    # Held while `running` is true: a second trainer is refused, and a killed one frees it (the run then reads interrupted).
+    run.claim_training()
     try:
-        outcome = engine.train(run, options, progress)
-    except UserError:
-        run.save(status=Status.FAILED, ended=now_iso())
-        raise
-    run.save(status=outcome.status, ended=now_iso(), exit_code=outcome.exit_code, failure=outcome.failure)
+        run.save(status=Status.RUNNING, started=now_iso(), ended=None, exit_code=None, failure=None)
+        try:
+            outcome = engine.train(run, options, progress)
+        except UserError:
+            run.save(status=Status.FAILED, ended=now_iso())
+            raise
+        run.save(status=outcome.status, ended=now_iso(), exit_code=outcome.exit_code, failure=outcome.failure)
+    finally:
+        run.release_training()
     return outcome
 
 

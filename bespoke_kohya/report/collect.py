@@ -20,7 +20,7 @@ from PIL import Image
 from ..errors import UserError
 from ..images import load_rgb, parse_hex_colour
 from ..paths import ART
-from ..runfolder import DATA, SAMPLES_JSON, recorded_dataset, reproduce_document
+from ..runfolder import DATA, SAMPLES_JSON, inside_run, recorded_dataset, reproduce_document
 from ..runfolder.records import read_loss as read_loss_rows, read_run, read_samples as read_samples_record
 
 BASE_EPOCH = 0  # `sample --include-base` records the base model alone as epoch 0
@@ -138,7 +138,9 @@ def status_notices(record: dict[str, Any], run_dir: Path) -> list[Notice]:
     if status == "running":
         return [Notice("info", f"training is still running ({len(epochs)} epoch(s) recorded so far); run the report again when it finishes")]
     if status == "interrupted":
-        return [Notice("warn", f"training was interrupted after {len(epochs)} epoch(s); continue it with `bespoke-kohya train --resume {shlex.quote(str(run_dir))}`")]
+        # A cause is recorded when the trainer was killed (run.json still said running, its lock was free).
+        cause = f" ({(record.get('failure') or {}).get('cause')})" if (record.get("failure") or {}).get("cause") else ""
+        return [Notice("warn", f"training was interrupted after {len(epochs)} epoch(s){cause}; continue it with `bespoke-kohya train --resume {shlex.quote(str(run_dir))}`")]
     if status in ("rendered", "dry-run"):
         return [Notice("warn", f"training has not run yet (status {status}): no checkpoints to compare")]
     return []
@@ -166,6 +168,12 @@ def _load_cell(run_dir: Path, img: dict[str, Any]) -> Cell:
     """Read one recorded image; a missing or unreadable file becomes the cell's problem."""
     grid = img.get("grid")
     cell = Cell(str(img["prompt_id"]), int(img["seed"]), img.get("art"), img.get("full"), grid=grid if isinstance(grid, dict) else None)
+    outside = [rel for rel in (cell.art_rel, cell.full_rel) if rel and inside_run(run_dir, rel) is None]
+    if outside:
+        # samples.json names only files inside the run; anything else is not read, embedded or linked.
+        cell.art_rel = cell.full_rel = None
+        cell.problem = f"{outside[0]} is outside the run folder, so it is not shown"
+        return cell
     if not cell.art_rel:
         cell.problem = "no 24×24 result recorded"
         return cell

@@ -7,7 +7,9 @@ A run folder is made by `train` (via `render`) and read by every later stage::
     RUN/data/                 the prepared training images (render)
     RUN/checkpoints/          one file per epoch (the engine)
     RUN/logs/loss.csv         LossRow per optimiser step; logs/train.log
-    RUN/samples/samples.json  Samples: the suite and each epoch's images (sample)
+    RUN/samples/samples.json  Samples: the suite and each epoch's images (sample); `adhoc`: --prompt draws
+    RUN/samples/adhoc/        ad-hoc prompts' images, apart from the suite the report compares
+    RUN/.train.lock           flock held by the process training the run; .sample.lock: sampling it (runfolder.lock)
     RUN/report/               index.html + metrics.json (report)
     RUN/reproduce.json        the checklist table (reproduce)
 
@@ -37,6 +39,7 @@ LOSS_CSV = "logs/loss.csv"
 TENSORBOARD = "logs/tensorboard"
 SAMPLES = "samples"
 SAMPLES_JSON = "samples/samples.json"
+ADHOC = "adhoc"  # samples/adhoc/epoch-NNN/: ad-hoc prompts (`sample --prompt`), kept apart from the suite
 REPORT = "report"
 REPRODUCE_JSON = "reproduce.json"
 
@@ -111,6 +114,15 @@ def samples_document(run_dir: Path) -> dict[str, Any] | None:
 def epoch_checkpoints(run: dict[str, Any]) -> dict[int, str]:
     """{epoch: checkpoint path relative to the run} recorded in a run.json document."""
     return {int(k): str(v) for k, v in (run.get("epochs") or {}).items()}
+
+
+def inside_run(run_dir: Path, rel: str) -> str | None:
+    """A path a run file records, as a POSIX path inside the run; None when it leads outside (absolute, `..`, a link out)."""
+    root = Path(run_dir).resolve()
+    try:
+        return (root / rel).resolve().relative_to(root).as_posix()
+    except (ValueError, OSError, RuntimeError):
+        return None
 
 
 def recorded_dataset(run_dir: Path, run: dict[str, Any]) -> Path | None:

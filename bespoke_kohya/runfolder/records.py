@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .. import __version__
 from ..errors import UserError
 from ..jsonfile import umask, write_json_atomic
-from . import LOSS_CSV, NOT_TRAINED, RUN_JSON, RUN_VERSION, SAMPLES_JSON, SAMPLES_VERSION, Status, run_document, samples_document, write_run_document
+from . import DATA, LOSS_CSV, NOT_TRAINED, RUN_JSON, RUN_VERSION, SAMPLES_JSON, SAMPLES_VERSION, Status, lock, run_document, samples_document, write_run_document
 
 
 def now_iso() -> str:
@@ -106,13 +106,36 @@ class RunRecord(_Open):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def read_run(run_dir: Path) -> RunRecord:
-    """The run.json of a run directory, or a UserError naming the file and what is wrong."""
+# What a `running` run whose trainer is gone was (the process could not say so itself).
+GONE = "the training process ended without recording how (killed, out of memory, or the machine stopped)"
+
+
+def _parse_run(run_dir: Path) -> RunRecord:
     doc = run_document(run_dir)
     try:
         return RunRecord.model_validate(doc)
     except ValidationError as exc:
         raise _problem(Path(run_dir) / RUN_JSON, exc, "restore it from a copy or render the run again") from None
+
+
+def _as_interrupted(record: RunRecord) -> RunRecord:
+    """A `running` record nobody trains any more: interrupted after the epochs it records (resume continues it)."""
+    if record.status == Status.RUNNING:
+        record.status = Status.INTERRUPTED
+        record.failure = record.failure or Failure(cause=GONE)
+    return record
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    """The run.json of a run directory, or a UserError naming the file and what is wrong.
+
+    A run that says `running` while no process holds its training lock was killed
+    (SIGKILL, out of memory): it reads as `interrupted` (run.json itself is left alone).
+    """
+    record = _parse_run(run_dir)
+    if record.status == Status.RUNNING and lock.holder(run_dir, lock.TRAIN) is None:
+        _as_interrupted(record)
+    return record
 
 
 def write_run(run_dir: Path, record: RunRecord) -> None:
@@ -126,10 +149,48 @@ class RunHandle:
         self.dir = Path(run_dir)
         self.record = record
         self.session: dict[str, Any] = {}  # what an engine's plan() leaves for its train() (not saved)
+        self._training = False  # holds the run's training lock
 
     @classmethod
     def open(cls, run_dir: Path) -> "RunHandle":
         return cls(Path(run_dir), read_run(run_dir))
+
+    @classmethod
+    def open_to_train(cls, run_dir: Path) -> "RunHandle":
+        """The run with its training lock held (refused in one line while another process trains it)."""
+        run = cls(Path(run_dir), _parse_run(run_dir))  # not a run: refused before any lock file is made
+        run.claim_training()
+        try:
+            run.record = _as_interrupted(_parse_run(run.dir))  # read again under the lock: `running` now means killed
+            if run.record.status != Status.FINISHED:  # (a finished run brought home has no data/ and needs none)
+                run.check_trainable()
+        except BaseException:
+            run.release_training()
+            raise
+        return run
+
+    def check_trainable(self) -> None:
+        """What training needs besides run.json: a valid resolved preset and the prepared images in data/ (one line if not)."""
+        self.record.preset_model(self.dir)
+        data = self.dir / DATA
+        folders = [p for p in sorted(data.iterdir()) if p.is_dir()] if data.is_dir() else []
+        if not any(any(folder.iterdir()) for folder in folders):
+            raise UserError(f"{data}: the prepared training images are missing (no data/ folder, or nothing in it); restore data/ from a copy of the run, "
+                            f"or train a new run with `bespoke-kohya train --preset {self.record.preset} --dataset DATASET`")
+
+    def claim_training(self) -> None:
+        """Hold the training lock until release_training() (a handle that already holds it keeps it)."""
+        if not self._training:
+            lock.acquire(self.dir, lock.TRAIN)
+            self._training = True
+
+    def release_training(self) -> None:
+        if getattr(self, "_training", False):  # (__del__ of a half-built handle)
+            lock.release(self.dir, lock.TRAIN)
+            self._training = False
+
+    def __del__(self) -> None:
+        self.release_training()
 
     @property
     def trained(self) -> bool:
@@ -180,6 +241,8 @@ class Samples(_Open):
     prompts: list[dict[str, Any]] | None = None
     seeds: list[int] | None = None
     suite_id: str | None = None
+    # `sample --prompt`: prompts tried beside the suite (samples/adhoc/), never compared by the report.
+    adhoc: dict[str, SampledEpoch] = Field(default_factory=dict)
     # sha256 of the file as read: the report says which samples its numbers came from.
     digest: str | None = Field(default=None, exclude=True)
 
