@@ -41,7 +41,11 @@ def resume(run_dir: Path, options: TrainOptions, console: Console, err_console: 
     """Train an existing run: start a rendered one, continue an interrupted or failed one, leave a finished one.
 
     Safe to repeat (a rented GPU box that lost its SSH session): finished work is kept.
+    A run's settings are fixed when it is made: --set with --resume is refused, never ignored.
     """
+    if options.overrides:
+        raise UserError(f"--set {' '.join(options.overrides)}: a run keeps the settings it was made with (run.json); "
+                        f"resume {run_dir} without --set, or start a new run with them")
     run = RunHandle.open_to_train(run_dir.resolve())  # refused while another process trains it
     if run.record.status == Status.FINISHED:
         console.print(f"{run.dir}: training already finished ({len(run.record.epochs)} epochs); nothing to train")

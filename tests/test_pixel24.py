@@ -339,3 +339,35 @@ def test_conditioning_steers_the_background(tmp_path: Path, punks_dir: Path) -> 
         # The top row is background in every punk: most of its pixels must be the prompted colour.
         share = np.mean([(img[0] == colours[want]).all(-1).mean() for img in row])
         assert share > 0.6, f"{want} prompt: only {share:.2f} of the top rows are {want}"
+
+
+def test_cli_resume_after_ctrl_c_continues_and_refuses_set(sixteen: Path, tmp_path: Path) -> None:
+    """Issue 12 item 1: SIGINT in epoch 2, then `train --resume R` continues at the saved step (no restart, loss.csv kept);
+    `--set` with `--resume` is refused in one line instead of being ignored."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "R"
+    tiny = ["pixel24.base=none", "pixel24.steps=400", "pixel24.epochs=40", "pixel24.block_out_channels=[16,32]", "pixel24.batch_size=4",
+            "pixel24.text_dim=16", "pixel24.colour_dim=8", "pixel24.feature_dim=16"]
+    cli = [sys.executable, "-m", "bespoke_kohya"]
+    child = subprocess.Popen(cli + ["train", "--preset", "pixel24", "--dataset", str(sixteen), "--run-dir", str(run), "--no-sample", *(f"--set={s}" for s in tiny)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "checkpoints" / "pixel24-000002.safetensors").exists():
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    assert child.wait(60) == 130
+    saved = json.loads((run / "checkpoints" / "pixel24-state.json").read_text())["step"]
+    assert 20 <= saved < 400
+    refused = subprocess.run(cli + ["train", "--resume", str(run), "--set", "pixel24.steps=9"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "a run keeps the settings it was made with" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    again = subprocess.run(cli + ["train", "--resume", str(run), "--no-sample"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming at step {saved}/400" in again.stdout + again.stderr
+    with (run / "logs" / "loss.csv").open(newline="") as fh:
+        steps = [int(r["step"]) for r in csv.DictReader(fh)]
+    assert steps == list(range(1, 401))  # the curve before the interruption is kept, nothing repeated
+    assert sorted(int(e) for e in json.loads((run / "run.json").read_text())["epochs"]) == list(range(1, 41))
