@@ -21,7 +21,7 @@ from .images import IMAGE_SUFFIXES, flatten_alpha, open_image, parse_hex_colour,
 
 ART_SIZE = 24
 # Files a dataset folder may hold besides images and captions.
-_IGNORED_SUFFIXES = {".md", ".json", ".toml"}
+_IGNORED_SUFFIXES = {".md", ".json", ".toml", ".diff"}  # .diff: the `dataset captions --fix` record
 
 
 @dataclass

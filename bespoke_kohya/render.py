@@ -12,12 +12,13 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from .captions import for_training
 from .dataset import DatasetReport, Prepared, prepare, training_folder_name
 from .errors import UserError
 from .presets import Preset
@@ -149,6 +150,7 @@ class RenderedRun:
     run_dir: Path
     prepared: Prepared
     warnings: list[str]
+    captions: dict[str, Any] = field(default_factory=dict)  # dataset.captions mode and what it changed, for run.json
 
 
 def _toml(data: dict[str, Any]) -> str:
@@ -170,6 +172,7 @@ def write_train_toml(run_dir: Path, args: dict[str, dict[str, Any]], preset_name
 def write_run_files(preset: Preset, report: DatasetReport, run_dir: Path, run_id: str) -> RenderedRun:
     """Write configs and prepared data into an existing, empty ``run_dir``."""
     d = preset.dataset
+    report, caption_notes, caption_record = for_training(report, d.captions)
     prepared = prepare(
         report,
         run_dir / DATA,
@@ -187,7 +190,7 @@ def write_run_files(preset: Preset, report: DatasetReport, run_dir: Path, run_id
         write_train_toml(run_dir, train_args(preset, run_id), preset.name)
         (config / "dataset.toml").write_text(_header(preset.name) + _toml(dataset_config(preset)), encoding="utf-8")
     (config / "sample_prompts.txt").write_text(sample_prompts(preset), encoding="utf-8")
-    return RenderedRun(run_dir=run_dir, prepared=prepared, warnings=prepared.warnings + advice(preset))
+    return RenderedRun(run_dir=run_dir, prepared=prepared, warnings=prepared.warnings + caption_notes + advice(preset), captions=caption_record)
 
 
 def create_run_dir(target: Path, build) -> Any:

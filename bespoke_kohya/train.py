@@ -261,7 +261,7 @@ def create_run(preset: Preset, overrides: list[str], dataset_dir: Path, run_dir:
         "script": preset.script,
         "resolved": preset.model_dump(mode="json"),
         "overrides": overrides,
-        "dataset": {"path": str(dataset_dir.resolve()), "content_hash": report.content_hash(), "images": len(report.images)},
+        "dataset": {"path": str(dataset_dir.resolve()), "content_hash": report.content_hash(), "images": len(report.images), "captions": rendered.captions},
         "versions": package_versions(),
         "status": "rendered",
         "created": now_iso(),
