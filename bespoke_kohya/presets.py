@@ -49,6 +49,10 @@ class DatasetSettings(_Strict):
         min_length=1,
         description="Caption written (with a warning) for images that have no caption file.",
     )
+    captions: Literal["raw", "normalised"] = Field(
+        "raw",
+        description="Captions written into the prepared data/: `raw` as the artist wrote them (repeated phrases dropped), or `normalised`: glued words split, empty and dangling phrases and repeats removed, the trigger first (what `bespoke-kohya dataset captions DIR --fix` writes; the originals are never touched). Recorded in run.json.",
+    )
     alpha_background: str = Field("#ffffff", pattern=r"^#[0-9a-fA-F]{6}$", description="Colour that transparent pixels are flattened onto (sd-scripts loads images as RGB and would drop alpha without compositing).")
     allow_uneven_pixels: bool = Field(
         False,
@@ -133,7 +137,9 @@ class SampleSettings(_Strict):
 
     def full_prompts(self) -> list[str]:
         """The prompt suite as sent to the model."""
-        return [f"{self.trigger} {body}" + (f", {self.suffix}" if self.suffix else "") for body in self.prompts]
+        from .captions import normalise_caption  # glued words in a prompt reach the model as words
+
+        return [f"{self.trigger} {normalise_caption(body)}" + (f", {self.suffix}" if self.suffix else "") for body in self.prompts]
 
 
 # --- pixel24 settings (owned by the pixel24 engine) ---

@@ -12,12 +12,13 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from .captions import for_training
 from .dataset import DatasetReport, Prepared, prepare, training_folder_name
 from .errors import UserError
 from .presets import Preset
@@ -148,6 +149,7 @@ class RenderedRun:
     run_dir: Path
     prepared: Prepared
     warnings: list[str]
+    captions: dict[str, Any] = field(default_factory=dict)  # dataset.captions mode and what it changed, for run.json
 
 
 def _toml(data: dict[str, Any]) -> str:
@@ -185,6 +187,7 @@ def write_kohya_config(run_dir: Path, preset: Preset, run_id: str) -> None:
 def write_run_files(preset: Preset, report: DatasetReport, run_dir: Path, run_id: str) -> RenderedRun:
     """Write configs and prepared data into an existing, empty ``run_dir``."""
     d = preset.dataset
+    report, caption_notes, caption_record = for_training(report, d.captions)
     prepared = prepare(
         report,
         run_dir / DATA,
@@ -202,7 +205,7 @@ def write_run_files(preset: Preset, report: DatasetReport, run_dir: Path, run_id
 
     get_engine(preset.engine).write_config(run_dir, preset, run_id)
     (config / "sample_prompts.txt").write_text(sample_prompts(preset), encoding="utf-8")
-    return RenderedRun(run_dir=run_dir, prepared=prepared, warnings=prepared.warnings + advice(preset))
+    return RenderedRun(run_dir=run_dir, prepared=prepared, warnings=prepared.warnings + caption_notes + advice(preset), captions=caption_record)
 
 
 def create_run_dir(target: Path, build) -> Any:

@@ -32,6 +32,7 @@ from bespoke_kohya.bundle import (
     stage_state,
     unsampled_epochs,
 )
+from bespoke_kohya.captions import lint
 from bespoke_kohya.dataset import check_dataset
 from bespoke_kohya.errors import UserError
 from bespoke_kohya.presets import Preset
@@ -166,6 +167,8 @@ def test_run_json_is_portable_and_rendered(unpacked: Path, punks_dir: Path):
     assert record["status"] == "rendered" and record["id"] == "sd15_576-gpu" and record["epochs"] == {}
     assert "cwd" not in record and "command" not in record
     report = check_dataset(punks_dir)
+    captions = record["dataset"].pop("captions")  # the caption mode data/ was written with (no path in it)
+    assert captions["mode"] == "raw" and captions["problems"] == lint(report).counts()
     assert record["dataset"] == {"name": "bespoke-punks-24", "path": "originals", "content_hash": report.content_hash(), "images": 184}
     # The copied originals are the same training data, byte for byte in pixels and captions.
     assert check_dataset(unpacked / "originals").content_hash() == report.content_hash()

@@ -18,7 +18,7 @@ from ..paths import REPO_ROOT
 from ..presets import Preset, load_preset
 from ..render import render
 from ..runfolder import CHECKPOINTS, SAMPLES, TRAIN_LOG, Status
-from ..runfolder.records import DatasetRef, RunHandle, RunRecord, now_iso, package_versions, write_run
+from ..runfolder.records import CaptionsRef, DatasetRef, RunHandle, RunRecord, now_iso, package_versions, write_run
 from . import Outcome, Progress, TrainOptions, get_engine
 
 RUNS_DIR = Path("runs")
@@ -68,7 +68,8 @@ def create_run(preset: Preset, overrides: list[str], dataset_dir: Path, run_dir:
     record = RunRecord(
         id=run_dir.name, preset=preset.name, engine=preset.engine, script=preset.script,
         resolved=preset.model_dump(mode="json"), overrides=overrides,
-        dataset=DatasetRef(path=str(dataset_dir.resolve()), content_hash=report.content_hash(), images=len(report.images)),
+        dataset=DatasetRef(path=str(dataset_dir.resolve()), content_hash=report.content_hash(), images=len(report.images),
+                           captions=CaptionsRef.model_validate(rendered.captions) if rendered.captions else None),
         versions=package_versions(), status=Status.RENDERED, created=now_iso(), epochs={},
     )
     write_run(run_dir, record)

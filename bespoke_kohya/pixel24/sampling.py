@@ -30,8 +30,13 @@ CHOICE_NOISE = 2.0  # Gumbel scale on the confidences at the first step, fading 
 
 
 def encode_prompt(model: Pixel24Model, prompt: str) -> tuple[Phrases, list[str]]:
-    """A prompt as phrases of word ids, plus the words the model never saw in training (reported, not hidden)."""
-    return encode_caption(model.vocab_index, prompt)
+    """A prompt as phrases of word ids, plus the words the model never saw in training (reported, not hidden).
+
+    Glued words are split first ("greybackground" -> "grey background"); words in the vocabulary are never split.
+    """
+    from ..captions import normalise_caption
+
+    return encode_caption(model.vocab_index, normalise_caption(prompt, model.vocab))
 
 
 def _gumbel(shape: tuple[int, ...], generators: list[torch.Generator]) -> torch.Tensor:

@@ -55,10 +55,19 @@ class _Open(BaseModel):
 # ------------------------------------------------------------------ run.json
 
 
+class CaptionsRef(_Open):
+    """Which captions went into data/ (the preset's dataset.captions) and what the caption lint found."""
+
+    mode: str = "raw"  # "raw" | "normalised"
+    problems: dict[str, int] = Field(default_factory=dict)  # caption problems by kind
+    changed: int | None = None  # captions the normalisation changed (normalised mode only)
+
+
 class DatasetRef(_Open):
     path: str = ""
     content_hash: str | None = None
     images: int | None = None
+    captions: CaptionsRef | None = None  # absent in runs made before `dataset.captions`
 
 
 class Failure(_Open):
