@@ -8,6 +8,7 @@ Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import sys
 from datetime import datetime, timezone
@@ -553,6 +554,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/]")
         return 130
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Every file is written to a temporary name and renamed into place, so what existed before is intact.
+        err_console.print(Text.assemble(("error: ", "red"), f"disk full while writing {exc.filename or 'a file'}: free some space, then run the "
+                                        "same command again (a training run continues with `train --resume RUN`); files written before are intact"), soft_wrap=True)
+        return 1
 
 
 if __name__ == "__main__":

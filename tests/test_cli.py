@@ -172,3 +172,31 @@ def test_postprocess_out_file_and_noise(tmp_path: Path):
     r = cli("postprocess", str(noise), "--out", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr
     assert "warning: " in r.stderr and "noise.png: does not look like upscaled pixel art" in r.stderr
+
+
+def test_a_full_disk_is_one_line_and_exit_1(monkeypatch, capsys):
+    """Issue 12 ('disk full' in README's What happens when…): ENOSPC anywhere ends in one line, not a traceback."""
+    import errno
+
+    from bespoke_kohya import cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/checkpoints/pixel24-000003.safetensors")
+
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), full))
+    assert cli.main(["presets"]) == 1
+    err = capsys.readouterr().err
+    assert "disk full while writing /runs/x/checkpoints/pixel24-000003.safetensors" in err and "Traceback" not in err
+
+
+def _with_func(parser, func):
+    original = parser.parse_args
+
+    def parse_args(argv=None):
+        args = original(argv)
+        args.func = func
+        return args
+
+    parser.parse_args = parse_args
+    return parser
