@@ -511,7 +511,10 @@ def _prepare_base(preset: Any, include_base: bool) -> tuple[str, Path | None, st
         dotted, value = "kohya.pretrained_model_name_or_path", preset.kohya.pretrained_model_name_or_path
     else:
         dotted, value = "pixel24.base", preset.pixel24.base
-        value = None if value in PIXEL24_BUILTIN_BASES else value
+        if value in PIXEL24_BUILTIN_BASES:  # the stand-in base is trained on the box itself; "none" needs nothing
+            if include_base:
+                raise UserError(f"--include-base: pixel24.base = {value!r} names no file to pack")
+            return dotted, None, value, []
     if not value:
         if include_base:
             raise UserError(f"--include-base: the preset has no {dotted} to pack")

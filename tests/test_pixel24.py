@@ -330,15 +330,18 @@ def test_conditioning_steers_the_background(tmp_path: Path, punks_dir: Path) -> 
             out[mask] = value
             Image.fromarray(out).save(data / f"{name}_{i:02d}.png")
             (data / f"{name}_{i:02d}.txt").write_text(f"pixel art, portrait of bespoke punk lad, {name} background")
-    preset = tiny_preset(steps=150, epochs=1, batch_size=16, learning_rate=2e-3, cond_dropout=0.1, phrase_dropout=0.0)
+    # Masked pixels can copy their colour from visible neighbours, so the caption matters only when most are masked:
+    # it takes ~800 steps (not the ~150 of a continuous model) before the prompt picks the background.
+    preset = tiny_preset(steps=800, epochs=1, batch_size=16, learning_rate=2e-3, cond_dropout=0.1, phrase_dropout=0.0, text_dim=32, colour_dim=16, feature_dim=32)
     result = pixel24.train(preset, data, tmp_path / "run", device="cpu")
     model = pixel24.load_checkpoint(tmp_path / "run" / result["epochs"][1])
     out = pixel24.sample(model, ["pixel art, portrait of bespoke punk lad, red background", "pixel art, portrait of bespoke punk lad, blue background"],
                          [1, 2, 3, 4], steps=10, guidance_scale=3.0, temperature=0.5)
-    for row, want in zip(out, ["red", "blue"]):
-        # The top row is background in every punk: most of its pixels must be the prompted colour.
+    for row, (want, other) in zip(out, [("red", "blue"), ("blue", "red")]):
+        # The top row is background in every punk: most of its pixels must be the prompted colour, few the other one.
         share = np.mean([(img[0] == colours[want]).all(-1).mean() for img in row])
-        assert share > 0.6, f"{want} prompt: only {share:.2f} of the top rows are {want}"
+        wrong = np.mean([(img[0] == colours[other]).all(-1).mean() for img in row])
+        assert share > 0.8 and share > 3 * wrong, f"{want} prompt: {share:.2f} of the top rows are {want}, {wrong:.2f} {other}"
 
 
 def test_cli_resume_after_ctrl_c_continues_and_refuses_set(sixteen: Path, tmp_path: Path) -> None:
