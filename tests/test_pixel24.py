@@ -374,3 +374,11 @@ def test_cli_resume_after_ctrl_c_continues_and_refuses_set(sixteen: Path, tmp_pa
         steps = [int(r["step"]) for r in csv.DictReader(fh)]
     assert steps == list(range(1, 401))  # the curve before the interruption is kept, nothing repeated
     assert sorted(int(e) for e in json.loads((run / "run.json").read_text())["epochs"]) == list(range(1, 41))
+
+
+def test_resume_with_a_damaged_config_is_one_line(sixteen: Path, tmp_path: Path) -> None:
+    stop = {"now": False}
+    pixel24.train(tiny_preset(steps=4, epochs=2), sixteen, tmp_path, device="cpu", on_epoch=lambda e, p: stop.update(now=True), should_stop=lambda: stop["now"])
+    (tmp_path / "checkpoints" / "pixel24.json").write_text("{not json")
+    with pytest.raises(UserError, match="pixel24.json: not valid JSON"):
+        pixel24.train(tiny_preset(steps=4, epochs=2), sixteen, tmp_path, device="cpu")

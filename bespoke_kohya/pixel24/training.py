@@ -29,9 +29,10 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -44,7 +45,8 @@ from ..paths import ART, cache_dir
 from ..presets import Pixel24Settings, Preset
 from ..runfolder import CHECKPOINTS
 from ..runfolder.records import LossLog, LossRow, read_loss
-from .model import CONFIG_NAME, STEM, Pixel24Model, build_model, checkpoint_name, load_checkpoint, model_config, read_weights, load_weights, save_checkpoint, write_config
+from .model import (CONFIG_NAME, STEM, Pixel24Model, build_model, checkpoint_name, load_checkpoint, load_weights, model_config, read_config,
+                    read_weights, save_checkpoint, write_config)
 from .palette import build_palette, to_indices
 from .text import Phrases, build_vocab, encode_caption
 
@@ -182,9 +184,21 @@ class Loop:
                 on_step(self.step, loss.item(), lr)
         return True
 
-    def averaged(self) -> "_Swapped":
-        """``with loop.averaged():`` the model holds the EMA weights (for saving a checkpoint)."""
-        return _Swapped(self)
+    @contextmanager
+    def averaged(self) -> Iterator[None]:
+        """``with loop.averaged():`` the model holds the EMA weights (for saving a checkpoint), the live ones after."""
+        self._swap_ema()
+        try:
+            yield
+        finally:
+            self._swap_ema()
+
+    @torch.no_grad()
+    def _swap_ema(self) -> None:
+        for p, e in zip(self.params, self.ema or []):
+            tmp = p.detach().clone()
+            p.copy_(e)
+            e.copy_(tmp)
 
     # -- resumable state: tensors in safetensors, the rest in JSON
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -213,26 +227,6 @@ class Loop:
         self.gen.set_state(tensors["rng"])
         self._order = tensors["order"].tolist()
         self.step = int(meta["step"])
-
-
-class _Swapped:
-    def __init__(self, loop: Loop) -> None:
-        self.loop = loop
-
-    def _swap(self) -> None:
-        if self.loop.ema is None:
-            return
-        with torch.no_grad():
-            for p, e in zip(self.loop.params, self.loop.ema):
-                tmp = p.detach().clone()
-                p.copy_(e)
-                e.copy_(tmp)
-
-    def __enter__(self) -> None:
-        self._swap()
-
-    def __exit__(self, *exc: object) -> None:
-        self._swap()
 
 
 # ------------------------------------------------------------------ base model
@@ -408,8 +402,7 @@ def train(
         note(warning)
     resumed = _read_state(ckpt_dir)
     if resumed is not None:
-        config = json.loads((ckpt_dir / CONFIG_NAME).read_text(encoding="utf-8"))
-        model, notes = build_model(config), []
+        model, notes = build_model(read_config(ckpt_dir / CONFIG_NAME)), []  # the checked reader: a damaged config is one line
     else:
         model, notes = _start_model(settings, data, on_step, should_stop)
         model.config["dataset"] = {"path": str(Path(dataset_dir).resolve()), "images": len(data.names)}
