@@ -359,7 +359,16 @@ def test_cli_resume_after_ctrl_c_continues_and_refuses_set(sixteen: Path, tmp_pa
     child = subprocess.Popen(cli + ["train", "--preset", "pixel24", "--dataset", str(sixteen), "--run-dir", str(run), "--no-sample", *(f"--set={s}" for s in tiny)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not (run / "checkpoints" / "pixel24-000002.safetensors").exists():
+    state = run / "checkpoints" / "pixel24-state.json"
+
+    def saved_step() -> int:
+        try:
+            return json.loads(state.read_text())["step"]
+        except (OSError, ValueError):  # not written yet (it is replaced atomically, never half-written)
+            return 0
+
+    # Wait for epoch 2's resume state, which is written just after its checkpoint.
+    while time.time() < deadline and saved_step() < 20:
         time.sleep(0.05)
     child.send_signal(signal.SIGINT)
     assert child.wait(60) == 130
