@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import math
+import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -264,3 +266,21 @@ def prepare(report: DatasetReport, out_data_dir: Path, *, resolution: int, num_r
     if deduped:
         warnings.append(f"{len(deduped)} caption(s) repeated a phrase; repeats were removed: {', '.join(deduped[:5])}{' …' if len(deduped) > 5 else ''}")
     return Prepared(folder=folder, count=len(report.images), scale=scale, warnings=warnings)
+
+
+def split_heldout(files: list[str], split: float, seed: int) -> tuple[list[str], list[str]]:
+    """(training, held-out) file names, exactly as sd-scripts v0.10.1 splits one subset's images.
+
+    `library/train_util.py: split_train_val`: the sorted image paths are shuffled by
+    ``random.seed(validation_seed)``; training takes the first ``ceil(n * (1 - split))``,
+    validation the last ``round(n * split)``. The pixel24 engine uses the same function, so
+    both routes hold out the same images and the report can pair each held-out caption's
+    samples with the real image. Both lists keep the shuffled order's members, sorted.
+    """
+    if split <= 0 or not files:
+        return sorted(files), []
+    order = sorted(files)
+    random.Random(seed).shuffle(order)
+    training = order[: math.ceil(len(order) * (1 - split))]
+    heldout = order[len(order) - round(len(order) * split):]
+    return sorted(training), sorted(heldout)

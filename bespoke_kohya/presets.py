@@ -53,6 +53,13 @@ class DatasetSettings(_Strict):
         "raw",
         description="Captions written into the prepared data/: `raw` as the artist wrote them (repeated phrases dropped), or `normalised`: glued words split, empty and dangling phrases and repeats removed, the trigger first (what `bespoke-kohya dataset captions DIR --fix` writes; the originals are never touched). Recorded in run.json.",
     )
+    validation_split: float = Field(
+        0.1,
+        ge=0,
+        le=0.5,
+        description="Share of the images held out from training to measure a validation loss every epoch and to sample their own captions beside the real image (sd-scripts' `validation_split`; the pixel24 engine holds out the same images). 0 turns it off. The held-out file names are recorded in run.json.",
+    )
+    validation_seed: Seed = Field(42, description="Seed of the held-out split (sd-scripts' `validation_seed`): the same seed and images give the same split in every run and engine.")
     alpha_background: str = Field("#ffffff", pattern=r"^#[0-9a-fA-F]{6}$", description="Colour that transparent pixels are flattened onto (sd-scripts loads images as RGB and would drop alpha without compositing).")
     allow_uneven_pixels: bool = Field(
         False,

@@ -19,7 +19,7 @@ from typing import Any
 import tomli_w
 
 from .captions import for_training
-from .dataset import DatasetReport, Prepared, prepare, training_folder_name
+from .dataset import DatasetReport, Prepared, prepare, split_heldout, training_folder_name
 from .errors import UserError
 from .presets import Preset
 
@@ -150,6 +150,7 @@ class RenderedRun:
     prepared: Prepared
     warnings: list[str]
     captions: dict[str, Any] = field(default_factory=dict)  # dataset.captions mode and what it changed, for run.json
+    heldout: list[str] = field(default_factory=list)  # prepared image files held out (dataset.validation_split), for run.json
 
 
 def _toml(data: dict[str, Any]) -> str:
@@ -205,7 +206,8 @@ def write_run_files(preset: Preset, report: DatasetReport, run_dir: Path, run_id
 
     get_engine(preset.engine).write_config(run_dir, preset, run_id)
     (config / "sample_prompts.txt").write_text(sample_prompts(preset), encoding="utf-8")
-    return RenderedRun(run_dir=run_dir, prepared=prepared, warnings=prepared.warnings + caption_notes + advice(preset), captions=caption_record)
+    _, heldout = split_heldout([p.name for p in prepared.folder.glob("*.png")], d.validation_split, d.validation_seed)
+    return RenderedRun(run_dir=run_dir, prepared=prepared, warnings=prepared.warnings + caption_notes + advice(preset), captions=caption_record, heldout=heldout)
 
 
 def create_run_dir(target: Path, build) -> Any:

@@ -198,3 +198,15 @@ def test_caption_extension_cannot_be_an_image_extension(tmp_path: Path):
     make_punk(tmp_path / "a.png")
     with pytest.raises(UserError, match="'.png' is an image extension; captions are text files"):
         check_dataset(tmp_path, ".png")
+
+
+def test_split_heldout_is_sd_scripts_split_and_deterministic():
+    from bespoke_kohya.dataset import split_heldout
+
+    files = [f"{i:03d}.png" for i in range(184)]
+    training, heldout = split_heldout(list(reversed(files)), 0.1, 42)
+    assert len(heldout) == 18 and len(training) == 166 and not set(training) & set(heldout)
+    assert (training, heldout) == split_heldout(files, 0.1, 42)  # input order does not matter (sd-scripts sorts)
+    assert split_heldout(files, 0.1, 7)[1] != heldout
+    assert split_heldout(files, 0, 42) == (files, [])
+    assert split_heldout(files[:4], 0.1, 42)[1] == []  # round(0.4) = 0: nothing held out

@@ -91,3 +91,13 @@ def test_loss_log_round_trips_and_keeps_a_diverged_step(run: Path) -> None:
     assert rows[1].step == 2 and math.isnan(rows[1].loss) and rows[1].avg_loss is None
     (run / LOSS_CSV).write_text("step,epoch,loss,avg_loss,lr\n,1,0.1,,\n3,x,0.2,,\n", encoding="utf-8")
     assert read_loss(run) == [LossRow(step=3, loss=0.2)]  # a row without a step is skipped, a bad cell is None
+
+
+def test_validation_rows_round_trip(tmp_path):
+    from bespoke_kohya.runfolder.records import ValidationRow, read_validation, write_validation
+
+    assert read_validation(tmp_path) == []
+    write_validation(tmp_path, [ValidationRow(epoch=2, step=20, loss=0.5), ValidationRow(epoch=1, step=10, loss=float("nan"))])
+    rows = read_validation(tmp_path)
+    assert [r.epoch for r in rows] == [1, 2] and rows[1].loss == 0.5 and rows[0].loss != rows[0].loss
+    assert not list((tmp_path / "logs").glob(".*"))  # no temporary file left

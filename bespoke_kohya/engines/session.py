@@ -69,7 +69,8 @@ def create_run(preset: Preset, overrides: list[str], dataset_dir: Path, run_dir:
         id=run_dir.name, preset=preset.name, engine=preset.engine, script=preset.script,
         resolved=preset.model_dump(mode="json"), overrides=overrides,
         dataset=DatasetRef(path=str(dataset_dir.resolve()), content_hash=report.content_hash(), images=len(report.images),
-                           captions=CaptionsRef.model_validate(rendered.captions) if rendered.captions else None),
+                           captions=CaptionsRef.model_validate(rendered.captions) if rendered.captions else None,
+                           heldout=rendered.heldout),
         versions=package_versions(), status=Status.RENDERED, created=now_iso(), epochs={},
     )
     write_run(run_dir, record)

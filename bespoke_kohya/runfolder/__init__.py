@@ -7,6 +7,7 @@ A run folder is made by `train` (via `render`) and read by every later stage::
     RUN/data/                 the prepared training images (render)
     RUN/checkpoints/          one file per epoch (the engine)
     RUN/logs/loss.csv         LossRow per optimiser step; logs/train.log
+    RUN/logs/validation.csv   ValidationRow per epoch: the held-out images' loss (dataset.validation_split)
     RUN/samples/samples.json  Samples: the suite and each epoch's images (sample); `adhoc`: --prompt draws
     RUN/samples/adhoc/        ad-hoc prompts' images, apart from the suite the report compares
     RUN/.train.lock           flock held by the process training the run; .sample.lock: sampling it (runfolder.lock)
@@ -36,6 +37,7 @@ CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 TRAIN_LOG = "logs/train.log"
 LOSS_CSV = "logs/loss.csv"
+VALIDATION_CSV = "logs/validation.csv"
 TENSORBOARD = "logs/tensorboard"
 SAMPLES = "samples"
 SAMPLES_JSON = "samples/samples.json"

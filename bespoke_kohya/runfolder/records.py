@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .. import __version__
 from ..errors import UserError
 from ..jsonfile import umask, write_json_atomic
-from . import DATA, LOSS_CSV, NOT_TRAINED, RUN_JSON, RUN_VERSION, SAMPLES_JSON, SAMPLES_VERSION, Status, lock, run_document, samples_document, write_run_document
+from . import DATA, LOSS_CSV, VALIDATION_CSV, NOT_TRAINED, RUN_JSON, RUN_VERSION, SAMPLES_JSON, SAMPLES_VERSION, Status, lock, run_document, samples_document, write_run_document
 
 
 def now_iso() -> str:
@@ -68,6 +68,9 @@ class DatasetRef(_Open):
     content_hash: str | None = None
     images: int | None = None
     captions: CaptionsRef | None = None  # absent in runs made before `dataset.captions`
+    # Prepared image files (in data/<repeats>_<concept>/) held out from training (dataset.validation_split);
+    # None in runs made before held-out validation, [] when the split is off or the folder too small.
+    heldout: list[str] | None = None
 
 
 class Failure(_Open):
@@ -366,3 +369,57 @@ def read_loss(run_dir: Path) -> list[LossRow]:
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text, so not written by bespoke-kohya; delete it (the loss curve is then left out)") from None
     return rows
+
+
+# ------------------------------------------------------------------ logs/validation.csv
+
+
+class ValidationRow(BaseModel):
+    """The held-out (validation) loss at the end of one epoch: the images held out by dataset.validation_split.
+
+    kohya: sd-scripts' `loss/validation/epoch_average`; pixel24: the masked-pixel cross-entropy on the
+    held-out images at fixed mask ratios and seeds (so epochs compare on the same draws).
+    """
+
+    epoch: int
+    step: int | None = None
+    loss: float | None = None
+
+
+VALIDATION_FIELDS = list(ValidationRow.model_fields)
+
+
+def write_validation(run_dir: Path, rows: list[ValidationRow]) -> None:
+    """Replace logs/validation.csv with ``rows`` (atomically; one row per epoch)."""
+    path = Path(run_dir) / VALIDATION_CSV
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            out = csv.writer(fh)
+            out.writerow(VALIDATION_FIELDS)
+            for row in sorted(rows, key=lambda r: r.epoch):
+                out.writerow([_cell(k, getattr(row, k)) for k in VALIDATION_FIELDS])
+        Path(tmp).chmod(0o666 & ~umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_validation(run_dir: Path) -> list[ValidationRow]:
+    """The rows of logs/validation.csv ([] when there is none), one per epoch; malformed rows are skipped."""
+    path = Path(run_dir) / VALIDATION_CSV
+    if not path.is_file():
+        return []
+    rows: dict[int, ValidationRow] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for raw in csv.DictReader(f):
+                epoch, step = _number(raw.get("epoch")), _number(raw.get("step"))
+                if epoch is None or not math.isfinite(epoch):
+                    continue
+                rows[int(epoch)] = ValidationRow(epoch=int(epoch), step=int(step) if step is not None and math.isfinite(step) else None, loss=_number(raw.get("loss")))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text, so not written by bespoke-kohya; delete it (the validation curve is then left out)") from None
+    return [rows[e] for e in sorted(rows)]
