@@ -234,6 +234,7 @@ class SampleImage(_Open):
     art: str | None = None
     preview: str | None = None
     grid: dict[str, Any] | None = None
+    heldout: str | None = None  # a held-out caption's draw: the prepared image file (run.json dataset.heldout) the prompt is the caption of
 
 
 class SampledEpoch(_Open):
