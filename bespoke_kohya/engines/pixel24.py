@@ -56,7 +56,7 @@ class Pixel24Engine:
 
     @staticmethod
     def _demo_settings(run: RunHandle, note: Callable[[str], None]) -> Any:
-        """The preset to train with; on the stand-in itself there is no base to fine-tune, so it trains from scratch on the base's schedule.
+        """The preset to train with; on the stand-in itself there is no base to fine-tune, so it trains from scratch (the base's batch, rate and EMA, the fine-tune's length).
 
         The switch is written into run.json's resolved settings, so the record says what really ran.
         """
@@ -66,10 +66,10 @@ class Pixel24Engine:
         p = preset.pixel24
         if p.base != "standin" or Path(run.record.dataset.path).resolve() != default_standin_dir().resolve():
             return preset
-        demo = p.model_copy(update={"base": "none", "steps": p.base_steps, "batch_size": p.base_batch_size, "learning_rate": p.base_learning_rate, "ema_decay": p.base_ema_decay})
+        demo = p.model_copy(update={"base": "none", "batch_size": p.base_batch_size, "learning_rate": p.base_learning_rate, "ema_decay": p.base_ema_decay})
         preset = preset.model_copy(update={"pixel24": demo})
         if run.record.resolved.get("pixel24", {}).get("base") == "standin":
-            note(f"training on the stand-in itself: from scratch with the base model's schedule ({p.base_steps} steps × {p.base_batch_size})")
+            note(f"training on the stand-in itself: from scratch for {p.steps} steps × {p.base_batch_size} with the base model's learning rate and EMA")
             run.save(resolved=preset.model_dump(mode="json"))
         return preset
 
