@@ -7,6 +7,7 @@ another difference (dataset, prompts, a missing epoch) change a copy through the
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -32,7 +33,7 @@ VALUE_RE = re.compile(r'<td data-run="\d+">([^<]*)</td>')
 
 def settings_rows(page: str) -> dict[str, list[str]]:
     """The page's "settings that differ" table: key → each run's value as shown."""
-    return {key: VALUE_RE.findall(tds) for key, tds in DIFF_RE.findall(page)}
+    return {key: [html.unescape(v) for v in VALUE_RE.findall(tds)] for key, tds in DIFF_RE.findall(page)}
 
 
 def change_record(run_dir: Path, **changes: object) -> None:
@@ -136,7 +137,7 @@ def test_metrics_table_has_a_column_per_run_with_its_reports_values(runs: tuple[
 def test_settings_that_differ_are_listed_with_each_runs_value(compared: tuple[Path, str, dict]) -> None:
     _, page, doc = compared
     rows = settings_rows(page)
-    assert rows == {"overrides": ["sample.postprocess=nearest", "sample.postprocess=nearest kohya.learning_rate=2e-4"], "kohya.learning_rate": ["0.0001", "0.0002"]}
+    assert rows == {"overrides": ['["sample.postprocess=nearest"]', '["sample.postprocess=nearest", "kohya.learning_rate=2e-4"]'], "kohya.learning_rate": ["0.0001", "0.0002"]}
     assert [d["key"] for d in doc["settings_differ"]] == ["overrides", "kohya.learning_rate"]
     assert doc["dataset_warning"] is None and 'id="dataset-warning"' not in page
 

@@ -184,12 +184,10 @@ def _canonical(value: Any) -> str:
 
 
 def show_setting(value: Any) -> str:
-    """A setting as the page prints it: text as is, everything else as JSON; a missing key as an en dash."""
+    """A setting as the page prints it: text as is, everything else (lists too) as JSON; a missing key as an en dash."""
     if value is ABSENT:
         return "–"
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return " ".join(value) or "(none)"
-    return value if isinstance(value, str) else json.dumps(value)
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def dataset_warning(columns: list[Column]) -> str | None:
