@@ -330,6 +330,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     Exit 1 when the page has nothing to compare (no trained epoch with pictures): its warnings say why.
     """
+    if args.compare:
+        return cmd_report_compare(args)
+    if args.out:
+        raise UserError("--out goes with --compare: `report --run RUN` always writes RUN/report/")
     from .report import report_summary, write_report
 
     run = Path(args.run)
@@ -347,6 +351,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     console.print(f"compared epochs {', '.join(map(str, summary['compared_epochs']))} × {summary['images_per_epoch']} image(s) each")
     if summary.get("recommended_epoch") is not None:
         console.print(f"recommended epoch: {summary['recommended_epoch']}")
+    return 0
+
+
+def cmd_report_compare(args: argparse.Namespace) -> int:
+    """`report --compare RUN[:EPOCH] ...`: one page with each run's recommended (or chosen) epoch side by side."""
+    from .report.compare import write_compare
+
+    if args.device:
+        raise UserError("--device goes with --run: `report --compare` draws nothing, it compares what each run has already sampled")
+    result = write_compare(list(args.compare), Path(args.out) if args.out else None)
+    warn(result.warnings)
+    console.print(f"[green]comparison[/] {result.page}", soft_wrap=True)
+    for col in result.columns:
+        how = "chosen" if col.chosen else "recommended"
+        console.print(Text(f"  {col.spec}: epoch {col.epoch} ({how})"), soft_wrap=True)
+    console.print(f"{result.pairs} prompt × seed pair(s) in common; {result.settings_differ} setting(s) differ")
     return 0
 
 
@@ -507,8 +527,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-sd15", metavar="DIR", help="only write a random-weight SD1.5 diffusers folder here")
     p.set_defaults(func=cmd_smoke)
 
-    p = sub.add_parser("report", help="write the epoch-comparison report of a run")
-    p.add_argument("--run", required=True, help="run directory")
+    p = sub.add_parser("report", help="write the epoch-comparison report of a run, or compare runs (--compare)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="run directory")
+    which.add_argument("--compare", nargs="+", metavar="RUN[:EPOCH]",
+                       help="compare 2+ runs on one page: each run's recommended epoch, or the one after a trailing :EPOCH (e.g. runs/a:3)")
+    p.add_argument("--out", default=None, help="with --compare: new folder for the page (default: compare-<UTC time> beside the first run)")
     p.add_argument("--no-sample", action="store_true", help="compare only what is already sampled (default: first draw every epoch that has no samples yet)")
     p.add_argument("--device", choices=["cuda", "mps", "cpu"], help="device for that sampling (default: cuda, else mps, else cpu)")
     p.set_defaults(func=cmd_report)

@@ -467,14 +467,14 @@ def test_report_modules_hold_no_markup() -> None:
     rule = re.compile(r"\{[^{}]*[a-z-]+\s*:[^{}]*\}|\b[a-z-]+\s*:\s*[#\w.%-]+;")  # a style rule, or `name:value;` as in a style attribute
     package = Path(report.__file__).parent
     modules = sorted(package.glob("*.py"))
-    assert {p.name for p in modules} >= {"__init__.py", "collect.py", "score.py", "plot.py", "page.py"}
+    assert {p.name for p in modules} >= {"__init__.py", "collect.py", "score.py", "plot.py", "page.py", "compare.py"}
     for path in modules:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         docstrings = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body and isinstance(n.body[0], ast.Expr)}
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
                 assert not tag.search(node.value) and not rule.search(node.value), f"{path.name}:{node.lineno}: {node.value[:80]!r}"
-    assert sorted(p.name for p in (package / "templates").iterdir()) == ["report.css", "report.html.j2"]
+    assert sorted(p.name for p in (package / "templates").iterdir()) == ["compare.css", "compare.html.j2", "report.css", "report.html.j2"]
 
 
 @pytest.mark.slow
