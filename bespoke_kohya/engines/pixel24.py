@@ -41,13 +41,14 @@ class Pixel24Engine:
         def note(text: str) -> None:
             progress({"note": text})
 
-        # Trains on the prepared copy: alpha flattened, captions completed and de-duplicated.
+        # Trains on the prepared copy: alpha flattened, captions completed and de-duplicated, less the
+        # held-out images render chose (the same ones sd-scripts would hold out), which score each epoch.
         # A run with a saved state (an earlier session of it) continues from there.
         prepared = next((run.dir / DATA).iterdir())
         preset = self._demo_settings(run, note)
         try:
             result = pixel24.train(preset, prepared, run.dir, device="cpu" if options.cpu else None,
-                                   on_step=progress, on_epoch=run.record_epoch, on_note=note)
+                                   on_step=progress, on_epoch=run.record_epoch, on_note=note, heldout=run.record.dataset.heldout)
         except KeyboardInterrupt:  # the epochs that finished before Ctrl-C are already in run.json
             return Outcome(Status.INTERRUPTED, 130)
         for warning in result["warnings"]:
