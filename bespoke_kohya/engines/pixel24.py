@@ -84,6 +84,8 @@ class Pixel24Sampler:
     def __init__(self, preset: Any, options: SampleOptions) -> None:
         assert preset.pixel24 is not None
         self.preset, self.device, self.warnings = preset, options.device, []
+        self._loaded: tuple[Path, Any] | None = None  # the last checkpoint's model: sample draws the suite and the held-out captions from it
+        self._words_checked = False
 
     def check(self, prompts: list[str], seeds: list[int], jobs: list[SampleJob]) -> None:
         from ..sample import check_suite
@@ -106,8 +108,11 @@ class Pixel24Sampler:
         from ..sample import prompt_ids
 
         assert job.checkpoint is not None
-        model = pixel24.load_checkpoint(job.checkpoint, self.device)
-        if not self.warnings:
+        if self._loaded is None or self._loaded[0] != job.checkpoint:
+            self._loaded = (job.checkpoint, pixel24.load_checkpoint(job.checkpoint, self.device))
+        model = self._loaded[1]
+        if not self._words_checked:  # the suite, drawn first; held-out captions may well hold words training never saw
+            self._words_checked = True
             for prompt in prompts:
                 if unknown := pixel24.encode_prompt(model, prompt)[1]:
                     self.warnings.append(f"prompt {prompt!r}: the model never saw these words, they have no effect: {', '.join(unknown)}")
