@@ -18,6 +18,8 @@ from bespoke_kohya.errors import UserError
 from bespoke_kohya.presets import Preset
 from bespoke_kohya.runfolder.records import read_validation
 
+from tests.helpers.punks import copy_punks
+
 TINY = {"block_out_channels": [16, 32], "layers_per_block": 1, "text_dim": 16, "colour_dim": 8, "feature_dim": 16, "palette_size": 32,
         "batch_size": 8, "warmup_steps": 2, "base": "none", "steps": 4, "epochs": 2, "sample_steps": 4}
 
@@ -30,13 +32,7 @@ def tiny_preset(repeats: int = 1, **pixel24_overrides: object) -> Preset:
 @pytest.fixture(scope="module")
 def sixteen(punks_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """16 real punks with their captions (a stray `.md` like the real folder's README is ignored)."""
-    out = tmp_path_factory.mktemp("data") / "sixteen"
-    out.mkdir()
-    for png in sorted(punks_dir.glob("*.png"))[::11][:16]:
-        shutil.copy(png, out / png.name)
-        if png.with_suffix(".txt").exists():
-            shutil.copy(png.with_suffix(".txt"), out / png.with_suffix(".txt").name)
-    return out
+    return copy_punks(punks_dir, tmp_path_factory.mktemp("data") / "sixteen", every=11, count=16)
 
 
 @pytest.fixture(scope="module")

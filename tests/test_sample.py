@@ -29,6 +29,7 @@ from bespoke_kohya.postprocess import PostprocessOptions, postprocess
 from bespoke_kohya.presets import Preset, SampleSettings
 from bespoke_kohya.sample import SampleJob
 
+from tests.helpers.punks import copy_punks
 from tests.helpers.runs import write_record
 from tests.helpers.tiny_sd import build_tiny_sd15, kohya_lora_state_dict, kohya_metadata, write_kohya_lora
 
@@ -551,13 +552,7 @@ SUITE_PROMPTS = 4  # the pixel24 preset's fixed suite
 @pytest.fixture(scope="module")
 def twenty(punks_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """20 real punks with their captions: the default split (0.1) holds out 2."""
-    out = tmp_path_factory.mktemp("twenty") / "punks"
-    out.mkdir()
-    for png in sorted(punks_dir.glob("*.png"))[::9][:20]:
-        shutil.copy(png, out / png.name)
-        if png.with_suffix(".txt").exists():
-            shutil.copy(png.with_suffix(".txt"), out / png.with_suffix(".txt").name)
-    return out
+    return copy_punks(punks_dir, tmp_path_factory.mktemp("twenty") / "punks", every=9, count=20)
 
 
 def train_pixel24(dataset: Path, run: Path, *overrides: str) -> Path:
@@ -694,11 +689,7 @@ def test_heldout_captions_are_drawn_by_the_diffusers_sampler_as_trained(tiny, pi
     from bespoke_kohya.dataset import check_dataset, prepare
     from bespoke_kohya.images import load_rgb
 
-    source = tmp_path / "punks"
-    source.mkdir()
-    for png in [p for p in sorted(punks_dir.glob("*.png")) if p.with_suffix(".txt").exists()][:6]:
-        shutil.copy(png, source / png.name)
-        shutil.copy(png.with_suffix(".txt"), source / png.with_suffix(".txt").name)
+    source = copy_punks(punks_dir, tmp_path / "punks", every=1, count=6)
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "bespoke-000001.safetensors").write_bytes(tiny["lora1"].read_bytes())
