@@ -4,7 +4,9 @@
 (`engines.<name>.sampler`) and draws each epoch's suite; every image is written
 three times here: full size, the true 24×24 result of post-processing, and a
 NEAREST ×8 preview. ``samples.json`` (paths in it are relative to the run folder)
-is merged, so sampling epochs one at a time accumulates.
+is merged, so sampling epochs one at a time accumulates. Beside the suite, each held-out
+image's own caption (run.json dataset.heldout) is drawn with the first ``sample.heldout_seeds``
+seeds, so the report can set the draws beside the real image.
 
 Nothing is half-written: an epoch's images are built in a hidden folder that is
 renamed into place when the epoch is complete, and ``samples.json`` is replaced
@@ -22,9 +24,10 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -301,6 +304,44 @@ def prompt_ids(prompts: list[str]) -> list[str]:
     return [f"p{i + 1:0{width}d}" for i in range(len(prompts))]
 
 
+@dataclass(frozen=True)
+class HeldoutPrompt:
+    """A held-out image's own caption (run.json dataset.heldout), drawn beside the suite so the report can pair them."""
+
+    id: str  # prompt_id and file stem of its draws: `heldout-<stem>`
+    prompt: str  # the caption as trained, verbatim
+    file: str  # the prepared image file it describes (SampleImage.heldout)
+
+
+_PLAIN_STEM = re.compile(r"[A-Za-z0-9_-]{1,80}")
+
+
+def heldout_id(file: str) -> str:
+    """``heldout-<stem>``: never a suite id (``p01``), and a safe file name whatever the stem holds.
+
+    A stem with other characters becomes a slug plus ``~`` and a hash of the name; ``~`` is
+    never in a plain stem, so two held-out files can never share an id.
+    """
+    stem = Path(file).stem
+    if _PLAIN_STEM.fullmatch(stem):
+        return f"heldout-{stem}"
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-")[:40] or "image"
+    return f"heldout-{slug}~{hashlib.sha256(file.encode('utf-8')).hexdigest()[:8]}"
+
+
+def heldout_prompts(run: RunHandle) -> tuple[list[HeldoutPrompt], list[str]]:
+    """The held-out images' captions to draw, and a warning for those whose caption is not in the run's data/."""
+    prompts, missing = [], []
+    for file, caption in run.heldout_captions():
+        if caption is None:
+            missing.append(file)
+        else:
+            prompts.append(HeldoutPrompt(heldout_id(file), caption, file))
+    warnings = [f"{len(missing)} held-out image(s) have no caption in {run.dir / DATA}, so their captions are not drawn: {', '.join(missing[:5])}"
+                f"{' …' if len(missing) > 5 else ''}"] if missing else []
+    return prompts, warnings
+
+
 def generate(pipe: Any, prompt: str, seed: int, settings: SampleSettings, size: tuple[int, int], negative_prompt: str, clip_skip: int | None = None) -> Image.Image:
     """One full-size image; its own generator seeded with ``seed``, so it does not depend on what else is drawn."""
     device = pipe.device.type
@@ -422,7 +463,7 @@ def check_suite(prompts: list[str], seeds: list[int], size: tuple[int, int], fac
 
 
 def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], prompts: list[str], seeds: list[int], options: Any,
-                progress: bool = True, adhoc: bool = False) -> Samples:
+                progress: bool = True, adhoc: bool = False, heldout: list[HeldoutPrompt] | None = None, heldout_seeds: list[int] | None = None) -> Samples:
     """Draw every job's prompts × seeds into ``RUN/samples`` with ``sampler`` and return the merged samples.json.
 
     Writes ``epoch-NNN/<prompt-id>-s<seed>.png`` (full size), ``.24.png`` (24×24 result)
@@ -434,10 +475,15 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
     ``samples/adhoc/epoch-NNN/`` (named by the prompt's text, added to what is there) and to
     samples.json's ``adhoc`` table; the suite's folders and records, which the report
     compares, are left as they are.
+
+    ``heldout``: held-out images' captions, each drawn with ``heldout_seeds`` into the same epoch
+    folders and records as the suite (``SampleImage.heldout`` names the image); not with ``adhoc``.
     """
     epochs = [job.epoch for job in jobs]
     if len(set(epochs)) != len(epochs):
         raise UserError(f"sample: an epoch is listed twice ({epochs}); list each once")
+    heldout = [] if adhoc or not heldout_seeds else list(heldout or [])
+    heldout_seeds = list(heldout_seeds or []) if heldout else []
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir, SAMPLE):  # samples.json is read, merged and rewritten: one sampler at a time
         sampler.check(prompts, seeds, jobs)
@@ -448,14 +494,18 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
         ids = adhoc_ids(prompts) if adhoc else prompt_ids(prompts)
         sid = None
         if not adhoc:
-            suite = {"settings": sampler.settings(prompts, seeds, _options_record(options)),
-                     "prompts": [{"id": pid, "prompt": p} for pid, p in zip(ids, prompts)], "seeds": list(seeds)}
-            sid = suite_id(suite)
+            settings = sampler.settings(prompts, seeds, _options_record(options))
+            # How many held-out seeds is part of the suite only when held-out captions are drawn (below), so the
+            # suite of a run without held-out images keeps the id it had before held-out draws existed.
+            settings.pop("heldout_seeds", None)
+            suite = {"settings": settings, "prompts": [{"id": pid, "prompt": p} for pid, p in zip(ids, prompts)], "seeds": list(seeds)}
+            hashed = {**suite, "heldout": {"prompts": [asdict(h) for h in heldout], "seeds": heldout_seeds}} if heldout else suite
+            sid = suite_id(hashed)
             doc.settings, doc.prompts, doc.seeds, doc.suite_id = suite["settings"], suite["prompts"], suite["seeds"], sid
         folder = out_dir / ADHOC if adhoc else out_dir
         folder.mkdir(exist_ok=True)
         rel_folder = f"{SAMPLES}/{ADHOC}" if adhoc else SAMPLES
-        with counter("sampling", len(jobs) * len(prompts) * len(seeds), progress) as tick:
+        with counter("sampling", len(jobs) * (len(prompts) * len(seeds) + len(heldout) * len(heldout_seeds)), progress) as tick:
             for job in jobs:
                 name = f"epoch-{job.epoch:03d}"
                 with _staged_epoch(folder, name, keep_old=adhoc) as staging:
@@ -470,7 +520,13 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
                         images.append(_write_sample(full, staging, f"{rel_folder}/{name}", ids[prompts.index(prompt)] if adhoc else pid, prompt, seed, options))
                         tick()
 
+                    def write_heldout(full: Image.Image, h: HeldoutPrompt, seed: int) -> None:
+                        images.append({**_write_sample(full, staging, f"{rel_folder}/{name}", h.id, h.prompt, seed, options), "heldout": h.file})
+                        tick()
+
                     extra = sampler.draw(job, prompts, seeds, write)
+                    if heldout:
+                        extra.update(_draw_heldout(sampler, job, heldout, heldout_seeds, write_heldout))
                 entry.update(extra, suite_id=sid, sampled=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              seconds=round(time.perf_counter() - started, 3), images=images)
                 if adhoc:
@@ -482,6 +538,18 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
                     doc.epochs = dict(sorted(doc.epochs.items(), key=lambda kv: int(kv[0])))
                 write_samples(run_dir, doc)
     return doc
+
+
+def _draw_heldout(sampler: EpochSampler, job: SampleJob, heldout: list[HeldoutPrompt], seeds: list[int],
+                  write: Callable[[Image.Image, HeldoutPrompt, int], None]) -> dict[str, Any]:
+    """Draw each held-out caption × ``seeds`` with ``job``'s checkpoint: one more ``draw`` call, so engines need nothing new.
+
+    Samplers number a call's prompts p01, p02, … (prompt_ids); two held-out images may share a
+    caption, so each draw is matched to its image by that number, not by the text.
+    """
+    captions = [h.prompt for h in heldout]
+    by_pid = dict(zip(prompt_ids(captions), heldout))
+    return sampler.draw(job, captions, seeds, lambda full, pid, _prompt, seed: write(full, by_pid[pid], seed))
 
 
 def adhoc_ids(prompts: list[str]) -> list[str]:
@@ -616,6 +684,10 @@ def sample_run(run_dir: Path, *, epochs: list[int] | None = None, prompts_file: 
         sampler = get_engine(run.record.engine).sampler(run, options)
         jobs = select_jobs(run, epochs, include_base)
         post = postprocess_options_for(preset.sample, training_images_dir(run.dir, run.record, dataset_dir))
-        doc = draw_epochs(run.dir, sampler, jobs, options.prompts or [], options.seeds or [], post, progress, adhoc=bool(prompts)).as_dict()
-    doc["warnings"] = list(sampler.warnings)
+        # Held-out captions go with the suite (the preset's, or --prompts FILE), never with ad-hoc --prompt draws.
+        heldout, notes = ([], []) if prompts or not preset.sample.heldout_seeds else heldout_prompts(run)
+        seeds_used = options.seeds or []
+        doc = draw_epochs(run.dir, sampler, jobs, options.prompts or [], seeds_used, post, progress, adhoc=bool(prompts),
+                          heldout=heldout, heldout_seeds=seeds_used[: preset.sample.heldout_seeds]).as_dict()
+    doc["warnings"] = notes + list(sampler.warnings)
     return doc

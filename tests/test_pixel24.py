@@ -16,6 +16,9 @@ from PIL import Image
 from bespoke_kohya import pixel24
 from bespoke_kohya.errors import UserError
 from bespoke_kohya.presets import Preset
+from bespoke_kohya.runfolder.records import read_validation
+
+from tests.helpers.punks import copy_punks
 
 TINY = {"block_out_channels": [16, 32], "layers_per_block": 1, "text_dim": 16, "colour_dim": 8, "feature_dim": 16, "palette_size": 32,
         "batch_size": 8, "warmup_steps": 2, "base": "none", "steps": 4, "epochs": 2, "sample_steps": 4}
@@ -29,13 +32,7 @@ def tiny_preset(repeats: int = 1, **pixel24_overrides: object) -> Preset:
 @pytest.fixture(scope="module")
 def sixteen(punks_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """16 real punks with their captions (a stray `.md` like the real folder's README is ignored)."""
-    out = tmp_path_factory.mktemp("data") / "sixteen"
-    out.mkdir()
-    for png in sorted(punks_dir.glob("*.png"))[::11][:16]:
-        shutil.copy(png, out / png.name)
-        if png.with_suffix(".txt").exists():
-            shutil.copy(png.with_suffix(".txt"), out / png.with_suffix(".txt").name)
-    return out
+    return copy_punks(punks_dir, tmp_path_factory.mktemp("data") / "sixteen", every=11, count=16)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +73,7 @@ def test_training_writes_checkpoints_state_config_and_loss_log(trained: tuple[Pa
     assert [e["step"] for e in events] == [1, 2, 3, 4]
     assert set(events[0]) == {"epoch", "epochs", "step", "total_steps", "loss", "avg_loss", "lr", "images_per_s"}
     assert events[-1]["total_steps"] == 4 and events[0]["epochs"] == 2
+    assert result["heldout"] == 0 and not (run / "logs" / "validation.csv").exists()  # nothing held out: no validation file
 
 
 def test_config_holds_model_vocabulary_palette_and_settings(trained: tuple[Path, dict, list[dict]], sixteen: Path) -> None:
@@ -201,16 +199,19 @@ def test_should_stop_keeps_finished_epochs(sixteen: Path, tmp_path: Path) -> Non
 
 
 def test_resume_continues_exactly_where_it_stopped(sixteen: Path, tmp_path: Path) -> None:
-    """Stopped after epoch 1 then resumed: the same weights, loss log and epochs as one uninterrupted run."""
+    """Stopped after epoch 1 then resumed: the same weights, loss log, held-out losses and epochs as one uninterrupted run."""
     from safetensors.torch import load_file
 
     preset = tiny_preset(steps=6, epochs=3)
-    whole = pixel24.train(preset, sixteen, tmp_path / "whole", device="cpu")
+    held = sorted(p.name for p in sixteen.glob("*.png"))[:2]
+    whole = pixel24.train(preset, sixteen, tmp_path / "whole", device="cpu", heldout=held)
     stop = {"now": False}
-    first = pixel24.train(preset, sixteen, tmp_path / "split", device="cpu", on_epoch=lambda e, p: stop.update(now=True), should_stop=lambda: stop["now"])
+    first = pixel24.train(preset, sixteen, tmp_path / "split", device="cpu", on_epoch=lambda e, p: stop.update(now=True), should_stop=lambda: stop["now"],
+                          heldout=held)
     assert first["stopped"] and sorted(first["epochs"]) == [1]
+    assert [r.epoch for r in read_validation(tmp_path / "split")] == [1]
     notes: list[str] = []
-    second = pixel24.train(preset, sixteen, tmp_path / "split", device="cpu", on_note=notes.append)
+    second = pixel24.train(preset, sixteen, tmp_path / "split", device="cpu", on_note=notes.append, heldout=held)
     assert "resuming at step 2/6 (epoch 1 of 3)" in notes
     assert sorted(second["epochs"]) == [2, 3] and second["steps"] == 6
     for epoch in (1, 2, 3):
@@ -218,6 +219,61 @@ def test_resume_continues_exactly_where_it_stopped(sixteen: Path, tmp_path: Path
         b = load_file(tmp_path / "split" / f"checkpoints/pixel24-{epoch:06d}.safetensors")
         assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a), f"epoch {epoch} differs"
     assert (tmp_path / "whole" / "logs" / "loss.csv").read_text() == (tmp_path / "split" / "logs" / "loss.csv").read_text()
+    # Epoch 1's held-out loss, measured before the stop, is kept; 2 and 3 are added: the same file as the whole run's.
+    assert [(r.epoch, r.step) for r in read_validation(tmp_path / "split")] == [(1, 2), (2, 4), (3, 6)]
+    assert (tmp_path / "whole" / "logs" / "validation.csv").read_text() == (tmp_path / "split" / "logs" / "validation.csv").read_text()
+
+
+def _with_marked_heldout(sixteen: Path, out: Path, held: list[str]) -> Path:
+    """A copy of ``sixteen`` whose held-out images' captions carry a word no training caption has."""
+    shutil.copytree(sixteen, out)
+    for name in held:
+        caption = out / Path(name).with_suffix(".txt").name
+        caption.write_text(caption.read_text(encoding="utf-8").strip() + ", glorpwave hat", encoding="utf-8")
+    return out
+
+
+def test_heldout_images_are_not_trained_on_and_scored_after_every_epoch(sixteen: Path, tmp_path: Path) -> None:
+    """dataset.heldout: trained on the other 13 only; each epoch's held-out loss is the saved (EMA) checkpoint's, on fixed draws."""
+    from bespoke_kohya.dataset import split_heldout
+    from bespoke_kohya.pixel24.training import heldout_loss, hold_out, load_training_set
+    from bespoke_kohya.pixel24.text import encode_caption
+
+    names = sorted(p.name for p in sixteen.glob("*.png"))
+    held = split_heldout(names, 0.2, 42)[1]
+    assert len(held) == 3
+    data = _with_marked_heldout(sixteen, tmp_path / "data", held)
+    notes: list[str] = []
+    result = pixel24.train(tiny_preset(steps=4, epochs=2, vocab_min_count=1), data, tmp_path / "run", device="cpu", on_note=notes.append, heldout=held)
+
+    assert (result["images"], result["heldout"]) == (13, 3)
+    assert "validation: 3 of 16 images held out (dataset.validation_split), not trained on; their loss is measured after every epoch → logs/validation.csv" in notes
+    config = json.loads((tmp_path / "run" / "checkpoints" / "pixel24.json").read_text())
+    assert (config["dataset"]["images"], config["dataset"]["heldout"]) == (13, 3)
+    # With vocab_min_count = 1 every training word is in the vocabulary: a word only the held-out captions have is not.
+    assert "glorpwave" not in config["vocab"] and "punk" in config["vocab"]
+
+    rows = read_validation(tmp_path / "run")
+    assert [(r.epoch, r.step) for r in rows] == [(1, 2), (2, 4)]
+    assert all(r.loss is not None and math.isfinite(r.loss) and r.loss > 0 for r in rows)
+    assert rows[0].loss != rows[1].loss
+    # The row is the loss of the checkpoint the epoch saved, and the same draws give the same number again.
+    everything = load_training_set(data, "punk")
+    _, held_set = hold_out(everything, held, data)
+    assert held_set.names == held
+    for row in rows:
+        model = pixel24.load_checkpoint(tmp_path / "run" / result["epochs"][row.epoch], device="cpu")
+        indices = pixel24.to_indices(held_set.images, model.palette)
+        captions = [encode_caption(model.vocab_index, c)[0] for c in held_set.captions]
+        again = heldout_loss(model, indices, captions, tiny_preset().pixel24.label_smoothing)
+        assert again == pytest.approx(row.loss, rel=1e-5, abs=1e-6)
+        assert heldout_loss(model, indices, captions, tiny_preset().pixel24.label_smoothing) == again
+
+
+def test_a_heldout_name_the_folder_lacks_is_one_line(sixteen: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=rf"run.json dataset.heldout names nope.png, which {sixteen} does not hold"):
+        pixel24.train(tiny_preset(), sixteen, tmp_path, device="cpu", heldout=["nope.png"])
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_fine_tuning_from_a_base_extends_the_vocabulary_and_takes_the_new_palette(trained: tuple[Path, dict, list[dict]], sixteen: Path, tmp_path: Path) -> None:
@@ -383,6 +439,11 @@ def test_cli_resume_after_ctrl_c_continues_and_refuses_set(sixteen: Path, tmp_pa
         steps = [int(r["step"]) for r in csv.DictReader(fh)]
     assert steps == list(range(1, 401))  # the curve before the interruption is kept, nothing repeated
     assert sorted(int(e) for e in json.loads((run / "run.json").read_text())["epochs"]) == list(range(1, 41))
+    # render held out 2 of the 16 (dataset.validation_split 0.1): a held-out loss for every epoch, those before Ctrl-C kept.
+    assert len(json.loads((run / "run.json").read_text())["dataset"]["heldout"]) == 2
+    rows = read_validation(run)
+    assert [r.epoch for r in rows] == list(range(1, 41)) and [r.step for r in rows] == list(range(10, 401, 10))
+    assert all(r.loss is not None and math.isfinite(r.loss) for r in rows)
 
 
 def test_resume_with_a_damaged_config_is_one_line(sixteen: Path, tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ TINY = [
     f"sample.seeds=[{','.join(map(str, SEEDS))}]",
 ]
 PROMPTS = 4  # the preset's fixed suite (sample.prompts)
+HELDOUT_SEEDS = 2  # sample.heldout_seeds: each held-out caption (dataset.validation_split) is drawn with the first 2 seeds too
 ALT = re.compile(r"^epoch (\d+), (p\d+), seed (\d+)$")
 
 
@@ -77,13 +78,20 @@ def page_samples(run_dir: Path) -> dict[tuple[int, str, int], Image.Image]:
     return parser.cells
 
 
+def images_per_epoch(run_dir: Path) -> int:
+    """The suite plus the held-out captions render set aside (1 of the 8 punks at the default split)."""
+    heldout = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["dataset"]["heldout"]
+    assert len(heldout) == 1
+    return PROMPTS * len(SEEDS) + len(heldout) * min(HELDOUT_SEEDS, len(SEEDS))
+
+
 def assert_every_epoch_and_seed_pictured(run_dir: Path) -> None:
     cells = page_samples(run_dir)
     wanted = {(e, f"p{p:02d}", s) for e in range(1, EPOCHS + 1) for p in range(1, PROMPTS + 1) for s in SEEDS}
     assert set(cells) == wanted, f"missing {sorted(wanted - set(cells))}, unexpected {sorted(set(cells) - wanted)}"
     assert all(im.size == (24, 24) for im in cells.values())
     metrics = json.loads((run_dir / "report" / "metrics.json").read_text(encoding="utf-8"))
-    assert {e: entry["images"] for e, entry in metrics["epochs"].items()} == {str(e): PROMPTS * len(SEEDS) for e in range(1, EPOCHS + 1)}
+    assert {e: entry["images"] for e, entry in metrics["epochs"].items()} == {str(e): images_per_epoch(run_dir) for e in range(1, EPOCHS + 1)}
     assert metrics["recommendation"]["epoch"] in range(1, EPOCHS + 1)
 
 
@@ -106,7 +114,7 @@ def test_the_quick_start_as_written_ends_in_a_report_with_pictures(small_punks: 
     assert reported.returncode == 0, reported.stdout[-3000:] + reported.stderr[-3000:]
     assert "sampling" not in reported.stdout  # nothing left to draw
     assert f"report {run_dir / 'report' / 'index.html'}" in reported.stdout
-    assert f"compared epochs 1, 2 × {PROMPTS * len(SEEDS)} image(s) each" in reported.stdout
+    assert f"compared epochs 1, 2 × {images_per_epoch(run_dir)} image(s) each" in reported.stdout
     assert_every_epoch_and_seed_pictured(run_dir)
 
 
@@ -125,5 +133,6 @@ def test_report_samples_what_train_left_unsampled_and_refuses_an_empty_compariso
     drawn = cli("report", "--run", str(run_dir))
     assert drawn.returncode == 0, drawn.stdout[-3000:] + drawn.stderr[-3000:]
     assert "sampling epoch(s) 1, 2 (no samples yet)" in drawn.stdout
-    assert f"sampling {PROMPTS * len(SEEDS) * EPOCHS}/{PROMPTS * len(SEEDS) * EPOCHS}" in drawn.stdout + drawn.stderr  # its progress
+    total = images_per_epoch(run_dir) * EPOCHS
+    assert f"sampling {total}/{total}" in drawn.stdout + drawn.stderr  # its progress, held-out captions included
     assert_every_epoch_and_seed_pictured(run_dir)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from bespoke_kohya.postprocess import PostprocessOptions, postprocess
 from bespoke_kohya.presets import Preset, SampleSettings
 from bespoke_kohya.sample import SampleJob
 
+from tests.helpers.punks import copy_punks
 from tests.helpers.runs import write_record
 from tests.helpers.tiny_sd import build_tiny_sd15, kohya_lora_state_dict, kohya_metadata, write_kohya_lora
 
@@ -536,3 +539,172 @@ def test_checkpoints_recorded_outside_the_run_are_refused(tmp_path: Path, punks_
     for epoch, shown in ((2, str(outside)), (3, "../elsewhere.safetensors")):
         with pytest.raises(UserError, match=rf"run.json: epochs.{epoch}: {shown} is outside the run folder"):
             sample.select_jobs(RunHandle.open(run), [epoch], False)
+
+
+# ------------------------------------------------------------------ held-out captions (issue 14)
+
+# A pixel24 run trains and draws in seconds; the sample stage is the same for every engine.
+P24_TINY = ["pixel24.base=none", "pixel24.steps=2", "pixel24.epochs=2", "pixel24.block_out_channels=[16,32]", "pixel24.batch_size=4",
+            "pixel24.text_dim=16", "pixel24.colour_dim=8", "pixel24.feature_dim=16", "pixel24.sample_steps=2", "sample.seeds=[3,4,5]"]
+SUITE_PROMPTS = 4  # the pixel24 preset's fixed suite
+
+
+@pytest.fixture(scope="module")
+def twenty(punks_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 real punks with their captions: the default split (0.1) holds out 2."""
+    return copy_punks(punks_dir, tmp_path_factory.mktemp("twenty") / "punks", every=9, count=20)
+
+
+def train_pixel24(dataset: Path, run: Path, *overrides: str) -> Path:
+    """A real run: `bespoke-kohya train --preset pixel24` in this process (render, held-out split, training), not sampled."""
+    from bespoke_kohya.cli import main
+
+    args = ["train", "--preset", "pixel24", "--dataset", str(dataset), "--run-dir", str(run), "--no-sample", *(f"--set={s}" for s in [*P24_TINY, *overrides])]
+    assert main(args) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def heldout_run(twenty: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_pixel24(twenty, tmp_path_factory.mktemp("p24") / "run")
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    return to
+
+
+def prepared_caption(run: Path, file: str) -> str:
+    """The caption training saw: data/<repeats>_<concept>/<stem>.txt, as render wrote it."""
+    (folder,) = (run / "data").iterdir()
+    return (folder / Path(file).with_suffix(".txt").name).read_text(encoding="utf-8").strip()
+
+
+def set_heldout(run: Path, heldout: list[str] | None) -> None:
+    from bespoke_kohya.runfolder.records import read_run, write_run
+
+    record = read_run(run)
+    record.dataset.heldout = heldout
+    write_run(run, record)
+
+
+def test_heldout_captions_are_drawn_beside_the_suite_with_the_first_seeds(heldout_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bespoke_kohya import pixel24
+    from bespoke_kohya.runfolder.records import RunHandle
+
+    run = copy_run(heldout_run, tmp_path / "run")
+    handle = RunHandle.open(run)
+    held = handle.record.dataset.heldout
+    assert held is not None and len(held) == 2
+    doc = sample.sample_run(run, epochs=[2], progress=True)
+    # 4 prompts × 3 seeds, and 2 held-out captions × the first 2 seeds (sample.heldout_seeds), all counted by the progress line.
+    assert "sampling 16/16" in capsys.readouterr().err
+    images = doc["epochs"]["2"]["images"]
+    suite = [(i["prompt_id"], i["seed"]) for i in images if i["heldout"] is None]
+    assert suite == [(pid, s) for pid in sample.prompt_ids(["x"] * SUITE_PROMPTS) for s in (3, 4, 5)]
+    drawn = [i for i in images if i["heldout"] is not None]
+    assert [(i["prompt_id"], i["heldout"], i["prompt"], i["seed"]) for i in drawn] == [
+        (f"heldout-{Path(f).stem}", f, prepared_caption(run, f), s) for f in held for s in (3, 4)]
+    # The suite's own list stays the fixed prompts; held-out draws are marked on each image.
+    assert [p["id"] for p in doc["prompts"]] == sample.prompt_ids(["x"] * SUITE_PROMPTS)
+    # Each is the model's own draw for the caption as trained and that seed, in the epoch's folder.
+    p = handle.record.preset_model(run).pixel24
+    model = pixel24.load_checkpoint(run / handle.record.epochs["2"], device="cpu")
+    for img in drawn:
+        assert img["art"] == f"samples/epoch-002/{img['prompt_id']}-s{img['seed']}.24.png"
+        assert all((run / img[k]).is_file() for k in ("full", "art", "preview"))
+        expected = pixel24.sample(model, [img["prompt"]], [img["seed"]], steps=p.sample_steps, guidance_scale=p.guidance_scale, temperature=p.temperature)[0][0]
+        assert np.array_equal(np.asarray(Image.open(run / img["full"]).convert("RGB")), expected)
+    assert doc["epochs"]["2"]["suite_id"] == doc["suite_id"]
+    # Sampling another epoch later draws the same suite: the same id, so the report compares them.
+    doc = sample.sample_run(run, epochs=[1], progress=False)
+    assert doc["epochs"]["1"]["suite_id"] == doc["epochs"]["2"]["suite_id"] == doc["suite_id"]
+    assert [i["prompt_id"] for i in doc["epochs"]["1"]["images"]] == [i["prompt_id"] for i in images]
+
+
+def test_no_heldout_draws_without_a_split_without_seeds_or_in_an_old_run(heldout_run: Path, twenty: Path, tmp_path: Path) -> None:
+    """split 0, heldout_seeds 0, and a run made before held-out validation (dataset.heldout absent) draw the suite as before, with one suite id."""
+    off = train_pixel24(twenty, tmp_path / "off", "dataset.validation_split=0")
+    no_seeds = train_pixel24(twenty, tmp_path / "no-seeds", "sample.heldout_seeds=0")
+    old = copy_run(heldout_run, tmp_path / "old")
+    set_heldout(old, None)
+    ids = set()
+    for run in (off, no_seeds, old):
+        doc = sample.sample_run(run, epochs=[1], progress=False)
+        images = doc["epochs"]["1"]["images"]
+        assert len(images) == SUITE_PROMPTS * 3 and not any(i["heldout"] for i in images)
+        assert "heldout_seeds" not in doc["settings"] and not [w for w in doc["warnings"] if "held-out" in w]
+        assert sorted(p.name for p in (run / "samples" / "epoch-001").iterdir() if p.name.startswith("heldout-")) == []
+        ids.add(doc["suite_id"])
+    assert len(ids) == 1  # nothing held-out drawn: the split and heldout_seeds leave the suite's identity alone
+    assert read_json(off / "run.json")["dataset"]["heldout"] == [] and len(read_json(no_seeds / "run.json")["dataset"]["heldout"]) == 2
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_an_epoch_drawn_before_heldout_draws_is_kept_and_told_apart(heldout_run: Path, tmp_path: Path) -> None:
+    """samples.json from before this feature (epoch 1 without held-out draws) is read and merged; the new epoch carries
+    the held-out draws and a new suite id, so the report asks for epoch 1 to be drawn again rather than comparing unfairly."""
+    run = copy_run(heldout_run, tmp_path / "run")
+    held = read_json(run / "run.json")["dataset"]["heldout"]
+    set_heldout(run, None)
+    before = sample.sample_run(run, epochs=[1], progress=False)
+    set_heldout(run, held)
+    after = sample.sample_run(run, epochs=[2], progress=False)
+    assert after["epochs"]["1"] == before["epochs"]["1"]
+    assert [i["heldout"] for i in after["epochs"]["2"]["images"] if i["heldout"]] == [held[0], held[0], held[1], held[1]]
+    assert after["epochs"]["2"]["suite_id"] == after["suite_id"] != after["epochs"]["1"]["suite_id"]
+
+
+def test_adhoc_prompts_draw_no_heldout_captions(heldout_run: Path, tmp_path: Path) -> None:
+    run = copy_run(heldout_run, tmp_path / "run")
+    doc = sample.sample_run(run, epochs=[1], prompts=["lady"], seeds=[9], progress=False)
+    assert doc["epochs"] == {} and [(i["prompt"], i["seed"], i["heldout"]) for i in doc["adhoc"]["1"]["images"]] == [("lady", 9, None)]
+
+
+def test_a_heldout_caption_missing_from_data_is_skipped_with_a_warning(heldout_run: Path, tmp_path: Path) -> None:
+    run = copy_run(heldout_run, tmp_path / "run")
+    held = read_json(run / "run.json")["dataset"]["heldout"]
+    (folder,) = (run / "data").iterdir()
+    (folder / Path(held[0]).with_suffix(".txt").name).unlink()
+    doc = sample.sample_run(run, epochs=[1], progress=False)
+    assert [i["heldout"] for i in doc["epochs"]["1"]["images"] if i["heldout"]] == [held[1], held[1]]
+    assert doc["warnings"][0] == f"1 held-out image(s) have no caption in {run / 'data'}, so their captions are not drawn: {held[0]}"
+
+
+def test_heldout_ids_are_safe_file_names_that_never_collide() -> None:
+    assert sample.heldout_id("lad_001.png") == "heldout-lad_001"
+    odd = ["lad 001 (copy).png", "lad-001--copy-.png", "../x.png", "ünïcode.png", "a.b.png", "a_b.png", ".png"]
+    ids = [sample.heldout_id(f) for f in odd]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"heldout-[A-Za-z0-9_~-]+", i) for i in ids), ids
+    assert sample.heldout_id("a.b.png").startswith("heldout-a-b~") and sample.heldout_id("a_b.png") == "heldout-a_b"
+    assert not any(i in sample.prompt_ids(["x"] * 200) for i in ids)
+
+
+def test_heldout_captions_are_drawn_by_the_diffusers_sampler_as_trained(tiny, pipe, tmp_path: Path, punks_dir: Path) -> None:
+    """The kohya route: each held-out caption, verbatim from data/, is the prompt; the image is the LoRA's draw of it."""
+    from bespoke_kohya.dataset import check_dataset, prepare
+    from bespoke_kohya.images import load_rgb
+
+    source = copy_punks(punks_dir, tmp_path / "punks", every=1, count=6)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "bespoke-000001.safetensors").write_bytes(tiny["lora1"].read_bytes())
+    preset = tiny_preset(tiny["base"], seeds=[5, 6], heldout_seeds=1)
+    d = preset.dataset
+    prepared = prepare(check_dataset(source), run / "data", resolution=64, num_repeats=d.num_repeats, concept=d.concept,
+                       default_caption=d.default_caption, background=d.alpha_background)
+    held = sorted(p.name for p in prepared.folder.glob("*.png"))[1:3]
+    write_record(run, preset, source, {"1": "checkpoints/bespoke-000001.safetensors"}, heldout=held)
+    doc = sample.sample_run(run, epochs=[1], device="cpu", progress=False)
+    drawn = [i for i in doc["epochs"]["1"]["images"] if i["heldout"]]
+    captions = [(prepared.folder / Path(f).with_suffix(".txt").name).read_text(encoding="utf-8").strip() for f in held]
+    assert [(i["heldout"], i["prompt"], i["seed"]) for i in drawn] == [(held[0], captions[0], 5), (held[1], captions[1], 5)]
+    assert len(doc["epochs"]["1"]["images"]) == len(preset.sample.prompts) * 2 + 2
+    with sample.lora_applied(pipe, run / "checkpoints" / "bespoke-000001.safetensors"):
+        for img, caption in zip(drawn, captions):
+            expected = np.asarray(sample.generate(pipe, caption, 5, preset.sample, SIZE, preset.sample.negative_prompt))
+            assert np.array_equal(load_rgb(run / img["full"]), expected)

@@ -41,13 +41,14 @@ class Pixel24Engine:
         def note(text: str) -> None:
             progress({"note": text})
 
-        # Trains on the prepared copy: alpha flattened, captions completed and de-duplicated.
+        # Trains on the prepared copy: alpha flattened, captions completed and de-duplicated, less the
+        # held-out images render chose (the same ones sd-scripts would hold out), which score each epoch.
         # A run with a saved state (an earlier session of it) continues from there.
         prepared = next((run.dir / DATA).iterdir())
         preset = self._demo_settings(run, note)
         try:
             result = pixel24.train(preset, prepared, run.dir, device="cpu" if options.cpu else None,
-                                   on_step=progress, on_epoch=run.record_epoch, on_note=note)
+                                   on_step=progress, on_epoch=run.record_epoch, on_note=note, heldout=run.record.dataset.heldout)
         except KeyboardInterrupt:  # the epochs that finished before Ctrl-C are already in run.json
             return Outcome(Status.INTERRUPTED, 130)
         for warning in result["warnings"]:
@@ -83,6 +84,8 @@ class Pixel24Sampler:
     def __init__(self, preset: Any, options: SampleOptions) -> None:
         assert preset.pixel24 is not None
         self.preset, self.device, self.warnings = preset, options.device, []
+        self._loaded: tuple[Path, Any] | None = None  # the last checkpoint's model: sample draws the suite and the held-out captions from it
+        self._words_checked = False
 
     def check(self, prompts: list[str], seeds: list[int], jobs: list[SampleJob]) -> None:
         from ..sample import check_suite
@@ -105,8 +108,11 @@ class Pixel24Sampler:
         from ..sample import prompt_ids
 
         assert job.checkpoint is not None
-        model = pixel24.load_checkpoint(job.checkpoint, self.device)
-        if not self.warnings:
+        if self._loaded is None or self._loaded[0] != job.checkpoint:
+            self._loaded = (job.checkpoint, pixel24.load_checkpoint(job.checkpoint, self.device))
+        model = self._loaded[1]
+        if not self._words_checked:  # the suite, drawn first; held-out captions may well hold words training never saw
+            self._words_checked = True
             for prompt in prompts:
                 if unknown := pixel24.encode_prompt(model, prompt)[1]:
                     self.warnings.append(f"prompt {prompt!r}: the model never saw these words, they have no effect: {', '.join(unknown)}")

@@ -14,6 +14,10 @@ stand-in and cached under ``$BESPOKE_CACHE/pixel24-base/<key>/``, the key being 
 of every setting that shapes it; fine-tunes start from it. Two processes that need the
 same base wait for each other (a lock file) instead of training it twice.
 
+Held-out validation: the images run.json lists in ``dataset.heldout`` (the same split
+sd-scripts makes) are left out of training; after every epoch their loss, with the weights
+that epoch's checkpoint saves, goes to ``logs/validation.csv``.
+
 Resume: every checkpoint also writes ``checkpoints/pixel24-state.safetensors`` (live
 weights, EMA, optimiser moments, the data-order generator) and ``pixel24-state.json``
 (step, epoch, optimiser settings); ``train --resume`` continues from there exactly.
@@ -44,7 +48,7 @@ from ..jsonfile import write_atomic, write_json_atomic
 from ..paths import ART, cache_dir
 from ..presets import Pixel24Settings, Preset
 from ..runfolder import CHECKPOINTS
-from ..runfolder.records import LossLog, LossRow, read_loss
+from ..runfolder.records import LossLog, LossRow, ValidationRow, read_loss, read_validation, write_validation
 from .model import (CONFIG_NAME, STEM, Pixel24Model, build_model, checkpoint_name, load_checkpoint, load_weights, model_config, read_config,
                     read_weights, save_checkpoint, write_config)
 from .palette import build_palette, to_indices
@@ -57,6 +61,11 @@ PIXELS = ART * ART
 # Fewer images seen than this and a fine-tune has not learned the artist's shapes yet (measured: 600 steps × 32 gave mushy faces).
 MIN_IMAGES_SEEN = 20_000
 ESTIMATE_AFTER_STEPS = 20  # steps measured before the base model's time estimate is printed
+# Held-out loss: the training loss's own mask ratios r = cos(π/2·u) at five evenly spaced u, and one fixed
+# seed for which pixels are masked, so every epoch is scored on identical draws.
+VALIDATION_RATIOS = tuple(math.cos(math.pi / 2 * (i + 0.5) / 5) for i in range(5))
+VALIDATION_SEED = 0
+VALIDATION_BATCH = 16  # images per forward pass, fixed so the rounding is the same every epoch
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -95,6 +104,22 @@ def load_training_set(folder: Path, default_caption: str, caption_extension: str
     return TrainingSet(images=np.stack(arrays), captions=captions, names=[str(p.relative_to(folder)) for p in paths], warnings=warnings)
 
 
+def hold_out(data: TrainingSet, files: list[str], folder: Path) -> tuple[TrainingSet, TrainingSet]:
+    """(training, held-out) sets: ``files`` (run.json dataset.heldout, names inside ``folder``) go to the second."""
+    missing = sorted(set(files) - set(data.names))
+    if missing:
+        raise UserError(f"run.json dataset.heldout names {', '.join(missing[:3])}, which {folder} does not hold; the run's data/ was changed, train a new run")
+    wanted = set(files)
+
+    def part(keep: bool) -> TrainingSet:
+        rows = [i for i, name in enumerate(data.names) if (name in wanted) == keep]
+        return TrainingSet(images=data.images[rows], captions=[data.captions[i] for i in rows], names=[data.names[i] for i in rows], warnings=[])
+
+    training = part(False)
+    training.warnings = data.warnings
+    return training, part(True)
+
+
 def _drop_phrases(phrases: Phrases, rate: float, generator: torch.Generator) -> Phrases:
     """Each phrase kept with probability 1 - rate, so short prompts look like training captions."""
     if rate <= 0 or not phrases:
@@ -124,6 +149,46 @@ def _lr(schedule: Schedule, step: int) -> float:
     return schedule.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def _mask(ratio: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(B, 24, 24) bool: for image i, ceil(ratio[i]·576) of its pixels chosen at random."""
+    rank = torch.rand(len(ratio), PIXELS, generator=generator).argsort(dim=1).argsort(dim=1)
+    return (rank < (ratio * PIXELS).ceil()[:, None]).view(-1, ART, ART)
+
+
+def _masked_loss(model: Pixel24Model, x0: torch.Tensor, masked: torch.Tensor, ratio: torch.Tensor, conds: list[Phrases], label_smoothing: float) -> torch.Tensor:
+    """Cross-entropy of the model's guesses for the masked pixels of ``x0`` (palette indices), given the rest and the captions."""
+    dev, k = model.device, len(model.palette)
+    x0, masked, ratio = x0.to(dev), masked.to(dev), ratio.to(dev)
+    logits = model.net(torch.where(masked, torch.full_like(x0, k), x0), ratio, model.net.text(conds), model.lab)
+    return F.cross_entropy(logits.permute(0, 2, 3, 1)[masked], x0[masked], label_smoothing=label_smoothing)
+
+
+@torch.no_grad()
+def heldout_loss(model: Pixel24Model, indices: np.ndarray, captions: list[Phrases], label_smoothing: float) -> float:
+    """The training loss on held-out images: full captions, no flips, the VALIDATION_RATIOS with masks from VALIDATION_SEED.
+
+    The mean over the ratios of the per-pixel loss, so the curve sits on the training loss's scale.
+    """
+    gen = torch.Generator().manual_seed(VALIDATION_SEED)
+    x0 = torch.from_numpy(indices).long()
+    was_training = model.net.training
+    model.net.eval()
+    try:
+        per_ratio = []
+        for r in VALIDATION_RATIOS:
+            ratio = torch.full((len(x0),), r)
+            masked = _mask(ratio, gen)
+            total = 0.0
+            for i in range(0, len(x0), VALIDATION_BATCH):
+                part = slice(i, i + VALIDATION_BATCH)
+                # Every image masks the same number of pixels, so a batch's mean weighs by its image count.
+                total += _masked_loss(model, x0[part], masked[part], ratio[part], captions[part], label_smoothing).item() * len(x0[part])
+            per_ratio.append(total / len(x0))
+    finally:
+        model.net.train(was_training)
+    return float(np.mean(per_ratio))
+
+
 class Loop:
     """Optimiser, EMA and data-order generator for one model; ``run`` steps it, ``state``/``restore`` make it resumable."""
 
@@ -145,7 +210,7 @@ class Loop:
         return batch
 
     def _loss(self, batch: list[int]) -> torch.Tensor:
-        s, dev, k = self.s, self.model.device, len(self.model.palette)
+        s = self.s
         x0 = self.indices[batch]
         if s.flip:
             flip = torch.rand(len(batch), generator=self.gen) < 0.5
@@ -153,11 +218,7 @@ class Loop:
         dropped = (torch.rand(len(batch), generator=self.gen) < s.cond_dropout).tolist()
         conds = [[] if d else _drop_phrases(self.captions[i], s.phrase_dropout, self.gen) for i, d in zip(batch, dropped)]
         ratio = torch.cos(torch.rand(len(batch), generator=self.gen) * math.pi / 2).clamp(min=1.0 / PIXELS)
-        rank = torch.rand(len(batch), PIXELS, generator=self.gen).argsort(dim=1).argsort(dim=1)
-        masked = (rank < (ratio * PIXELS).ceil()[:, None]).view(-1, ART, ART)
-        x0, masked, ratio = x0.to(dev), masked.to(dev), ratio.to(dev)
-        logits = self.model.net(torch.where(masked, torch.full_like(x0, k), x0), ratio, self.model.net.text(conds), self.model.lab)
-        return F.cross_entropy(logits.permute(0, 2, 3, 1)[masked], x0[masked], label_smoothing=s.label_smoothing)
+        return _masked_loss(self.model, x0, _mask(ratio, self.gen), ratio, conds, s.label_smoothing)
 
     def run(self, until: int, on_step: Callable[[int, float, float], None] | None = None, should_stop: Callable[[], bool] | None = None) -> bool:
         """Step up to ``until``; False when ``should_stop`` ended it early."""
@@ -387,8 +448,12 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     on_epoch: Callable[[int, str], None] | None = None,
     on_note: Callable[[str], None] | None = None,
+    heldout: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) pixel24 on ``dataset_dir``; one checkpoint per epoch under ``run_dir/checkpoints``."""
+    """Train (or resume) pixel24 on ``dataset_dir``; one checkpoint per epoch under ``run_dir/checkpoints``.
+
+    ``heldout``: image files in ``dataset_dir`` not to train on; their loss is written to logs/validation.csv each epoch.
+    """
     from ..devices import resolve_device
 
     if preset.pixel24 is None:
@@ -398,6 +463,10 @@ def train(
     dev = torch.device(resolve_device(device)[0])
     note = on_note or (lambda text: None)
     data = load_training_set(Path(dataset_dir), preset.dataset.default_caption, preset.dataset.caption_extension)
+    data, held = hold_out(data, heldout or [], Path(dataset_dir))
+    if held.names:
+        note(f"validation: {len(held.names)} of {len(data.names) + len(held.names)} images held out (dataset.validation_split), "
+             f"not trained on; their loss is measured after every epoch → logs/validation.csv")
     if warning := short_run_warning(settings):
         note(warning)
     resumed = _read_state(ckpt_dir)
@@ -405,16 +474,19 @@ def train(
         model, notes = build_model(read_config(ckpt_dir / CONFIG_NAME)), []  # the checked reader: a damaged config is one line
     else:
         model, notes = _start_model(settings, data, on_step, should_stop)
-        model.config["dataset"] = {"path": str(Path(dataset_dir).resolve()), "images": len(data.names)}
+        model.config["dataset"] = {"path": str(Path(dataset_dir).resolve()), "images": len(data.names), "heldout": len(held.names)}
         write_config(ckpt_dir / CONFIG_NAME, model.config)
     model.to(dev)
     schedule = Schedule(settings.steps, settings.batch_size, settings.learning_rate, settings.warmup_steps, settings.ema_decay)
     encoded = [encode_caption(model.vocab_index, c)[0] for c in data.captions]
     loop = Loop(model, to_indices(data.images, model.palette), encoded, settings, schedule)
+    held_indices, held_captions = to_indices(held.images, model.palette), [encode_caption(model.vocab_index, c)[0] for c in held.captions]
     previous: list[LossRow] = []
+    validation: list[ValidationRow] = []
     if resumed is not None:
         loop.restore(*resumed, ckpt_dir / STATE_NAME)
         previous = [row for row in read_loss(run_dir) if row.step <= loop.step]
+        validation = [row for row in read_validation(run_dir) if row.step is not None and row.step <= loop.step]
         note(f"resuming at step {loop.step}/{settings.steps} (epoch {resumed[1].get('epoch')} of {settings.epochs})")
     ends = _epoch_ends(settings.steps, settings.epochs)
     epochs: dict[int, str] = {}
@@ -441,6 +513,9 @@ def train(
             log.flush()
             with loop.averaged():
                 save_checkpoint(model, ckpt_dir / checkpoint_name(epoch), epoch, loop.step)
+                if held.names:  # with the weights just saved, before the resume state: a saved state always has its row
+                    validation.append(ValidationRow(epoch=epoch, step=loop.step, loss=heldout_loss(model, held_indices, held_captions, settings.label_smoothing)))
+                    write_validation(run_dir, validation)
             _write_state(loop, ckpt_dir, epoch)
             epochs[epoch] = f"{CHECKPOINTS}/{checkpoint_name(epoch)}"
             if on_epoch is not None:
@@ -448,4 +523,4 @@ def train(
     elapsed = time.perf_counter() - started
     return {"epochs": epochs, "steps": loop.step, "stopped": stopped, "seconds": round(elapsed, 2), "batch_size": settings.batch_size,
             "images_per_s": round((loop.step - start_step) * settings.batch_size / max(elapsed, 1e-9), 1),
-            "images": len(data.names), "vocab_size": len(model.vocab), "palette_size": len(model.palette), "device": str(dev), "warnings": data.warnings + notes}
+            "images": len(data.names), "heldout": len(held.names), "vocab_size": len(model.vocab), "palette_size": len(model.palette), "device": str(dev), "warnings": data.warnings + notes}

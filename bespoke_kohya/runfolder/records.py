@@ -222,6 +222,33 @@ class RunHandle:
     def path(self, rel: str) -> Path:
         return self.dir / rel
 
+    def heldout_captions(self) -> list[tuple[str, str | None]]:
+        """(file, caption as trained) of each held-out image (run.json dataset.heldout), in that order.
+
+        The caption is the prepared ``data/<repeats>_<concept>/<stem><caption_extension>``, the
+        text training would have seen. None when that file is not there (a run brought home
+        without its data/, or a name that is not a plain file name) or is empty.
+        """
+        from ..dataset import training_folder_name
+
+        files = self.record.dataset.heldout or []
+        if not files:
+            return []
+        d = self.record.preset_model(self.dir).dataset
+        folder = self.dir / DATA / training_folder_name(d.num_repeats, d.concept)
+        out: list[tuple[str, str | None]] = []
+        for file in files:
+            path = folder / Path(file).with_suffix(d.caption_extension).name
+            if Path(file).name != file or not path.is_file():
+                out.append((file, None))
+                continue
+            try:
+                text = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UserError(f"{path}: cannot read this held-out caption ({exc}); restore data/ from a copy of the run") from None
+            out.append((file, text or None))
+        return out
+
 
 # ------------------------------------------------------------------ samples/samples.json
 

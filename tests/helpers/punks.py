@@ -1,7 +1,8 @@
-"""Synthetic punk-like images for tests that need a picture, not the real dataset."""
+"""Synthetic punk-like images for tests that need a picture, and small copies of the real dataset."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,3 +21,13 @@ def make_punk(path: Path, seed: int = 0, size: tuple[int, int] = (24, 24), mode:
         im = im.convert("RGBA")
     im.save(path)
     return path
+
+
+def copy_punks(source: Path, out: Path, every: int, count: int) -> Path:
+    """``count`` real punks (every ``every``-th, spread over the series) with their captions, copied into a new ``out``."""
+    out.mkdir(parents=True)
+    for png in sorted(source.glob("*.png"))[::every][:count]:
+        shutil.copy(png, out / png.name)
+        if png.with_suffix(".txt").exists():
+            shutil.copy(png.with_suffix(".txt"), out / png.with_suffix(".txt").name)
+    return out

@@ -9,10 +9,11 @@ from bespoke_kohya.runfolder import Status
 from bespoke_kohya.runfolder.records import DatasetRef, RunRecord, write_run
 
 
-def write_record(run_dir: Path, preset: Preset, dataset: Path, epochs: dict[str, str], status: str = "finished") -> RunRecord:
-    """run.json of a run trained from ``preset`` on ``dataset`` with these epoch checkpoints."""
+def write_record(run_dir: Path, preset: Preset, dataset: Path, epochs: dict[str, str], status: str = "finished",
+                 heldout: list[str] | None = None) -> RunRecord:
+    """run.json of a run trained from ``preset`` on ``dataset`` with these epoch checkpoints (and held-out images, if any)."""
     record = RunRecord(id=run_dir.name, preset=preset.name, engine=preset.engine, resolved=preset.model_dump(mode="json"),
-                       dataset=DatasetRef(path=str(dataset)), status=Status(status), epochs=epochs)
+                       dataset=DatasetRef(path=str(dataset), heldout=heldout), status=Status(status), epochs=epochs)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run(run_dir, record)
     return record
