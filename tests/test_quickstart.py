@@ -84,7 +84,9 @@ def assert_every_epoch_and_seed_pictured(run_dir: Path) -> None:
     assert all(im.size == (24, 24) for im in cells.values())
     metrics = json.loads((run_dir / "report" / "metrics.json").read_text(encoding="utf-8"))
     assert {e: entry["images"] for e, entry in metrics["epochs"].items()} == {str(e): PROMPTS * len(SEEDS) for e in range(1, EPOCHS + 1)}
-    assert metrics["recommendation"]["epoch"] in range(1, EPOCHS + 1)
+    # Two tiny epochs may be recommended, or plainly not good: then the least bad one is named.
+    rec = metrics["recommendation"]
+    assert rec["epoch"] in range(1, EPOCHS + 1) or (rec["epoch"] is None and rec["least_bad"] in range(1, EPOCHS + 1) and rec["reasons"][0].startswith("No epoch is good: "))
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
