@@ -351,6 +351,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     console.print(f"compared epochs {', '.join(map(str, summary['compared_epochs']))} × {summary['images_per_epoch']} image(s) each")
     if summary.get("recommended_epoch") is not None:
         console.print(f"recommended epoch: {summary['recommended_epoch']}")
+    if summary["reasons"]:
+        console.print(summary["reasons"][0], soft_wrap=True, markup=False)  # why that epoch, or that no epoch is good
     return 0
 
 

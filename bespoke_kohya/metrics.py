@@ -731,6 +731,14 @@ def verdict(result: Mapping[str, Any]) -> str:
     """One plain line saying how an epoch's outputs compare with the training set."""
     if not result.get("n"):
         return "no samples"
+    parts = verdict_parts(result)
+    score = result.get("score")
+    head = f"score {score:.2f}" if score is not None else "not scored"
+    return head + ": " + ("; ".join(parts) if parts else "no metric stands out")
+
+
+def verdict_parts(result: Mapping[str, Any]) -> list[str]:
+    """The phrases of :func:`verdict` without its score (the report puts its own score in front)."""
     parts = []
     if phrase := _copies_phrase(result):
         parts.append(phrase)  # first: memorisation outweighs any style number
@@ -744,9 +752,7 @@ def verdict(result: Mapping[str, Any]) -> str:
         parts.append(f"pixel grid blurred or misaligned (alignment {_num(result['grid'])})")
     if result.get("diversity_score") is not None and result["diversity_score"] < 0.3:
         parts.append(f"seeds look alike (diversity {_num(_diversity_value(result))})")
-    score = result.get("score")
-    head = f"score {score:.2f}" if score is not None else "not scored"
-    return head + ": " + ("; ".join(parts) if parts else "no metric stands out")
+    return parts
 
 
 def recommend(epoch_results: Mapping[int, Mapping[str, Any]]) -> tuple[int | None, dict[int, str], list[str]]:

@@ -91,8 +91,10 @@ def assert_every_epoch_and_seed_pictured(run_dir: Path) -> None:
     assert set(cells) == wanted, f"missing {sorted(wanted - set(cells))}, unexpected {sorted(set(cells) - wanted)}"
     assert all(im.size == (24, 24) for im in cells.values())
     metrics = json.loads((run_dir / "report" / "metrics.json").read_text(encoding="utf-8"))
-    assert {e: entry["images"] for e, entry in metrics["epochs"].items()} == {str(e): images_per_epoch(run_dir) for e in range(1, EPOCHS + 1)}
-    assert metrics["recommendation"]["epoch"] in range(1, EPOCHS + 1)
+    assert {e: entry["images"] for e, entry in metrics["epochs"].items()} == {str(e): PROMPTS * len(SEEDS) for e in range(1, EPOCHS + 1)}
+    # Two tiny epochs may be recommended, or plainly not good: then the least bad one is named.
+    rec = metrics["recommendation"]
+    assert rec["epoch"] in range(1, EPOCHS + 1) or (rec["epoch"] is None and rec["least_bad"] in range(1, EPOCHS + 1) and rec["reasons"][0].startswith("No epoch is good: "))
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
@@ -114,7 +116,7 @@ def test_the_quick_start_as_written_ends_in_a_report_with_pictures(small_punks: 
     assert reported.returncode == 0, reported.stdout[-3000:] + reported.stderr[-3000:]
     assert "sampling" not in reported.stdout  # nothing left to draw
     assert f"report {run_dir / 'report' / 'index.html'}" in reported.stdout
-    assert f"compared epochs 1, 2 × {images_per_epoch(run_dir)} image(s) each" in reported.stdout
+    assert f"compared epochs 1, 2 × {PROMPTS * len(SEEDS)} image(s) each" in reported.stdout
     assert_every_epoch_and_seed_pictured(run_dir)
 
 

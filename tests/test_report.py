@@ -149,19 +149,28 @@ def test_metrics_table_explains_every_metric(page: str, metrics: dict) -> None:
         assert escape(info.label) in page
 
 
+def table_value(entry: dict, key: str) -> float | None:
+    """What the metrics table shows for ``key`` of a metrics.json entry (an epoch or the reference)."""
+    if key == "score":
+        return entry.get("score")
+    if key == "heldout_loss":
+        return (entry.get("evidence") or {}).get("heldout_loss")
+    return entry["values"].get(key)
+
+
 def test_html_numbers_equal_metrics_json(page: str, metrics: dict) -> None:
     cells = CELL_RE.findall(page)
-    keys = ["score"] + [m["key"] for m in metrics["metrics"]]
+    keys = ["score", "heldout_loss"] + [m["key"] for m in metrics["metrics"]]
     assert [(row, key) for row, key, _ in cells] == [(row, key) for row in ["reference", "1", "2", "3"] for key in keys]
     checked = 0
     for row, key, text in cells:
         entry = metrics["reference"] if row == "reference" else metrics["epochs"][row]
-        expected = entry["values"].get(key) if key != "score" else entry.get("score")
+        expected = table_value(entry, key)
         assert text == fmt(expected), (row, key)
         if expected is not None:
             assert float(text) == expected
             checked += 1
-    assert checked >= 3 * len(keys)  # every epoch's numbers, not only dashes
+    assert checked >= 3 * (len(keys) - 1)  # every epoch's numbers, not only dashes (this run logged no held-out loss)
 
 
 def test_recommends_neither_the_noisy_nor_the_memorised_epoch(page: str, metrics: dict) -> None:
@@ -209,6 +218,18 @@ def test_report_summary_matches_metrics_json(full_run: FakeRun, metrics: dict) -
     assert summary["verdicts"] == metrics["verdicts"]
 
 
+def test_no_good_epoch_is_said_plainly_and_the_least_bad_named(small_run: FakeRun, tmp_path: Path) -> None:
+    run = copy_run(small_run, tmp_path)
+    edit_json(run / "samples" / "samples.json", lambda d: d["epochs"].pop("2"))  # left: blurred noise (1) and copies (3)
+    page = report.write_report(run).read_text(encoding="utf-8")
+    doc = json.loads((run / "report" / "metrics.json").read_text(encoding="utf-8"))
+    rec = doc["recommendation"]
+    assert rec["epoch"] is None and rec["least_bad"] in (1, 3) and report.best_epoch(doc) == rec["least_bad"]
+    assert rec["reasons"][0].startswith("No epoch is good: epoch 3 is mostly near-copies of training images; epoch 1 is far from the training style")
+    assert "No epoch recommended" in page and f'<p class="why">{escape(rec["reasons"][0])}</p>' in page
+    assert 'class="pick"' not in page
+
+
 def test_report_summary_recomputes_after_new_samples(small_run: FakeRun, tmp_path: Path) -> None:
     run = copy_run(small_run, tmp_path)
     report.write_report(run)
@@ -217,6 +238,184 @@ def test_report_summary_recomputes_after_new_samples(small_run: FakeRun, tmp_pat
     summary = report.report_summary(run)  # metrics.json is now stale: recomputed, not reused
     assert set(summary["verdicts"]) == {"1", "3"}
     assert summary["recommended_epoch"] != 2
+
+
+# ------------------------------------------------------------------ held-out validation: loss, caption pairs, distinguishability
+
+VALIDATION = {1: 0.31, 2: 0.25, 3: 0.29}
+HELD_IMG_RE = re.compile(r'<img class="px" src="data:image/png;base64,([A-Za-z0-9+/=]+)" width="\d+" height="\d+" alt="(held-out [^"]+)">')
+
+
+@pytest.fixture(scope="module")
+def heldout_run(tmp_path_factory: pytest.TempPathFactory, punks_dir: Path) -> FakeRun:
+    """30 real punks, 3 of them held out, each held-out caption drawn with one seed per epoch, and a held-out loss per epoch.
+
+    9 outputs per epoch are too few for the two-sample test, so no CNN trains here (the slow test below trains it).
+    """
+    subset = tmp_path_factory.mktemp("punks30h")
+    for png in sorted(punks_dir.glob("*.png"))[::6][:30]:
+        shutil.copy(png, subset / png.name)
+        if png.with_suffix(".txt").is_file():
+            shutil.copy(png.with_suffix(".txt"), subset / png.with_suffix(".txt").name)
+    fake = build_fake_run(tmp_path_factory.mktemp("heldout") / "run", subset, size=192, heldout_seeds=1, validation=VALIDATION)
+    report.write_report(fake.run_dir)
+    return fake
+
+
+def heldout_page(fake: FakeRun) -> tuple[str, dict]:
+    return (fake.run_dir / "report" / "index.html").read_text(encoding="utf-8"), json.loads((fake.run_dir / "report" / "metrics.json").read_text(encoding="utf-8"))
+
+
+def test_heldout_loss_is_a_curve_and_a_table_column(heldout_run: FakeRun) -> None:
+    page, doc = heldout_page(heldout_run)
+    assert {e: doc["epochs"][e]["evidence"]["heldout_loss"] for e in ("1", "2", "3")} == {str(e): v for e, v in VALIDATION.items()}
+    shown = {(row, key): text for row, key, text in CELL_RE.findall(page)}
+    assert [shown[(str(e), "heldout_loss")] for e in VALIDATION] == [fmt(v) for v in VALIDATION.values()]
+    m = re.search(r'<img class="loss" src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="held-out loss per epoch">', page)
+    assert m, "held-out loss plot missing"
+    plot = decode_png(m.group(1))
+    reds = (plot[..., 0] > 150) & (plot[..., 1] < 80) & (plot[..., 2] < 80)
+    assert reds.sum() > 200  # the held-out line is drawn, not only axes
+
+
+def test_no_heldout_loss_is_a_notice_not_an_error(page: str, metrics: dict) -> None:
+    assert "no held-out loss: this run was made before held-out validation" in page
+    assert "No held-out loss recorded" in page and 'alt="held-out loss per epoch"' not in page
+    assert all(e["evidence"]["heldout_loss"] is None for e in metrics["epochs"].values())
+    assert all(e["recommendation_parts"]["heldout_loss"]["weight"] == 0 for e in metrics["epochs"].values())  # the rest re-weighted
+
+
+def test_pairs_set_each_heldout_original_beside_its_captions_samples(heldout_run: FakeRun, punks_dir: Path) -> None:
+    page, doc = heldout_page(heldout_run)
+    assert len(heldout_run.heldout) == 3
+    section = page[page.index('id="heldout"') : page.index('id="originals"')]
+    shown_table = section[: section.index("<details>")]
+    rows = re.findall(r'<tr data-heldout="([^"]+)">(.*?)</tr>', shown_table, flags=re.S)
+    assert [name for name, _ in rows] == heldout_run.heldout
+    epoch = doc["recommendation"]["epoch"]
+    assert epoch == 2 and "epoch 2 (recommended)" in section
+    for name, row in rows:
+        images = {alt: decode_png(b64) for b64, alt in HELD_IMG_RE.findall(row)}
+        stem = Path(name).stem
+        original = np.asarray(Image.open(punks_dir / name).convert("RGB"))
+        assert np.array_equal(images[f"held-out original {name}"], original)  # the real image, pixel-exact
+        assert np.array_equal(images[f"held-out {stem}: epoch {epoch}, seed 1"], heldout_run.heldout_arts[(epoch, name, 1)])
+        assert len(images) == 2
+        caption = (heldout_run.run_dir / "data" / "10_bespoke_punk" / f"{stem}.txt").read_text(encoding="utf-8").strip()
+        assert str(escape(caption)) in row
+    every = section[section.index("<details>") :]
+    for (e, name, seed), art in heldout_run.heldout_arts.items():  # every epoch is one click away
+        found = [decode_png(b64) for b64, alt in HELD_IMG_RE.findall(every) if alt == f"held-out {Path(name).stem}: epoch {e}, seed {seed}"]
+        assert len(found) == 1 and np.array_equal(found[0], art)
+
+
+def test_heldout_draws_are_not_rows_of_the_suite_grid(heldout_run: FakeRun) -> None:
+    page, doc = heldout_page(heldout_run)
+    grid = page[page.index('id="samples"') : page.index('id="heldout"')]
+    assert "heldout-" not in grid and "held-out" not in grid
+    assert len(re.findall(r'<th class="seed">', grid)) == len(heldout_run.prompt_ids) * len(heldout_run.seeds)
+    assert {e["images"] for e in doc["epochs"].values()} == {6} and {e["heldout_images"] for e in doc["epochs"].values()} == {3}
+
+
+def test_too_few_images_for_the_two_sample_test_is_said(heldout_run: FakeRun) -> None:
+    page, doc = heldout_page(heldout_run)
+    told = doc["epochs"]["2"]["distinguish"]
+    assert told["accuracy"] is None and "at least 10 images of each kind" in told["problem"]
+    section = page[page.index('id="evidence"') : page.index('id="samples"')]
+    assert "at least 10 images of each kind (got 30 real, 9 generated)" in section
+    assert doc["epochs"]["2"]["recommendation_parts"]["distinguish"]["weight"] == 0
+
+
+def test_evidence_table_equals_metrics_json(heldout_run: FakeRun) -> None:
+    page, doc = heldout_page(heldout_run)
+    cells = re.findall(r'<td data-epoch="([^"]+)" data-part="([^"]+)">(?:<span class="value">([^<]*)</span>.*?<small>part ([^<· ]*)|<b>([^<]*)</b>)', page, flags=re.S)
+    assert {(e, k) for e, k, *_ in cells} == {(e, k) for e in ("1", "2", "3") for k in ("style", "distinguish", "near_copies", "heldout_loss", "score")}
+    for epoch, key, _value, part, total in cells:
+        entry = doc["epochs"][epoch]
+        if key == "score":
+            assert total == fmt(entry["score"])
+        else:
+            assert part == fmt(entry["recommendation_parts"][key]["part"])
+    assert doc["weights"] == {"style": 2.0, "distinguish": 2.0, "near_copies": 2.0, "heldout_loss": 1.0}
+
+
+def test_recommendation_sentence_leads_the_page(heldout_run: FakeRun) -> None:
+    page, doc = heldout_page(heldout_run)
+    sentence = doc["recommendation"]["reasons"][0]
+    assert sentence.startswith("Epoch 2: lowest held-out loss (0.25)") and "no near-copies" in sentence
+    assert f'<p class="why">{escape(sentence)}</p>' in page
+    assert "epoch 3 is not recommended: 100% of its outputs are near-copies of training images" in doc["recommendation"]["reasons"]
+
+
+def test_two_sample_results_are_cached_per_epoch_in_metrics_json(small_run: FakeRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second report reuses each unchanged epoch's result; a changed epoch alone is measured again.
+
+    The CNN itself is replaced by a counter here (the slow test below runs it for real, twice)."""
+    from bespoke_kohya.report import evidence
+
+    run = tmp_path / "run"
+    build_fake_run(run, small_run.dataset_dir, size=192, heldout_seeds=2)
+    calls: list[int] = []
+
+    def counted(real: np.ndarray, generated: np.ndarray, groups: list[str]) -> dict:
+        calls.append(len(generated))
+        return {"accuracy": 0.5 + 0.01 * len(calls), "fold_accuracies": [0.5] * 5, "per_class": len(generated), "grouped": True, "problem": None}
+
+    monkeypatch.setattr(evidence, "two_sample", counted)
+    report.write_report(run)
+    first = json.loads((run / "report" / "metrics.json").read_text(encoding="utf-8"))
+    assert calls == [12, 12, 12]  # 6 suite + 3 held-out captions × 2 seeds, per epoch
+
+    def refuse(*args: object) -> dict:
+        raise AssertionError("an unchanged epoch was measured again")
+
+    monkeypatch.setattr(evidence, "two_sample", refuse)
+    report.write_report(run)
+    again = json.loads((run / "report" / "metrics.json").read_text(encoding="utf-8"))
+    assert again["epochs"] == first["epochs"] and again["recommendation"] == first["recommendation"]
+
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(run / "samples" / "epoch-002" / "p01-s1.24.png")
+    monkeypatch.setattr(evidence, "two_sample", counted)
+    calls.clear()
+    report.write_report(run)
+    assert calls == [12]  # only epoch 2 changed
+    changed = json.loads((run / "report" / "metrics.json").read_text(encoding="utf-8"))
+    assert changed["epochs"]["1"]["distinguish"] == first["epochs"]["1"]["distinguish"]
+    assert changed["epochs"]["2"]["distinguish"]["key"] != first["epochs"]["2"]["distinguish"]["key"]
+
+
+@pytest.fixture(scope="module")
+def measured_run(tmp_path_factory: pytest.TempPathFactory, punks_dir: Path) -> FakeRun:
+    """All 184 punks, 18 held out, one seed per held-out caption: 24 outputs per epoch, enough for the real two-sample test."""
+    fake = build_fake_run(tmp_path_factory.mktemp("measured") / "run", punks_dir, size=192, heldout_seeds=1, validation=VALIDATION)
+    report.write_report(fake.run_dir)
+    return fake
+
+
+@pytest.mark.slow
+def test_distinguishability_per_epoch_with_the_real_classifier(measured_run: FakeRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bespoke_kohya.report import evidence
+
+    page, doc = heldout_page(measured_run)
+    told = {e: doc["epochs"][e]["distinguish"] for e in ("1", "2", "3")}
+    # 24 images per class: measured, but below MIN_CONFIDENT, so called uncertain on the page
+    assert all(t["per_class"] == 24 and t["grouped"] and t["uncertain"] and 0.0 <= t["accuracy"] <= 1.0 for t in told.values())
+    assert told["3"]["near_copy_share"] == 1.0 and told["2"]["near_copy_share"] == 0.0
+    assert doc["recommendation"]["epoch"] == 2
+    assert doc["recommendation"]["reasons"][0].startswith("Epoch 2: lowest held-out loss (0.25)")
+    section = page[page.index('id="evidence"') : page.index('id="samples"')]
+    for epoch, t in told.items():
+        assert re.search(rf'data-epoch="{epoch}" data-part="distinguish"><span class="value">{re.escape(fmt(t["accuracy"]))}</span>', section)
+    assert "real vs real 0.54, CryptoPunks vs Bespoke 0.99" in section  # the calibration, in the legend
+
+    def refuse(*args: object) -> dict:
+        raise AssertionError("an unchanged epoch was measured again")
+
+    monkeypatch.setattr(evidence, "two_sample", refuse)
+    report.write_report(measured_run.run_dir)
+    page2, doc2 = heldout_page(measured_run)
+    assert doc2["epochs"] == doc["epochs"] and doc2["recommendation"] == doc["recommendation"]
+    assert re.sub(r"Generated \S+", "", page2) == re.sub(r"Generated \S+", "", page)  # the same page from cached numbers
 
 
 # ------------------------------------------------------------------ incomplete and broken runs

@@ -27,7 +27,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WINDOW = (1400, 2000)
 
 
-def screenshot(page: Path, out: Path, profile: Path) -> np.ndarray:
+def screenshot(page: Path, out: Path, profile: Path, height: int = WINDOW[1]) -> np.ndarray:
     """Render ``page`` (a file) headless; the proxy to a closed port proves nothing is fetched."""
     command = [
         str(CHROMIUM),
@@ -44,7 +44,7 @@ def screenshot(page: Path, out: Path, profile: Path) -> np.ndarray:
         "--proxy-server=127.0.0.1:9",
         f"--user-data-dir={profile}",
         f"--screenshot={out}",
-        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        f"--window-size={WINDOW[0]},{height}",
         page.resolve().as_uri(),
     ]
     subprocess.run(command, check=True, capture_output=True, timeout=120)
@@ -95,3 +95,23 @@ def test_page_renders_offline_with_the_grid(tmp_path: Path, punks_dir: Path) -> 
     ys = [{places[(e, pid, seed)][1] for e in fake.epochs} for pid, seed in rows]
     assert all(len(y) == 1 for y in ys), ys
     assert [y.pop() for y in ys] == sorted(p[1] for p in places.values() if p[0] == places[(1, "p01", 1)][0])
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not found (apt-get install chromium)")
+def test_heldout_originals_sit_beside_their_captions_samples(tmp_path: Path, punks_dir: Path) -> None:
+    """Each held-out original and the recommended epoch's sample of its caption, pixel-exact on one row, original first."""
+    import shutil as sh
+
+    subset = tmp_path / "punks"
+    subset.mkdir()
+    for png in sorted(punks_dir.glob("*.png"))[::6][:30]:  # 3 held out; 9 outputs an epoch: no classifier to train
+        sh.copy(png, subset / png.name)
+    fake = build_fake_run(tmp_path / "run", subset, size=192, heldout_seeds=1, validation={1: 0.31, 2: 0.25, 3: 0.29})
+    page = report.write_report(fake.run_dir)
+    shot = screenshot(page, tmp_path / "shot.png", tmp_path / "profile", height=3400)
+    assert len(fake.heldout) == 3
+    for name in fake.heldout:
+        (sample,) = find(shot, fake.heldout_arts[(2, name, 1)], SCALE)  # epoch 2 is the recommended one
+        original = np.asarray(Image.open(subset / name).convert("RGB"))
+        beside = [p for p in find(shot, original, SCALE) if abs(p[1] - sample[1]) <= 2 and p[0] < sample[0]]  # (the sample has a 1 px frame)
+        assert len(beside) == 1, f"{name}: original not on its sample's row ({find(shot, original, SCALE)} vs {sample})"

@@ -1,7 +1,7 @@
 """`report`: one self-contained HTML page comparing a run's epochs, plus metrics.json.
 
 Reads what the earlier stages left in the run directory (run.json, logs/loss.csv,
-samples/samples.json and the images it lists, reproduce.json) and writes
+logs/validation.csv, samples/samples.json and the images it lists, reproduce.json) and writes
 ``RUN/report/index.html`` and ``RUN/report/metrics.json``. Every image is embedded
 as a data URI and there is no script or stylesheet from elsewhere, so the page opens
 from disk with no network and can be mailed.
@@ -11,9 +11,11 @@ training originals moved) is said on the page instead of failing; only a folder 
 is not a run at all (no run.json) is an error.
 
 The parts, in pipeline order:
-  collect  read the run folder into a RunData (the only module that reads run files)
-  score    the metrics document and the recommended epoch (numbers from bespoke_kohya.metrics)
-  plot     the loss curve as a PNG
+  collect    read the run folder into a RunData (the only module that reads run files)
+  evidence   held-out loss per epoch; the two-sample test and near-copies per epoch (cached in metrics.json)
+  recommend  the weights, the score, the recommended epoch and the sentence why (or that none is good)
+  score      the metrics document (numbers from bespoke_kohya.metrics and evidence, weighed by recommend)
+  plot       the loss curve and the held-out loss per epoch as PNGs
   page     the HTML page: templates/report.html.j2 + templates/report.css, autoescaped
 The page prints the same rounded values that metrics.json stores.
 """
@@ -29,10 +31,10 @@ from typing import Any
 
 from .collect import BASE_EPOCH, RunData, collect, read_record, read_samples
 from .page import render_html
-from .plot import loss_plot_png
+from .plot import heldout_plot_png, loss_plot_png
 from .score import metrics_document
 
-__all__ = ["REPORT_DIR", "build", "report_summary", "write_report"]
+__all__ = ["REPORT_DIR", "best_epoch", "build", "report_summary", "write_report"]
 
 REPORT_DIR = "report"
 
@@ -80,10 +82,16 @@ def write_report(run_dir: Path) -> Path:
     """
     run_dir = Path(run_dir)
     data, doc = build(run_dir)
-    page = render_html(data, doc, loss_plot_png(data.loss))
+    page = render_html(data, doc, loss_plot_png(data.loss), heldout_plot_png(data.validation, data.loss))
     metrics = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
     replace_dir(run_dir / REPORT_DIR, {"index.html": page.encode("utf-8"), "metrics.json": metrics.encode("utf-8")})
     return run_dir / REPORT_DIR / "index.html"
+
+
+def best_epoch(doc: dict[str, Any]) -> int | None:
+    """The epoch to show for a run (`report --compare`): the recommended one, else the least bad when none is good."""
+    rec = doc.get("recommendation") or {}
+    return rec.get("epoch") if rec.get("epoch") is not None else rec.get("least_bad")
 
 
 def report_summary(run_dir: Path) -> dict[str, Any]:

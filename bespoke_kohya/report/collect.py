@@ -1,14 +1,19 @@
 """Collect what the report shows from a run folder, saying what is missing instead of failing.
 
-The run files (run.json, samples/samples.json, logs/loss.csv, reproduce.json) are read
-only by the few `read_*` functions in the first section, through the run-folder contract
-(bespoke_kohya.runfolder); everything after them works on what those return. Images (the sampler's 24x24 results, the training originals) are
-read here too; full-size renders are read later, one epoch at a time, while scoring.
+The run files (run.json, samples/samples.json, logs/loss.csv, logs/validation.csv,
+reproduce.json) are read only by the few `read_*` functions in the first section, through
+the run-folder contract (bespoke_kohya.runfolder); everything after them works on what
+those return. Images (the sampler's 24x24 results, the training originals, the held-out
+originals) are read here too; full-size renders are read later, one epoch at a time,
+while scoring. The previous report's metrics.json is read back only to reuse the
+two-sample results of epochs whose samples have not changed.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +25,8 @@ from PIL import Image
 from ..errors import UserError
 from ..images import load_rgb, parse_hex_colour
 from ..paths import ART
-from ..runfolder import DATA, SAMPLES_JSON, inside_run, recorded_dataset, reproduce_document
-from ..runfolder.records import read_loss as read_loss_rows, read_run, read_samples as read_samples_record
+from ..runfolder import DATA, REPORT, SAMPLES_JSON, inside_run, recorded_dataset, reproduce_document
+from ..runfolder.records import read_loss as read_loss_rows, read_run, read_samples as read_samples_record, read_validation as read_validation_rows
 
 BASE_EPOCH = 0  # `sample --include-base` records the base model alone as epoch 0
 
@@ -48,6 +53,8 @@ class Cell:
     art: np.ndarray | None = None
     grid: dict[str, float] | None = None  # the art-pixel grid the sampler found in the full-size render
     problem: str | None = None
+    heldout: str | None = None  # a held-out caption's draw: the held-out prepared file whose caption was the prompt
+    prompt: str = ""
 
 
 @dataclass
@@ -61,8 +68,27 @@ class EpochSamples:
 
     @property
     def images(self) -> list[Cell]:
-        """Cells with readable 24×24 pixels, in suite order."""
-        return [c for c in self.cells.values() if c.art is not None]
+        """Suite cells with readable 24×24 pixels, in suite order (what the grid and the style metrics show)."""
+        return [c for c in self.cells.values() if c.art is not None and c.heldout is None]
+
+    @property
+    def heldout_images(self) -> list[Cell]:
+        """Held-out caption draws with readable 24×24 pixels (shown beside their real image, not in the grid)."""
+        return [c for c in self.cells.values() if c.art is not None and c.heldout is not None]
+
+
+@dataclass
+class HeldOut:
+    """A held-out training image (run.json dataset.heldout): its 24×24 original, or why it is not shown."""
+
+    name: str  # the prepared file name, e.g. "punk-012.png"
+    art: np.ndarray | None = None
+    source: str = ""
+    problem: str | None = None
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem
 
 
 @dataclass
@@ -81,6 +107,9 @@ class RunData:
     loss: list[dict[str, float | None]] = field(default_factory=list)
     reproduce: dict[str, Any] | None = None
     samples_sha256: str | None = None
+    validation: list[dict[str, float | None]] = field(default_factory=list)  # logs/validation.csv: epoch, step, loss
+    heldout: list[HeldOut] | None = None  # None: a run made before held-out validation
+    previous: dict[str, Any] | None = None  # the last report's metrics.json (its cached two-sample results)
 
     @property
     def sampled(self) -> list[EpochSamples]:
@@ -107,9 +136,31 @@ def read_loss(run_dir: Path) -> list[dict[str, float | None]]:
     return [{k: v if v is None or np.isfinite(v) else None for k, v in row.model_dump().items()} for row in read_loss_rows(run_dir)]
 
 
+def read_validation(run_dir: Path) -> list[dict[str, float | None]]:
+    """Rows of logs/validation.csv (epoch, step, held-out loss); a non-finite loss becomes None."""
+    rows = []
+    for row in read_validation_rows(run_dir):
+        loss = row.loss if row.loss is not None and np.isfinite(row.loss) else None
+        rows.append({"epoch": row.epoch, "step": row.step, "loss": loss})
+    return rows
+
+
 def read_reproduce(run_dir: Path) -> dict[str, Any] | None:
     """reproduce.json (the checklist table) if the run has one."""
     return reproduce_document(run_dir)
+
+
+METRICS_JSON = "metrics.json"
+
+
+def read_previous_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """The last report's metrics.json (this package wrote it), or None when absent or unreadable: it is only a cache."""
+    path = Path(run_dir) / REPORT / METRICS_JSON
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 # ------------------------------------------------------------------ notices
@@ -150,14 +201,21 @@ def status_notices(record: dict[str, Any], run_dir: Path) -> list[Notice]:
 
 
 def _suite(doc: dict[str, Any]) -> tuple[list[tuple[str, str]], list[int]]:
-    """The prompt × seed suite: from the document's own lists, else from the images it records."""
+    """The prompt × seed suite: from the document's own lists, else from the images it records.
+
+    Held-out caption draws are not part of it: they are shown beside their real image instead.
+    """
+    heldout_ids = {str(img["prompt_id"]) for entry in doc["epochs"].values() for img in entry.get("images") or [] if img.get("heldout")}
     prompts: dict[str, str] = {}
     seeds: list[int] = []
     for p in doc.get("prompts") or []:
-        prompts[str(p["id"])] = str(p.get("prompt", ""))
+        if str(p["id"]) not in heldout_ids:
+            prompts[str(p["id"])] = str(p.get("prompt", ""))
     seeds = [int(s) for s in doc.get("seeds") or []]
     for entry in doc["epochs"].values():
         for img in entry.get("images") or []:
+            if img.get("heldout"):
+                continue
             prompts.setdefault(str(img["prompt_id"]), str(img.get("prompt", "")))
             if int(img["seed"]) not in seeds:
                 seeds.append(int(img["seed"]))
@@ -167,7 +225,8 @@ def _suite(doc: dict[str, Any]) -> tuple[list[tuple[str, str]], list[int]]:
 def _load_cell(run_dir: Path, img: dict[str, Any]) -> Cell:
     """Read one recorded image; a missing or unreadable file becomes the cell's problem."""
     grid = img.get("grid")
-    cell = Cell(str(img["prompt_id"]), int(img["seed"]), img.get("art"), img.get("full"), grid=grid if isinstance(grid, dict) else None)
+    cell = Cell(str(img["prompt_id"]), int(img["seed"]), img.get("art"), img.get("full"), grid=grid if isinstance(grid, dict) else None,
+                heldout=str(img["heldout"]) if img.get("heldout") else None, prompt=str(img.get("prompt") or ""))
     outside = [rel for rel in (cell.art_rel, cell.full_rel) if rel and inside_run(run_dir, rel) is None]
     if outside:
         # samples.json names only files inside the run; anything else is not read, embedded or linked.
@@ -307,6 +366,55 @@ def load_reference(run_dir: Path, record: dict[str, Any]) -> tuple[list[str], li
     return [], [], "", [note]
 
 
+def _heldout_image(run_dir: Path, record: dict[str, Any], name: str) -> HeldOut:
+    """One held-out original: the run's prepared copy downsampled with NEAREST, else the dataset's file of that name."""
+    item = HeldOut(name)
+    if Path(name).name != name or name in ("", ".", ".."):
+        item.problem = f"{name!r} is not a file name, so it is not read"  # run.json is user-editable
+        return item
+    try:
+        prepared = sorted((run_dir / DATA).glob(f"*/{glob.escape(name)}"))  # literally: a file may be called `a[1].png`
+        if prepared:
+            item.art, item.source = _art_from_prepared(prepared[0]), prepared[0].relative_to(run_dir).as_posix()
+        else:
+            dataset = recorded_dataset(run_dir, record)
+            original = dataset / name if dataset is not None else None
+            if original is None or not original.is_file():
+                item.problem = f"{name} is neither in the run's data/ nor in the dataset folder"
+                return item
+            item.art, item.source = load_rgb(original, _background(record)), str(original)
+    except UserError as exc:
+        item.problem = str(exc)
+        return item
+    if item.art.shape[:2] != (ART, ART):
+        item.problem, item.art = f"{item.source} is {item.art.shape[1]}x{item.art.shape[0]}, not 24x24", None
+    return item
+
+
+def load_heldout(run_dir: Path, record: dict[str, Any]) -> tuple[list[HeldOut] | None, list[Notice]]:
+    """The held-out originals run.json lists (None for a run made before held-out validation)."""
+    names = (record.get("dataset") or {}).get("heldout")
+    if names is None:
+        return None, []
+    items = [_heldout_image(run_dir, record, str(n)) for n in names]
+    notes = [Notice("warn", f"held-out image {i.name}: {i.problem}") for i in items if i.problem]
+    return items, notes
+
+
+def validation_notices(record: dict[str, Any], validation: list[dict[str, float | None]]) -> list[Notice]:
+    """Why a trained run has no held-out loss (not an error: older runs and a split of 0 have none)."""
+    if validation or not record.get("epochs"):
+        return []
+    heldout = (record.get("dataset") or {}).get("heldout")
+    if heldout is None:
+        why = "this run was made before held-out validation"
+    elif not heldout:
+        why = "no images were held out (dataset.validation_split is 0, or the dataset is too small)"
+    else:
+        why = "logs/validation.csv is missing"
+    return [Notice("info", f"no held-out loss: {why}; the recommendation weighs the other evidence")]
+
+
 # ------------------------------------------------------------------ everything together
 
 
@@ -331,5 +439,10 @@ def collect(run_dir: Path) -> RunData:
     data.loss = read_loss(run_dir)
     if not data.loss:
         data.notices.append(Notice("info", "no loss log yet (logs/loss.csv is written when training ends)"))
+    data.validation = read_validation(run_dir)
+    data.notices += validation_notices(record, data.validation)
+    data.heldout, notes = load_heldout(run_dir, record)
+    data.notices += notes
     data.reproduce = read_reproduce(run_dir)
+    data.previous = read_previous_metrics(run_dir)
     return data

@@ -14,7 +14,10 @@ The epochs are built to be told apart by the style metrics:
 
 Usage: ``build_fake_run(tmp_path / "run", punks_dir)``; options remove pieces to
 build the broken runs the report must explain (no samples, a missing epoch, a failed
-training).
+training), or add held-out validation: ``heldout_seeds=N`` holds out 10% of the images
+(dataset.split_heldout, as `render` does), writes their prepared copies into data/ and
+draws each held-out caption with the first N seeds in every epoch (the same three kinds);
+``validation={epoch: loss}`` writes logs/validation.csv.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
+from bespoke_kohya.dataset import split_heldout
 from bespoke_kohya.presets import Preset, load_preset
 from bespoke_kohya.runfolder import Status, write_reproduce_document
-from bespoke_kohya.runfolder.records import DatasetRef, Failure, LossRow, RunRecord, SampledEpoch, Samples, write_loss, write_run, write_samples
+from bespoke_kohya.runfolder.records import (DatasetRef, Failure, LossRow, RunRecord, SampledEpoch, SampleImage, Samples, ValidationRow, write_loss, write_run, write_samples,
+                                             write_validation)
 from bespoke_kohya.sample import prompt_ids, suite_id
 
 PROMPTS = [
@@ -55,6 +60,9 @@ class FakeRun:
     arts: dict[tuple[int, str, int], np.ndarray] = field(default_factory=dict)
     # (epoch, prompt_id, seed) -> the training image an epoch-3 copy was taken from
     sources: dict[tuple[int, str, int], str] = field(default_factory=dict)
+    heldout: list[str] = field(default_factory=list)  # held-out prepared file names (run.json dataset.heldout)
+    # (epoch, held-out file name, seed) -> the 24x24 array drawn from that image's caption
+    heldout_arts: dict[tuple[int, str, int], np.ndarray] = field(default_factory=dict)
 
 
 def load_punks(dataset_dir: Path) -> list[tuple[str, np.ndarray]]:
@@ -195,6 +203,8 @@ def build_fake_run(
     status: str = "finished",
     with_loss: bool = True,
     reproduce: dict[str, Any] | None = None,
+    heldout_seeds: int = 0,
+    validation: dict[int, float] | None = None,
 ) -> FakeRun:
     """Write a run directory (see the module docstring) and return what is in it.
 
@@ -216,9 +226,18 @@ def build_fake_run(
     (run_dir / "logs" / "train.log").write_text("epoch 1/3\nepoch 2/3\nepoch 3/3\n", encoding="utf-8")
     if with_loss:
         write_loss(run_dir, loss_rows(epochs, steps_per_epoch=40))
+    if heldout_seeds:
+        _, fake.heldout = split_heldout([f"{name}.png" for name, _ in punks], 0.1, 42)
+        write_prepared(run_dir, dataset_dir, punks, fake.heldout, size)
+    if validation is not None:
+        write_validation(run_dir, [ValidationRow(epoch=e, step=e * 40, loss=v) for e, v in validation.items()])
     if with_samples:
-        write_samples(run_dir, fake_samples(run_dir, checkpoints, punks, suite(preset, size), skip_sample_epochs, fake))
-    write_run(run_dir, run_record(run_dir, dataset_dir, checkpoints, status, preset))
+        samples = fake_samples(run_dir, checkpoints, punks, suite(preset, size), skip_sample_epochs, fake)
+        add_heldout_draws(run_dir, samples, punks, fake, SEEDS[:heldout_seeds], size)
+        write_samples(run_dir, samples)
+    record = run_record(run_dir, dataset_dir, checkpoints, status, preset)
+    record.dataset.heldout = list(fake.heldout) if heldout_seeds else None
+    write_run(run_dir, record)
     if reproduce is not None:
         write_reproduce_document(run_dir, reproduce)
     return fake
@@ -267,3 +286,48 @@ def fake_samples(
         })
         fake.epochs.append(epoch)
     return doc
+
+
+# ------------------------------------------------------------------ held-out validation
+
+
+def write_prepared(run_dir: Path, dataset_dir: Path, punks: list[tuple[str, np.ndarray]], heldout: list[str], size: int) -> None:
+    """What `render` leaves in data/ for the held-out images: NEAREST upscales and their captions."""
+    folder = run_dir / "data" / "10_bespoke_punk"
+    for name, art in punks:
+        if f"{name}.png" in heldout:
+            save(upscale(art, size), folder / f"{name}.png")
+            caption = dataset_dir / f"{name}.txt"
+            (folder / f"{name}.txt").write_text(caption.read_text(encoding="utf-8") if caption.is_file() else f"bespoke punk {name}\n", encoding="utf-8")
+
+
+def heldout_caption(run_dir: Path, name: str) -> str:
+    return (run_dir / "data" / "10_bespoke_punk" / f"{Path(name).stem}.txt").read_text(encoding="utf-8").strip()
+
+
+def add_heldout_draws(run_dir: Path, samples: Samples, punks: list[tuple[str, np.ndarray]], fake: FakeRun, seeds: list[int], size: int) -> None:
+    """Each held-out caption drawn with ``seeds`` in every sampled epoch, of the epoch's kind (sample.py's format)."""
+    if not seeds:
+        return
+    arts = dict(punks)
+    training = [(n, a) for n, a in punks if f"{n}.png" not in fake.heldout]
+    for epoch_s, entry in samples.epochs.items():
+        epoch = int(epoch_s)
+        kind = KINDS.get(epoch, "clean-new")
+        rng = np.random.default_rng(1000 + epoch)
+        for i, name in enumerate(fake.heldout):
+            stem = Path(name).stem
+            for seed in seeds:
+                real = arts[stem]
+                if kind == "copy":  # a memorised epoch returns training images, whatever the caption
+                    full = upscale(training[(i * 7 + seed) % len(training)][1], size)
+                elif kind == "clean-new":
+                    full = upscale(vary(real, training[(i * 13 + seed * 5) % len(training)][1]), size)
+                else:
+                    full = degrade(upscale(real, size), rng)
+                art = to_art(full)
+                rel = f"samples/epoch-{epoch:03d}/heldout-{stem}-s{seed}"
+                save(full, run_dir / f"{rel}.png")
+                save(art, run_dir / f"{rel}.24.png")
+                fake.heldout_arts[(epoch, name, seed)] = art
+                entry.images.append(SampleImage(prompt_id=f"heldout-{stem}", prompt=heldout_caption(run_dir, name), seed=seed, full=f"{rel}.png", art=f"{rel}.24.png", heldout=name))
