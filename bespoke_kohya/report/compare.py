@@ -109,7 +109,8 @@ def _listed(epochs: list[int]) -> str:
 def _cells_by_prompt(data: RunData, epoch: EpochSamples) -> dict[tuple[str, int], Cell]:
     """The epoch's cells keyed by (prompt text, seed): ids like p01 are positions in a run's own suite."""
     texts = dict(data.prompts)
-    return {(texts.get(pid, pid), seed): cell for (pid, seed), cell in epoch.cells.items()}
+    # Held-out caption draws stay out: the runs' splits may differ, and each run's report pairs them with their originals.
+    return {(texts.get(pid, pid), seed): cell for (pid, seed), cell in epoch.cells.items() if cell.heldout is None}
 
 
 def load_columns(specs: list[str]) -> list[Column]:
