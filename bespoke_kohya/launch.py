@@ -28,7 +28,9 @@ EPOCH_RE = re.compile(r"^\s*epoch (\d+)/(\d+)\s*$")
 # Printed once before training: max_train_steps = epochs × optimizer steps per epoch, exactly.
 PLAN_RE = re.compile(r"override steps\. steps for (\d+) epochs is .*?:\s*(\d+)\s*$")
 CHECKPOINT_RE = re.compile(r"saving checkpoint: (.+?\.safetensors)\s*$")
-STEPS_RE = re.compile(r"steps:\s+\d+%\|.*?\|\s*(\d+)/(\d+)\s*\[([^\]]*)\]")
+# The training bar only: with a validation split sd-scripts also draws "epoch validation steps: …"
+# (and "validation steps: …" with validate_every_n_steps), whose counts are not optimiser steps.
+STEPS_RE = re.compile(r"(?<!validation )steps:\s+\d+%\|.*?\|\s*(\d+)/(\d+)\s*\[([^\]]*)\]")
 POSTFIX_RE = re.compile(r"(\w+)=([-+0-9.eEnaif]+)")
 RATE_RE = re.compile(r"([0-9.]+)(s/it|it/s)")
 FAILURE_PATTERNS = [

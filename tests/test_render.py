@@ -192,3 +192,25 @@ def test_a_held_out_image_that_sd_scripts_also_trains_on_is_warned(small_punks: 
     fixed = render(load_preset("sd15_576", ["dataset.validation_split=0.1562"]), check_dataset(small_punks), tmp_path / "r2", run_id="v")
     assert len(fixed.heldout) == 1 and not any("validation_split" in w for w in fixed.warnings)
 
+
+def test_cpu_rerender_of_a_run_made_before_validation_keeps_training_on_every_image(small_punks: Path, tmp_path: Path):
+    """`train --resume --cpu` re-renders the config; a run from before held-out validation (run.json heldout None)
+    must not be split now: its saved state and its epochs so far trained on every image."""
+    import io
+
+    from rich.console import Console
+
+    from bespoke_kohya.engines.kohya import ENGINE
+    from bespoke_kohya.engines.session import create_run
+
+    preset = load_preset("sd15_576", ["dataset.validation_split=0.25"])
+    for name, heldout in (("old", None), ("new", ["kept"])):
+        run, _ = create_run(preset, [], small_punks, tmp_path / name, Console(file=io.StringIO()))
+        run.record.dataset.heldout = heldout
+        rewritten = ENGINE._cpu_precision(run, preset)
+        data = tomllib.loads((run.dir / "config" / "dataset.toml").read_text())
+        train = tomllib.loads((run.dir / "config" / "train.toml").read_text())
+        assert train["training"]["mixed_precision"] == "no"
+        validating = heldout is not None
+        assert ("validation_split" in data["datasets"][0], "validate_every_n_epochs" in train["training"]) == (validating, validating)
+        assert rewritten.dataset.validation_split == (0.25 if validating else 0)
