@@ -162,6 +162,7 @@ _NO_FP16 = "mixed_precision=no"
 class KohyaEngine:
     name = "kohya"
     native_art = False  # draws at the preset's resolution; samples are post-processed down to 24x24
+    samples_base = True  # the base model without the LoRA is epoch 0: what the LoRA changed
 
     def write_config(self, run_dir: Path, preset: Any, run_id: str) -> None:
         from ..render import write_kohya_config
