@@ -242,19 +242,23 @@ def test_ctrl_c_stops_the_group_then_resume_finishes(random_base: Path, small_pu
 @needs_sd_scripts
 @pytest.mark.sd_scripts
 @pytest.mark.slow
-def test_empty_image_folder_is_a_failure(random_base: Path, small_punks: Path, tmp_path: Path):
-    """sd-scripts prints "No data found" and exits 0 on an empty image folder; we record a failure."""
+@pytest.mark.parametrize(("split", "exit_code", "printed"), [(0.0, 0, "No data found"), (SPLIT, 1, "in split_train_val")])
+def test_empty_image_folder_is_a_failure(random_base: Path, small_punks: Path, tmp_path: Path, split: float, exit_code: int, printed: str):
+    """sd-scripts prints "No data found" and exits 0 on an empty image folder; with a validation split it
+    crashes in split_train_val instead (exit 1). Either way we record a failure that says why in one line."""
     run_dir = tmp_path / "empty"
-    assert run_cli(train_command(small_punks, run_dir, random_base, "--dry-run"), tmp_path / "dry.out") == 0
-    for item in (run_dir / "data").glob("*/*"):
-        item.unlink()  # our intake refuses empty folders, so empty the prepared copy behind its back
+    dry = train_command(small_punks, run_dir, random_base, "--dry-run", "--set", f"dataset.validation_split={split}")
+    assert run_cli(dry, tmp_path / "dry.out") == 0
+    for item in (run_dir / "data").glob("*/*.png"):
+        item.unlink()  # our intake refuses image-less folders, and `train` a run whose data/ is empty: keep the captions
     code = run_cli([sys.executable, "-m", "bespoke_kohya", "train", "--cpu", "--resume", str(run_dir)], tmp_path / "cli.out")
     out = (tmp_path / "cli.out").read_text(errors="replace")
     assert code == 1, out[-2000:]
-    assert "sd-scripts found no training images" in out
+    assert "training failed: sd-scripts found no training images" in out and "Traceback" not in out
     record = read_run(run_dir)
-    assert record["status"] == "failed" and record["exit_code"] == 0 and record["epochs"] == {}
-    assert any("No data found" in line for line in record["failure"]["tail"])
+    assert record["resolved"]["dataset"]["validation_split"] == split
+    assert record["status"] == "failed" and record["exit_code"] == exit_code and record["epochs"] == {} and record["failure"]["recognised"]
+    assert any(printed in line for line in record["failure"]["tail"] + [(run_dir / "logs" / "train.log").read_text(errors="replace")])
 
 
 @needs_sd_scripts
@@ -299,7 +303,8 @@ def test_sd_scripts_holds_out_the_images_run_json_names(punks_dir: Path, tmp_pat
     dataset.mkdir()
     for png in sorted(punks_dir.glob("*.png"))[:count]:
         for f in (png, png.with_suffix(".txt")):
-            (dataset / f.name).write_bytes(f.read_bytes())
+            if f.is_file():  # a few real punks have no caption (render writes the default one)
+                (dataset / f.name).write_bytes(f.read_bytes())
     preset = load_preset("sd15_576", ["resolution=64", "allow_uneven_pixels=true", f"dataset.validation_split={split}"])
     rendered = render(preset, check_dataset(dataset), tmp_path / "run", run_id="split")
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from library.train_util import glob_images, split_train_val\n"
@@ -329,6 +334,12 @@ def test_real_plan_and_step_lines_parse():
 
 # sd-scripts' second bar while it validates (a validation split on), as printed in the two-epoch run above.
 REAL_VALIDATION = "epoch validation steps:  25%|██▌       | 1/4 [01:56<05:48, 116.19s/it, val_epoch_avg_loss=1.15, timestep=200]\x1b[A"
+
+
+def test_sd_scripts_validation_split_crash_on_an_empty_folder_is_recognised():
+    line = '  File "/work/vendor/sd-scripts/library/train_util.py", line 167, in split_train_val'  # from the run above
+    event = parse_line(line)
+    assert event.kind == "failure" and event.data["cause"].startswith("sd-scripts found no training images (its validation split fails on an empty folder)")
 
 
 def test_the_validation_bar_is_not_taken_for_a_training_step():
@@ -417,3 +428,32 @@ def test_real_tensorboard_scalars_give_the_step_losses_and_a_validation_loss_per
     # Logged at TensorBoard step = epoch (1, 2), not at an optimiser step; each row carries its epoch's last step.
     assert validation_rows(scalars, losses) == [ValidationRow(epoch=1, step=2, loss=1.143686056137085), ValidationRow(epoch=2, step=4, loss=1.1406770944595337)]
     assert validation_rows(parse_scalars("\n".join(REAL_SCALARS.splitlines()[:12])), losses) == []  # split off: no validation tag, no rows
+
+
+# The resumed session of the Ctrl-C run above (resumed after epoch 1): its optimiser steps restart
+# at 1, but the validation loss is logged at step 2, the epoch, as sd-scripts' epoch_logging does.
+REAL_RESUMED_SCALARS = """\
+1,loss/current,0.8718774914741516
+2,loss/current,1.1194159984588623
+1,loss/average,0.8718774914741516
+2,loss/average,0.9956467151641846
+1,lr/unet,8.535533561371267e-05
+2,lr/unet,0.0
+2,loss/validation/epoch_average,1.1406770944595337
+2,loss/validation/epoch_divergence,0.14503031969070435
+2,loss/epoch_average,0.9956467151641846
+"""
+
+
+def test_real_resumed_session_adds_its_epoch_after_the_kept_one(tmp_path: Path):
+    from bespoke_kohya.engines.kohya import loss_rows, merge_validation, parse_scalars, validation_rows
+    from bespoke_kohya.runfolder.records import write_validation
+
+    first = [ValidationRow(epoch=1, step=2, loss=1.143686056137085)]  # what the first session wrote before Ctrl-C
+    write_validation(tmp_path, first)
+    scalars = parse_scalars(REAL_RESUMED_SCALARS)
+    losses = [r.model_copy(update={"epoch": 1 + (r.step - 1) // 2}) for r in merge_losses(_rows(range(1, 3), 1.0), loss_rows(scalars), resume_step=2)]
+    session = validation_rows(scalars, losses)
+    assert session == [ValidationRow(epoch=2, step=4, loss=1.1406770944595337)]  # epoch 2, after the shifted steps 3-4
+    kept = read_validation(tmp_path)  # as written (the CSV keeps 6 significant digits)
+    assert [r.epoch for r in kept] == [1] and merge_validation(kept, session, resume_epoch=1) == kept + session
