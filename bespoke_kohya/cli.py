@@ -507,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
     p.add_argument("--device", choices=["cuda", "mps", "cpu"], help="default: cuda, else mps, else cpu")
     p.add_argument("--base-model", help="use this base model (hub id, diffusers folder or single file) instead of the run's")
-    p.add_argument("--include-base", action="store_true", help="also sample the base model without a LoRA (epoch 0)")
+    p.add_argument("--include-base", action=argparse.BooleanOptionalAction, default=None,
+                   help="also sample the base model without a LoRA as epoch 0 (default: on for kohya runs, drawn once; pixel24 has no base)")
     p.add_argument("--dataset", help="training images for palette snapping (default: the run's dataset)")
     p.set_defaults(func=cmd_sample)
 

@@ -28,11 +28,15 @@ EPOCH_RE = re.compile(r"^\s*epoch (\d+)/(\d+)\s*$")
 # Printed once before training: max_train_steps = epochs × optimizer steps per epoch, exactly.
 PLAN_RE = re.compile(r"override steps\. steps for (\d+) epochs is .*?:\s*(\d+)\s*$")
 CHECKPOINT_RE = re.compile(r"saving checkpoint: (.+?\.safetensors)\s*$")
-STEPS_RE = re.compile(r"steps:\s+\d+%\|.*?\|\s*(\d+)/(\d+)\s*\[([^\]]*)\]")
+# The training bar only: with a validation split sd-scripts also draws "epoch validation steps: …"
+# (and "validation steps: …" with validate_every_n_steps), whose counts are not optimiser steps.
+STEPS_RE = re.compile(r"(?<!validation )steps:\s+\d+%\|.*?\|\s*(\d+)/(\d+)\s*\[([^\]]*)\]")
 POSTFIX_RE = re.compile(r"(\w+)=([-+0-9.eEnaif]+)")
 RATE_RE = re.compile(r"([0-9.]+)(s/it|it/s)")
 FAILURE_PATTERNS = [
     (re.compile(r"No data found"), "sd-scripts found no training images (it exits 0 on this): check the dataset folder"),
+    # With a validation split, v0.10.1 never gets to "No data found": split_train_val unpacks zip() of no images.
+    (re.compile(r"line \d+, in split_train_val\s*$"), "sd-scripts found no training images (its validation split fails on an empty folder): check the dataset folder"),
     (re.compile(r"out of memory|OutOfMemoryError", re.I), "out of GPU memory: lower train_batch_size or resolution, or set gradient_checkpointing = true"),
     (re.compile(r"avr_loss=nan|loss is nan", re.I), "the loss became NaN: try mixed_precision = \"bf16\" or \"no\", or a lower learning_rate"),
     (re.compile(r"OSError: .*(?:does not appear to have|Can't load|is not a local folder)"), "the base model could not be loaded: check pretrained_model_name_or_path (offline: a local folder or .safetensors file)"),

@@ -57,9 +57,20 @@ class DatasetSettings(_Strict):
         0.1,
         ge=0,
         le=0.5,
-        description="Share of the images held out from training to measure a validation loss every epoch and to sample their own captions beside the real image (sd-scripts' `validation_split`; the pixel24 engine holds out the same images). 0 turns it off. The held-out file names are recorded in run.json.",
+        description=(
+            "Share of the images held out to measure a validation loss after every epoch and to sample their own captions beside the real image; "
+            "0 turns it off. sd-scripts v0.10.1's split (`validation_split` in the dataset TOML): round(n × split) images are held out "
+            "(184 × 0.1: 18) and ceil(n × (1 − split)) trained on, so when n × split ends in .5 or more one held-out image is trained on too "
+            "(8 × 0.1), and a split that holds out none (4 × 0.1) measures nothing; render warns about both with a split that works. "
+            "kohya: sd-scripts' `loss/validation/epoch_average` (the held-out images at 4 fixed timesteps) → logs/validation.csv; "
+            "pixel24: its own held-out loss on the same images. The held-out file names are recorded in run.json. "
+            "The sd15_512 recipe keeps every documented value but this one (the notes held nothing out)."
+        ),
     )
-    validation_seed: Seed = Field(42, description="Seed of the held-out split (sd-scripts' `validation_seed`): the same seed and images give the same split in every run and engine.")
+    validation_seed: Seed = Field(
+        42,
+        description="Seed that shuffles the images before the held-out split (sd-scripts' `validation_seed` in the dataset TOML): the same seed and images hold out the same files in every run and in both engines.",
+    )
     alpha_background: str = Field("#ffffff", pattern=r"^#[0-9a-fA-F]{6}$", description="Colour that transparent pixels are flattened onto (sd-scripts loads images as RGB and would drop alpha without compositing).")
     allow_uneven_pixels: bool = Field(
         False,

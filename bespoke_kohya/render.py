@@ -28,11 +28,12 @@ from .runfolder import CHECKPOINTS, DATA, TENSORBOARD
 TOKENIZER_CACHE = "tokenizer_cache"
 
 
-def train_args(preset: Preset, run_id: str = "") -> dict[str, dict[str, Any]]:
+def train_args(preset: Preset, run_id: str = "", validate: bool | None = None) -> dict[str, dict[str, Any]]:
     """sd-scripts `--config_file` contents, grouped in sections (sd-scripts flattens them).
 
     Types matter: sd-scripts never converts config-file values, so resolution is
-    the string "R,R" and network_alpha a float.
+    the string "R,R" and network_alpha a float. ``validate``: whether the run holds
+    images out (see :func:`validating`); None: whenever dataset.validation_split > 0.
     """
     k = preset.kohya
     if k is None:
@@ -67,6 +68,11 @@ def train_args(preset: Preset, run_id: str = "") -> dict[str, dict[str, Any]]:
     for flag in ("gradient_checkpointing", "cache_latents", "sdpa"):
         if getattr(k, flag):
             training[flag] = True
+    if _validate(preset, validate):
+        # sd-scripts v0.10.1 already validates every epoch when a validation set exists; said
+        # explicitly so the config shows it. No max_validation_steps: the held-out images are
+        # seen once each (validation ignores num_repeats), a few batches × 4 timesteps an epoch.
+        training["validate_every_n_epochs"] = 1
     saving: dict[str, Any] = {
         "output_dir": CHECKPOINTS,
         "output_name": k.output_name,
@@ -83,8 +89,13 @@ def train_args(preset: Preset, run_id: str = "") -> dict[str, dict[str, Any]]:
     return {"model": model, "network": network, "optimizer": optimizer, "training": training, "saving": saving, "logging": logging}
 
 
-def dataset_config(preset: Preset) -> dict[str, Any]:
-    """sd-scripts `--dataset_config` contents: one DreamBooth subset with repeats and .txt captions."""
+def dataset_config(preset: Preset, validate: bool | None = None) -> dict[str, Any]:
+    """sd-scripts `--dataset_config` contents: one DreamBooth subset with repeats and .txt captions.
+
+    With ``validate`` (None: whenever dataset.validation_split > 0) the dataset carries
+    validation_split and validation_seed, which sd-scripts v0.10.1 reads per dataset
+    (config_util's DATASET_ASCENDABLE_SCHEMA) and splits off with `split_train_val`.
+    """
     k = preset.kohya
     if k is None:
         raise ValueError(f"preset {preset.name} is not a kohya preset")
@@ -110,7 +121,58 @@ def dataset_config(preset: Preset) -> dict[str, Any]:
         "class_tokens": d.concept.replace("_", " "),
         "caption_extension": d.caption_extension,
     }
-    return {"general": general, "datasets": [{"batch_size": k.train_batch_size, "subsets": [subset]}]}
+    dataset: dict[str, Any] = {"batch_size": k.train_batch_size}
+    if _validate(preset, validate):
+        dataset.update(validation_split=float(d.validation_split), validation_seed=d.validation_seed)  # the schema wants a float
+    return {"general": general, "datasets": [{**dataset, "subsets": [subset]}]}
+
+
+def _validate(preset: Preset, validate: bool | None) -> bool:
+    return preset.dataset.validation_split > 0 if validate is None else validate
+
+
+def heldout_images(run_dir: Path, preset: Preset) -> tuple[list[str], list[str]]:
+    """(trained, held-out) prepared image names of a rendered run, as sd-scripts will split its image folder."""
+    d = preset.dataset
+    folder = run_dir / DATA / training_folder_name(d.num_repeats, d.concept)
+    return split_heldout([p.name for p in folder.glob("*.png")], d.validation_split, d.validation_seed)
+
+
+def validating(run_dir: Path, preset: Preset) -> bool:
+    """Whether the run measures a validation loss: the split is on and holds out at least one image."""
+    return bool(heldout_images(run_dir, preset)[1])
+
+
+def split_notes(preset: Preset, trained: list[str], heldout: list[str]) -> list[str]:
+    """One line when the split holds out nothing, or when it holds out images that are trained on anyway.
+
+    sd-scripts v0.10.1 trains on ceil(n × (1 − split)) images and validates on round(n × split),
+    so when n × split has a fraction of .5 or more one image is in both (8 × 0.1: 8 trained, 1 held out).
+    """
+    split, n = preset.dataset.validation_split, len(set(trained) | set(heldout))
+    if split <= 0 or n == 0:
+        return []
+    if not heldout:
+        better = _disjoint_split(n, 1)
+        fix = f"set dataset.validation_split={better} to hold out 1, or 0 to turn it off" if better else "set dataset.validation_split=0 to turn it off"
+        return [f"dataset.validation_split={split} holds out no image of {n} (round({n} × {split}) = 0): no validation loss and no held-out captions this run; {fix}"]
+    both = sorted(set(trained) & set(heldout))
+    if not both:
+        return []
+    better = _disjoint_split(n, len(heldout))
+    fix = f"; dataset.validation_split={better} keeps them apart" if better else ""
+    return [f"dataset.validation_split={split} of {n} images trains on {len(trained)} and holds out {len(heldout)}, so {len(both)} held-out image(s) "
+            f"({', '.join(both[:3])}) are trained on too (sd-scripts v0.10.1 rounds the two parts separately){fix}"]
+
+
+def _disjoint_split(n: int, held: int) -> float | None:
+    """A validation_split (≤ 0.5, 4 decimals) holding out ``held`` of ``n`` images that are not also trained on (any seed)."""
+    if held < 1:
+        return None
+    split = round((held + 0.25) / n, 4)  # a quarter image past `held`: clear of both roundings
+    names = [str(i) for i in range(n)]
+    trained, heldout = split_heldout(names, split, 0) if split <= 0.5 else (names, [])
+    return split if len(heldout) == held and not set(trained) & set(heldout) else None
 
 
 def sample_prompts(preset: Preset) -> str:
@@ -180,9 +242,14 @@ def rewrite_config(run_dir: Path, preset: Preset, write_preset_json: bool = True
 
 
 def write_kohya_config(run_dir: Path, preset: Preset, run_id: str) -> None:
-    """sd-scripts' own files: config/train.toml and config/dataset.toml (the kohya engine's config)."""
-    write_train_toml(run_dir, train_args(preset, run_id), preset.name)
-    (run_dir / "config" / "dataset.toml").write_text(_header(preset.name) + _toml(dataset_config(preset)), encoding="utf-8")
+    """sd-scripts' own files: config/train.toml and config/dataset.toml (the kohya engine's config).
+
+    Validation is rendered only when the split holds out an image of the prepared folder:
+    a validation set of none is no measurement (render warns once, see split_notes).
+    """
+    validate = validating(run_dir, preset)
+    write_train_toml(run_dir, train_args(preset, run_id, validate), preset.name)
+    (run_dir / "config" / "dataset.toml").write_text(_header(preset.name) + _toml(dataset_config(preset, validate)), encoding="utf-8")
 
 
 def write_run_files(preset: Preset, report: DatasetReport, run_dir: Path, run_id: str) -> RenderedRun:
@@ -206,8 +273,9 @@ def write_run_files(preset: Preset, report: DatasetReport, run_dir: Path, run_id
 
     get_engine(preset.engine).write_config(run_dir, preset, run_id)
     (config / "sample_prompts.txt").write_text(sample_prompts(preset), encoding="utf-8")
-    _, heldout = split_heldout([p.name for p in prepared.folder.glob("*.png")], d.validation_split, d.validation_seed)
-    return RenderedRun(run_dir=run_dir, prepared=prepared, warnings=prepared.warnings + caption_notes + advice(preset), captions=caption_record, heldout=heldout)
+    trained, heldout = heldout_images(run_dir, preset)
+    warnings = prepared.warnings + caption_notes + advice(preset) + split_notes(preset, trained, heldout)
+    return RenderedRun(run_dir=run_dir, prepared=prepared, warnings=warnings, captions=caption_record, heldout=heldout)
 
 
 def create_run_dir(target: Path, build) -> Any:

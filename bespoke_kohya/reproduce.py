@@ -119,6 +119,14 @@ def config_differences(preset: Preset, documented: dict[str, Any] = DOCUMENTED_A
     return diffs
 
 
+def heldout_note(preset: Preset, heldout: list[str] | None) -> str:
+    """The recipe's one stated departure, when it is on: images held out of training for the validation loss."""
+    if not heldout:
+        return ""
+    return (f"; apart from the recipe, {len(heldout)} image(s) held out of training for a validation loss "
+            f"(dataset.validation_split={preset.dataset.validation_split}; 0 trains on all, as documented)")
+
+
 def format_table(checklist: Checklist) -> tuple[list[tuple[str, str, str, str, str]], list[str]]:
     """Rows (step, check, status, evidence, reason) for printing, and the commands to show once below the table.
 
@@ -186,7 +194,7 @@ def run_checklist(options: ReproduceOptions, console: Any, err_console: Any) -> 
             2,
             f"train.toml equals the documented config key by key ({len(DOCUMENTED_ARGS)} keys)",
             FAIL if diffs else PASS,
-            "; ".join(diffs) if diffs else f"{len(DOCUMENTED_ARGS)}/{len(DOCUMENTED_ARGS)} keys equal (config/train.toml)",
+            ("; ".join(diffs) if diffs else f"{len(DOCUMENTED_ARGS)}/{len(DOCUMENTED_ARGS)} keys equal (config/train.toml)") + heldout_note(preset, run.record.dataset.heldout),
             reason="differs from the documented recipe" if diffs else "",
         )
     config_row = checklist.steps[-1]

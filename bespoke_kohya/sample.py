@@ -502,6 +502,7 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
             hashed = {**suite, "heldout": {"prompts": [asdict(h) for h in heldout], "seeds": heldout_seeds}} if heldout else suite
             sid = suite_id(hashed)
             doc.settings, doc.prompts, doc.seeds, doc.suite_id = suite["settings"], suite["prompts"], suite["seeds"], sid
+        jobs = [job for job in jobs if not (job.if_missing and _drawn(doc, job.epoch, sid, ids, seeds, adhoc))]
         folder = out_dir / ADHOC if adhoc else out_dir
         folder.mkdir(exist_ok=True)
         rel_folder = f"{SAMPLES}/{ADHOC}" if adhoc else SAMPLES
@@ -550,6 +551,15 @@ def _draw_heldout(sampler: EpochSampler, job: SampleJob, heldout: list[HeldoutPr
     captions = [h.prompt for h in heldout]
     by_pid = dict(zip(prompt_ids(captions), heldout))
     return sampler.draw(job, captions, seeds, lambda full, pid, _prompt, seed: write(full, by_pid[pid], seed))
+
+
+def _drawn(doc: Samples, epoch: int, sid: str | None, ids: list[str], seeds: list[int], adhoc: bool) -> bool:
+    """Whether samples.json already holds ``epoch`` drawn with this suite (ad hoc: every prompt × seed of this call)."""
+    entry = (doc.adhoc if adhoc else doc.epochs).get(str(epoch))
+    if entry is None:
+        return False
+    have = {(img.prompt_id, img.seed) for img in entry.images}
+    return (adhoc or entry.suite_id == sid) and all((pid, seed) in have for pid in ids for seed in seeds)
 
 
 def adhoc_ids(prompts: list[str]) -> list[str]:
@@ -632,10 +642,14 @@ def postprocess_options_for(settings: SampleSettings, dataset_dir: Path | None) 
 
 
 
-def select_jobs(run: RunHandle, epochs: list[int] | None, include_base: bool) -> list[SampleJob]:
-    """The epochs to sample (all recorded ones by default) with their checkpoint paths."""
+def select_jobs(run: RunHandle, epochs: list[int] | None, include_base: bool | None, engine_default: bool = False) -> list[SampleJob]:
+    """The epochs to sample (all recorded ones by default) with their checkpoint paths, and epoch 0 (the base alone).
+
+    ``include_base`` None: the engine's default (``engine_default``), and then a base already drawn
+    with the same suite is not drawn again; True/False: as asked (True draws it even if drawn).
+    """
     recorded = run.record.checkpoints()
-    if not recorded and not include_base:
+    if not recorded and not include_base:  # the default base alone is nothing to compare
         raise UserError(f"{run.dir}: run.json records no epoch checkpoints yet (status {str(run.record.status)!r}); train it first")
     wanted = sorted(recorded) if epochs is None else epochs
     missing = [e for e in wanted if e not in recorded]
@@ -645,7 +659,8 @@ def select_jobs(run: RunHandle, epochs: list[int] | None, include_base: bool) ->
     outside = [f"epochs.{e}: {recorded[e]}" for e in wanted if inside_run(run.dir, recorded[e]) is None]
     if outside:
         raise UserError(f"{run.dir / RUN_JSON}: {outside[0]} is outside the run folder; checkpoints are read from the run's own checkpoints/ only")
-    jobs = [SampleJob(0, None)] if include_base else []
+    base = engine_default if include_base is None else include_base
+    jobs = [SampleJob(0, None, if_missing=include_base is None)] if base else []
     return jobs + [SampleJob(e, run.dir / recorded[e]) for e in wanted]
 
 
@@ -665,12 +680,13 @@ def training_images_dir(run_dir: Path, record: RunRecord, dataset_dir: Path | No
 
 
 def sample_run(run_dir: Path, *, epochs: list[int] | None = None, prompts_file: Path | None = None, prompts: list[str] | None = None,
-               seeds: list[int] | None = None, device: str | None = None, include_base: bool = False, base_override: str | None = None,
+               seeds: list[int] | None = None, device: str | None = None, include_base: bool | None = None, base_override: str | None = None,
                dataset_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """`bespoke-kohya sample --run RUN`: draw the run's epochs with its engine into ``RUN/samples``; returns samples.json (+ warnings).
 
     The suite is the preset's prompts, or ``prompts_file`` in their place; ``prompts`` (``--prompt``)
-    are ad-hoc: drawn beside the suite into ``samples/adhoc/``, never over it.
+    are ad-hoc: drawn beside the suite into ``samples/adhoc/``, never over it. ``include_base``
+    None: epoch 0 (the base alone) when the engine has one (`samples_base`) and it is not drawn yet.
     """
     run = RunHandle.open(Path(run_dir))
     with run_lock(run.dir, SAMPLE):  # taken before the model loads: a second sampler is refused at once
@@ -679,10 +695,11 @@ def sample_run(run_dir: Path, *, epochs: list[int] | None = None, prompts_file: 
             suite = preset.sample.full_prompts()
         else:
             suite = list(prompts or []) + (read_prompts_file(prompts_file) if prompts_file else [])
+        engine = get_engine(run.record.engine)
+        jobs = select_jobs(run, epochs, include_base, engine.samples_base)
         options = SampleOptions(epochs=epochs, prompts=suite, seeds=list(seeds) if seeds else list(preset.sample.seeds), device=device,
-                                include_base=include_base, base_override=base_override, dataset_dir=dataset_dir, progress=progress)
-        sampler = get_engine(run.record.engine).sampler(run, options)
-        jobs = select_jobs(run, epochs, include_base)
+                                include_base=any(job.checkpoint is None for job in jobs), base_override=base_override, dataset_dir=dataset_dir, progress=progress)
+        sampler = engine.sampler(run, options)
         post = postprocess_options_for(preset.sample, training_images_dir(run.dir, run.record, dataset_dir))
         # Held-out captions go with the suite (the preset's, or --prompts FILE), never with ad-hoc --prompt draws.
         heldout, notes = ([], []) if prompts or not preset.sample.heldout_seeds else heldout_prompts(run)

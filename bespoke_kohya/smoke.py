@@ -17,8 +17,8 @@ from typing import Any, Iterator
 from .errors import UserError
 from .offline_sd import MARKER, _write_text, build_random_sd15, write_tokenizer_cache
 from .paths import REPO_ROOT, cache_dir
-from .runfolder import LOSS_CSV, TRAIN_LOG
-from .runfolder.records import read_loss, read_run
+from .runfolder import LOSS_CSV, TRAIN_LOG, VALIDATION_CSV
+from .runfolder.records import read_loss, read_run, read_validation
 
 
 # ---------------------------------------------------------------- `bespoke-kohya smoke`
@@ -31,11 +31,13 @@ SMOKE_EPOCHS = 2
 # same render/launch/record code as `bespoke-kohya train`. Batches of 4 give 2 steps an
 # epoch (at 64 px a step costs about the same for 1 image or 4: the weights dominate), and
 # the higher learning rate moves the LoRA far enough in 4 steps to change a sample visibly.
+# A split of 0.25 holds 2 of the 8 out for the validation loss (the default 0.1 would hold out 1
+# that sd-scripts trains on as well), leaving 6 to train on: still 2 steps an epoch.
 SMOKE_OVERRIDES = [
     f"resolution={SMOKE_RESOLUTION}", "allow_uneven_pixels=true", f"max_train_epochs={SMOKE_EPOCHS}", "train_batch_size=4",
     "network_dim=4", "network_alpha=2.0", "num_repeats=1", "cache_latents=false", "mixed_precision=no",
     "save_state=false", "learning_rate=1e-3", "unet_lr=1e-3", "text_encoder_lr=5e-4",
-    "steps=2", "seeds=[1]", 'prompts=["lad, green solid background, black hair"]',
+    "steps=2", "seeds=[1]", 'prompts=["lad, green solid background, black hair"]', "dataset.validation_split=0.25",
 ]
 REPO_DATASET = REPO_ROOT / "dataset"
 SYNTH_CAPTION = "pixel art, 24x24, portrait of bespoke punk {kind}, {bg} background, {hair} hair"
@@ -185,7 +187,11 @@ def _stage_losses(run_dir: Path) -> str:
     if bad:
         raise StageFailed(f"loss is NaN at step(s) {bad[:5]}")
     epochs = sorted({r.epoch for r in rows if r.epoch})
-    return f"{len(rows)} steps over epochs {epochs}, loss {rows[0].loss:.3f} -> {rows[-1].loss:.3f}"
+    validation = {r.epoch: r.loss for r in read_validation(run_dir) if r.loss is not None}
+    if sorted(validation) != list(range(1, SMOKE_EPOCHS + 1)):
+        raise StageFailed(f"{run_dir / VALIDATION_CSV} has a held-out loss for epochs {sorted(validation)}, expected 1 to {SMOKE_EPOCHS}")
+    return (f"{len(rows)} steps over epochs {epochs}, loss {rows[0].loss:.3f} -> {rows[-1].loss:.3f}; "
+            f"held-out loss {', '.join(f'{v:.3f}' for _, v in sorted(validation.items()))}")
 
 
 def _stage_sample(run_dir: Path, base_dir: Path) -> str:

@@ -139,3 +139,78 @@ def test_losing_a_race_for_the_same_out_is_one_line(tmp_path: Path):
         create_run_dir(target, other_render_wins)
     assert str(e.value).startswith(f"{target}: already exists (another render created it)")
     assert [p.name for p in tmp_path.iterdir()] == ["run"] and [p.name for p in target.iterdir()] == ["theirs"]
+
+
+# ------------------------------------------------------------------ held-out validation (issue 14)
+
+
+def test_validation_is_rendered_where_sd_scripts_reads_it(punks_dir: Path, tmp_path: Path):
+    """184 punks, the default split 0.1: 18 held out (round(18.4)), 166 trained (ceil(165.6)), none in both."""
+    out = tmp_path / "run"
+    rendered = render(load_preset("sd15_576"), check_dataset(punks_dir), out, run_id="v")
+    data = tomllib.loads((out / "config" / "dataset.toml").read_text())
+    train = tomllib.loads((out / "config" / "train.toml").read_text())
+    dataset = data["datasets"][0]
+    assert (dataset["validation_split"], dataset["validation_seed"]) == (0.1, 42) and isinstance(dataset["validation_split"], float)
+    assert "validation_split" not in data["general"] and "validation_split" not in dataset["subsets"][0]
+    assert train["training"]["validate_every_n_epochs"] == 1 and "max_validation_steps" not in train["training"]
+    assert len(rendered.heldout) == 18 and not any("validation_split" in w for w in rendered.warnings)
+
+
+def test_split_zero_renders_no_validation(small_punks: Path, tmp_path: Path):
+    rendered = render(load_preset("sd15_576", ["dataset.validation_split=0"]), check_dataset(small_punks), tmp_path / "r", run_id="v")
+    assert rendered.heldout == [] and not any("validation" in w for w in rendered.warnings)
+    assert "validation" not in (tmp_path / "r" / "config" / "dataset.toml").read_text()
+    assert "validat" not in (tmp_path / "r" / "config" / "train.toml").read_text()
+
+
+def test_a_split_that_holds_out_no_image_renders_no_validation_and_says_so(small_punks: Path, tmp_path: Path):
+    for png in sorted(small_punks.glob("*.png"))[4:]:
+        png.unlink()
+        png.with_suffix(".txt").unlink(missing_ok=True)
+    rendered = render(load_preset("sd15_576"), check_dataset(small_punks), tmp_path / "r", run_id="v")
+    assert rendered.heldout == []
+    assert "validat" not in (tmp_path / "r" / "config" / "dataset.toml").read_text() + (tmp_path / "r" / "config" / "train.toml").read_text()
+    notes = [w for w in rendered.warnings if "validation_split" in w]
+    assert notes == ["dataset.validation_split=0.1 holds out no image of 4 (round(4 × 0.1) = 0): no validation loss and no held-out captions "
+                     "this run; set dataset.validation_split=0.3125 to hold out 1, or 0 to turn it off"]
+    # The suggestion does what it says: rendered with it, one image is held out and trained on by no one.
+    again = render(load_preset("sd15_576", ["dataset.validation_split=0.3125"]), check_dataset(small_punks), tmp_path / "r2", run_id="v")
+    assert len(again.heldout) == 1 and not any("validation_split" in w for w in again.warnings)
+
+
+def test_a_held_out_image_that_sd_scripts_also_trains_on_is_warned(small_punks: Path, tmp_path: Path):
+    """8 × 0.1: sd-scripts trains on ceil(7.2) = 8 and validates on round(0.8) = 1, so that one is in both."""
+    from bespoke_kohya.dataset import split_heldout
+
+    rendered = render(load_preset("sd15_576"), check_dataset(small_punks), tmp_path / "r", run_id="v")
+    trained, heldout = split_heldout([p.name for p in (tmp_path / "r" / "data" / "10_bespoke_punk").glob("*.png")], 0.1, 42)
+    assert len(trained) == 8 and heldout == rendered.heldout and len(heldout) == 1
+    notes = [w for w in rendered.warnings if "validation_split" in w]
+    assert notes == [f"dataset.validation_split=0.1 of 8 images trains on 8 and holds out 1, so 1 held-out image(s) ({heldout[0]}) are trained on too "
+                     "(sd-scripts v0.10.1 rounds the two parts separately); dataset.validation_split=0.1562 keeps them apart"]
+    fixed = render(load_preset("sd15_576", ["dataset.validation_split=0.1562"]), check_dataset(small_punks), tmp_path / "r2", run_id="v")
+    assert len(fixed.heldout) == 1 and not any("validation_split" in w for w in fixed.warnings)
+
+
+def test_cpu_rerender_of_a_run_made_before_validation_keeps_training_on_every_image(small_punks: Path, tmp_path: Path):
+    """`train --resume --cpu` re-renders the config; a run from before held-out validation (run.json heldout None)
+    must not be split now: its saved state and its epochs so far trained on every image."""
+    import io
+
+    from rich.console import Console
+
+    from bespoke_kohya.engines.kohya import ENGINE
+    from bespoke_kohya.engines.session import create_run
+
+    preset = load_preset("sd15_576", ["dataset.validation_split=0.25"])
+    for name, heldout in (("old", None), ("new", ["kept"])):
+        run, _ = create_run(preset, [], small_punks, tmp_path / name, Console(file=io.StringIO()))
+        run.record.dataset.heldout = heldout
+        rewritten = ENGINE._cpu_precision(run, preset)
+        data = tomllib.loads((run.dir / "config" / "dataset.toml").read_text())
+        train = tomllib.loads((run.dir / "config" / "train.toml").read_text())
+        assert train["training"]["mixed_precision"] == "no"
+        validating = heldout is not None
+        assert ("validation_split" in data["datasets"][0], "validate_every_n_epochs" in train["training"]) == (validating, validating)
+        assert rewritten.dataset.validation_split == (0.25 if validating else 0)

@@ -57,6 +57,8 @@ def test_reproduce_without_gpu_passes_steps_1_and_2_and_skips_the_rest(punks_dir
     assert status == {1: "pass", 2: "pass", 3: "skipped", 4: "skipped", 5: "skipped", 6: "skipped"}
     step2 = next(s for s in table["steps"] if s["step"] == 2)
     assert "14/14 keys equal" in step2["evidence"] and "training not launched" in step2["reason"] and step2["command"]
+    # The recipe's one stated departure (issue 14) is said beside the keys that equal it.
+    assert "apart from the recipe, 18 image(s) held out of training for a validation loss (dataset.validation_split=0.1; 0 trains on all" in step2["evidence"]
     assert all(s["reason"] and s["command"] for s in table["steps"] if s["status"] == "skipped")
     assert table["exit_code"] == 3
     assert "184/184" in next(s for s in table["steps"] if s["step"] == 1)["evidence"]

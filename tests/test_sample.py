@@ -471,7 +471,7 @@ def test_a_second_sampler_is_refused_while_one_samples_the_run(tiny, tmp_path: P
 
     run = _two_epoch_run(tiny, tmp_path, punks_dir)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen([sys.executable, "-m", "bespoke_kohya", "sample", "--run", str(run), "--epochs", "1", "--device", "cpu"],
+    first = subprocess.Popen([sys.executable, "-m", "bespoke_kohya", "sample", "--run", str(run), "--epochs", "1", "--device", "cpu", "--no-include-base"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -480,12 +480,12 @@ def test_a_second_sampler_is_refused_while_one_samples_the_run(tiny, tmp_path: P
             assert time.monotonic() < deadline, "the first sampler never took the run's lock"
             time.sleep(0.02)
         with pytest.raises(UserError, match=rf"run {run} is being sampled by pid {first.pid} .*wait for it to finish"):
-            sample.sample_run(run, epochs=[2], device="cpu", progress=False)
+            sample.sample_run(run, epochs=[2], device="cpu", include_base=False, progress=False)
         assert first.wait(timeout=300) == 0, first.stdout.read()
     finally:
         first.kill()
         first.wait()
-    sample.sample_run(run, epochs=[2], device="cpu", progress=False)  # afterwards it is free: both epochs are recorded
+    sample.sample_run(run, epochs=[2], device="cpu", include_base=False, progress=False)  # afterwards it is free: both epochs are recorded
     doc = json.loads((run / "samples" / "samples.json").read_text(encoding="utf-8"))
     assert list(doc["epochs"]) == ["1", "2"]
     assert all((run / img["art"]).is_file() for e in doc["epochs"].values() for img in e["images"])
@@ -497,17 +497,17 @@ def test_adhoc_prompts_are_drawn_beside_the_suite_not_over_it(tiny, tmp_path: Pa
     from bespoke_kohya.report.collect import collect
 
     run = _two_epoch_run(tiny, tmp_path, punks_dir)
-    suite = sample.sample_run(run, epochs=[1], seeds=[5, 6], device="cpu", progress=False)
+    suite = sample.sample_run(run, epochs=[1], seeds=[5, 6], device="cpu", include_base=False, progress=False)
     suite_files = {p.name: p.read_bytes() for p in (run / "samples" / "epoch-001").iterdir()}
     assert len(suite_files) == 6
 
-    doc = sample.sample_run(run, epochs=[1], prompts=["lady"], seeds=[9], device="cpu", progress=False)
+    doc = sample.sample_run(run, epochs=[1], prompts=["lady"], seeds=[9], device="cpu", include_base=False, progress=False)
     assert {p.name: p.read_bytes() for p in (run / "samples" / "epoch-001").iterdir()} == suite_files
     assert doc["epochs"] == suite["epochs"] and (doc["prompts"], doc["seeds"], doc["suite_id"]) == (suite["prompts"], suite["seeds"], suite["suite_id"])
     lady = sample.adhoc_ids(["lady"])[0]
     assert [(i["prompt"], i["seed"], i["art"]) for i in doc["adhoc"]["1"]["images"]] == [("lady", 9, f"samples/adhoc/epoch-001/{lady}-s9.24.png")]
     # A second ad-hoc prompt is added to the first, not swapped for it.
-    doc = sample.sample_run(run, epochs=[1], prompts=["lad, cap"], seeds=[9], device="cpu", progress=False)
+    doc = sample.sample_run(run, epochs=[1], prompts=["lad, cap"], seeds=[9], device="cpu", include_base=False, progress=False)
     assert [i["prompt"] for i in doc["adhoc"]["1"]["images"]] == ["lady", "lad, cap"]
     assert all((run / i[k]).is_file() for i in doc["adhoc"]["1"]["images"] for k in ("full", "art", "preview"))
     assert len(list((run / "samples" / "adhoc" / "epoch-001").iterdir())) == 6
@@ -523,7 +523,7 @@ def test_staging_folders_of_a_killed_sampler_are_removed_by_the_next_one(tiny, t
     for leftover in (run / "samples" / ".epoch-001.k1ll3d", run / "samples" / ".epoch-002.old-4242", run / "samples" / "adhoc" / ".epoch-001.x"):
         leftover.mkdir(parents=True)
         (leftover / "p01-s5.png").write_bytes(b"half")
-    sample.sample_run(run, epochs=[2], device="cpu", progress=False)
+    sample.sample_run(run, epochs=[2], device="cpu", include_base=False, progress=False)
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["adhoc", "epoch-002", "samples.json"]
     assert list((run / "samples" / "adhoc").iterdir()) == []
 
@@ -708,3 +708,66 @@ def test_heldout_captions_are_drawn_by_the_diffusers_sampler_as_trained(tiny, pi
         for img, caption in zip(drawn, captions):
             expected = np.asarray(sample.generate(pipe, caption, 5, preset.sample, SIZE, preset.sample.negative_prompt))
             assert np.array_equal(load_rgb(run / img["full"]), expected)
+
+
+# ------------------------------------------------------------------ epoch 0: the base without a LoRA (issue 14)
+
+
+def test_kohya_runs_draw_the_base_as_epoch_0_by_default_and_only_once(tiny, tmp_path: Path, punks_dir: Path) -> None:
+    run = _two_epoch_run(tiny, tmp_path, punks_dir)
+    doc = sample.sample_run(run, epochs=[1], device="cpu", progress=False)
+    assert list(doc["epochs"]) == ["0", "1"] and doc["epochs"]["0"]["base_only"] and doc["epochs"]["0"]["checkpoint"] is None
+    base = run / "samples" / "epoch-000"
+    drawn = base.stat().st_ino  # each drawing swaps in a new folder
+    doc = sample.sample_run(run, epochs=[2], device="cpu", progress=False)
+    assert list(doc["epochs"]) == ["0", "1", "2"] and base.stat().st_ino == drawn  # kept, not drawn again
+    # Another suite draws it again with that suite, so epoch 0 stays comparable with the epochs beside it.
+    doc = sample.sample_run(run, epochs=[2], seeds=[7], device="cpu", progress=False)
+    assert base.stat().st_ino != drawn and [i["seed"] for i in doc["epochs"]["0"]["images"]] == [7]
+    assert doc["epochs"]["0"]["suite_id"] == doc["epochs"]["2"]["suite_id"] == doc["suite_id"]
+    # Asked for explicitly, it is drawn even when it is there; --no-include-base leaves it alone.
+    drawn = base.stat().st_ino
+    sample.sample_run(run, epochs=[2], seeds=[7], device="cpu", include_base=True, progress=False)
+    assert base.stat().st_ino != drawn
+    drawn = base.stat().st_ino
+    sample.sample_run(run, epochs=[2], seeds=[7], device="cpu", include_base=False, progress=False)
+    assert base.stat().st_ino == drawn
+
+
+def test_which_engines_draw_the_base_by_default(tmp_path: Path, punks_dir: Path) -> None:
+    from bespoke_kohya.cli import build_parser
+    from bespoke_kohya.engines import get_engine
+    from bespoke_kohya.runfolder.records import RunHandle
+
+    assert get_engine("kohya").samples_base is True and get_engine("pixel24").samples_base is False
+    run = tmp_path / "run"
+    write_run(run, tmp_path / "base", punks_dir, {"1": "checkpoints/bespoke-000001.safetensors"}, palette=None)
+    handle = RunHandle.open(run)
+    assert [(j.epoch, j.if_missing) for j in sample.select_jobs(handle, None, None, True)] == [(0, True), (1, False)]
+    assert [j.epoch for j in sample.select_jobs(handle, None, None, False)] == [1]  # pixel24's default: no base
+    assert [(j.epoch, j.if_missing) for j in sample.select_jobs(handle, None, True, False)] == [(0, False), (1, False)]
+    assert [j.epoch for j in sample.select_jobs(handle, None, False, True)] == [1]
+    parse = lambda *flags: build_parser().parse_args(["sample", "--run", str(run), *flags]).include_base  # noqa: E731
+    assert (parse(), parse("--include-base"), parse("--no-include-base")) == (None, True, False)
+    # A run with no checkpoint yet: the default base alone is nothing to compare, so it is refused as before.
+    write_run(run, tmp_path / "base", punks_dir, {}, palette=None)
+    with pytest.raises(UserError, match="records no epoch checkpoints yet"):
+        sample.select_jobs(RunHandle.open(run), None, None, True)
+
+
+def test_report_and_train_sampling_add_a_missing_base(tiny, tmp_path: Path, punks_dir: Path) -> None:
+    """`sample_unsampled` (after `train`, before `report`) draws epoch 0 of a kohya run sampled without it, then nothing."""
+    import io
+
+    from rich.console import Console
+
+    from bespoke_kohya.engines.session import sample_unsampled
+
+    run = _two_epoch_run(tiny, tmp_path, punks_dir)
+    sample.sample_run(run, device="cpu", include_base=False, progress=False)
+    out = Console(file=io.StringIO(), width=200)
+    assert sample_unsampled(run, out, out, "no samples yet", device="cpu") == [0]
+    assert "epoch(s) 0 (base model) (no samples yet)" in out.file.getvalue()
+    doc = json.loads((run / "samples" / "samples.json").read_text(encoding="utf-8"))
+    assert list(doc["epochs"]) == ["0", "1", "2"] and doc["epochs"]["0"]["base_only"]
+    assert sample_unsampled(run, out, out, "no samples yet", device="cpu") == []

@@ -89,7 +89,7 @@ def test_the_whole_smoke_run_passes_and_cleans_up(punks_dir: Path, tmp_path: Pat
     details = dict((name, detail) for name, _, detail in rows)
     assert len(rows) == 8  # no "work folder" row: nothing kept
     assert details["8 training images"] == f"8 from {punks_dir}"
-    assert details["loss series"].startswith("4 steps over epochs [1, 2]")
+    assert details["loss series"].startswith("4 steps over epochs [1, 2]") and "; held-out loss " in details["loss series"]
     change = [float(x.split()[-1]) for x in details["LoRA sampling"].split(": ")[1].split(", ")]
     assert len(change) == 2 and min(change) > 0
     assert not (work / "run").exists() and not (work / "images").exists()

@@ -48,7 +48,7 @@ class SampleOptions:
     prompts: list[str] | None = None
     seeds: list[int] | None = None
     device: str | None = None
-    include_base: bool = False
+    include_base: bool = False  # resolved: --include-base/--no-include-base, else the engine's `samples_base`
     base_override: str | None = None
     dataset_dir: Path | None = None
     progress: bool = True
@@ -56,10 +56,15 @@ class SampleOptions:
 
 @dataclass(frozen=True)
 class SampleJob:
-    """One epoch column: the checkpoint to draw with, or ``None`` for the base model alone (epoch 0)."""
+    """One epoch column: the checkpoint to draw with, or ``None`` for the base model alone (epoch 0).
+
+    ``if_missing``: skip it when samples.json already holds this epoch drawn with the same suite
+    (the base drawn by default is drawn once, not again by every later `sample`, `train` or `report`).
+    """
 
     epoch: int
     checkpoint: Path | None
+    if_missing: bool = False
 
 
 @dataclass
@@ -95,6 +100,9 @@ class EpochSampler(Protocol):
 class Engine(Protocol):
     name: str
     native_art: bool  # True: draws 24x24 art directly (no upscale before training, no downscale after)
+    # True: a base model exists to draw without the trained part, so sampling draws it as epoch 0 by default
+    # (the report then shows what training changed); --no-include-base turns it off.
+    samples_base: bool
 
     def write_config(self, run_dir: Path, preset: Any, run_id: str) -> None:
         """Write the engine's own files into ``run_dir/config`` when a run is rendered (or re-rendered)."""

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from ..errors import UserError
 from ..paths import REPO_ROOT
 from ..runfolder import CHECKPOINTS, TENSORBOARD, TRAIN_LOG, Status
-from ..runfolder.records import Failure, LossRow, RunHandle, now_iso, read_loss, write_loss
+from ..runfolder.records import Failure, LossRow, RunHandle, ValidationRow, now_iso, read_loss, read_validation, write_loss, write_validation
 from . import Outcome, Progress, SampleJob, SampleOptions, TrainOptions
 
 
@@ -44,6 +44,12 @@ for d in sys.argv[1:]:
 """
 # Per-step scalars sd-scripts' train_network.py logs (epoch averages are logged at step=epoch: skipped).
 _STEP_TAGS = {"loss/current": "loss", "loss/average": "avg_loss", "lr/unet": "lr"}
+# The held-out images' mean loss after each epoch. train_network.py v0.10.1 logs it through
+# epoch_logging, whose TensorBoard step is the 1-based epoch number (`epoch + 1`), and a resumed
+# session's epoch loop starts at the resumed epoch, so the step is the run's epoch in every session.
+_VALIDATION_TAG = "loss/validation/epoch_average"
+
+Scalar = tuple[int, str, float]  # (step, tag, value) as TensorBoard recorded it
 
 
 def event_dirs(logdir: Path) -> list[Path]:
@@ -54,20 +60,50 @@ def event_dirs(logdir: Path) -> list[Path]:
     return sorted({p.parent for p in logdir.rglob("events.out.tfevents.*")})
 
 
-def tensorboard_losses(python: Path, dirs: list[Path]) -> list[LossRow]:
-    """Per-step loss/lr rows read from sd-scripts' TensorBoard event folders (empty if unavailable)."""
+def tensorboard_scalars(python: Path, dirs: list[Path]) -> list[Scalar]:
+    """Every scalar in sd-scripts' TensorBoard event folders (empty if unavailable), read in its own venv."""
     if not dirs:
         return []
     try:
         out = subprocess.run([str(python), "-c", _TB_EXPORT, *map(str, dirs)], capture_output=True, text=True, timeout=300, check=True).stdout
     except (subprocess.SubprocessError, OSError):
         return []
-    rows: dict[int, dict[str, Any]] = {}
-    for line in out.splitlines():
+    return parse_scalars(out)
+
+
+def parse_scalars(text: str) -> list[Scalar]:
+    """The reader's ``step,tag,value`` lines as tuples (a tag never holds a comma in sd-scripts' logs)."""
+    scalars = []
+    for line in text.splitlines():
         step_s, tag, value_s = line.split(",", 2)
+        scalars.append((int(step_s), tag, float(value_s)))
+    return scalars
+
+
+def loss_rows(scalars: list[Scalar]) -> list[LossRow]:
+    """Per-step loss/lr rows, one per optimiser step."""
+    rows: dict[int, dict[str, Any]] = {}
+    for step, tag, value in scalars:
         if tag in _STEP_TAGS:
-            rows.setdefault(int(step_s), {"step": int(step_s)})[_STEP_TAGS[tag]] = float(value_s)
+            rows.setdefault(step, {"step": step})[_STEP_TAGS[tag]] = value
     return [LossRow(**rows[s]) for s in sorted(rows)]
+
+
+def validation_rows(scalars: list[Scalar], losses: list[LossRow]) -> list[ValidationRow]:
+    """One row per epoch from `loss/validation/epoch_average`; ``step`` is that epoch's last optimiser step in ``losses``."""
+    last_step: dict[int, int] = {}
+    for row in losses:
+        if row.epoch is not None:
+            last_step[row.epoch] = max(row.step, last_step.get(row.epoch, 0))
+    rows = {step: ValidationRow(epoch=step, step=last_step.get(step), loss=value) for step, tag, value in scalars if tag == _VALIDATION_TAG}
+    return [rows[e] for e in sorted(rows)]
+
+
+def merge_validation(previous: list[ValidationRow], session: list[ValidationRow], resume_epoch: int | None) -> list[ValidationRow]:
+    """The per-epoch validation losses after one more session: a session resumed after ``resume_epoch`` keeps the
+    earlier rows up to that epoch (later ones were trained again); a fresh session replaces everything."""
+    kept = [r for r in previous if r.epoch <= resume_epoch] if resume_epoch else []
+    return kept + [r for r in session if not resume_epoch or r.epoch > resume_epoch]
 
 
 def merge_losses(previous: list[LossRow], session: list[LossRow], resume_step: int | None) -> list[LossRow]:
@@ -86,6 +122,12 @@ def merge_losses(previous: list[LossRow], session: list[LossRow], resume_step: i
     first = min((r.step for r in session), default=resume_step + 1)
     shift = resume_step - (first - 1) if first <= resume_step else 0
     return kept + [r.model_copy(update={"step": r.step + shift}) for r in session]
+
+
+def state_epoch(state: str) -> int | None:
+    """The epoch after which sd-scripts saved a `-state` folder, from its name (``NAME-000001-state``)."""
+    m = re.search(r"-(\d{6})-state$", state)
+    return int(m.group(1)) if m else None
 
 
 def state_step(state_dir: Path) -> int | None:
@@ -120,6 +162,7 @@ _NO_FP16 = "mixed_precision=no"
 class KohyaEngine:
     name = "kohya"
     native_art = False  # draws at the preset's resolution; samples are post-processed down to 24x24
+    samples_base = True  # the base model without the LoRA is epoch 0: what the LoRA changed
 
     def write_config(self, run_dir: Path, preset: Any, run_id: str) -> None:
         from ..render import write_kohya_config
@@ -164,6 +207,7 @@ class KohyaEngine:
         states = sorted((run.dir / CHECKPOINTS).glob(f"{preset.kohya.output_name}-*-state"))
         state = f"{CHECKPOINTS}/{states[-1].name}" if states and run.trained else None
         run.session["resume_step"] = state_step(run.dir / state) if state else None
+        run.session["resume_epoch"] = state_epoch(state) if state else None
         if state:
             run.record.resumed = [*(getattr(run.record, "resumed", None) or []), {"from": state, "step": state_step(run.dir / state), "at": now_iso()}]
         command = build_command(preset, sd.path if sd else Path("<sd-scripts>"), sd.python if sd else Path("<sd-scripts-python>"),
@@ -176,13 +220,17 @@ class KohyaEngine:
         from ..render import rewrite_config
 
         preset = preset.model_copy(update={"kohya": preset.kohya.model_copy(update={"mixed_precision": "no"})})
+        if run.record.dataset.heldout is None:
+            # Made before held-out validation: it trained on every image and its saved state has no
+            # validation loader, so the re-render must not split now (the preset default would).
+            preset = preset.model_copy(update={"dataset": preset.dataset.model_copy(update={"validation_split": 0.0})})
         rewrite_config(run.dir, preset, write_preset_json=False)
         run.record.resolved = preset.model_dump(mode="json")
         run.record.overrides = [*run.record.overrides, _NO_FP16]
         return preset
 
     def train(self, run: RunHandle, options: TrainOptions, progress: Progress) -> Outcome:
-        """Run sd-scripts for one session, then record its checkpoints and loss series."""
+        """Run sd-scripts for one session, then record its checkpoints, loss series and per-epoch validation losses."""
         from ..launch import child_env, run_streaming
         from ..vendor import tokenizer_cache_dir
 
@@ -194,11 +242,13 @@ class KohyaEngine:
         result = run_streaming(run.record.command, cwd=run.dir, log_path=run.dir / TRAIN_LOG, env=child_env(),
                                on_event=lambda e: progress(e.data) if e.kind in ("step", "epoch") else None)
         epochs = epoch_checkpoints(run.dir / CHECKPOINTS, preset.kohya.output_name, preset.kohya.max_train_epochs)
-        session = tensorboard_losses(sd.python, [d for d in event_dirs(run.dir / TENSORBOARD) if d not in earlier_sessions]) or [
+        scalars = tensorboard_scalars(sd.python, [d for d in event_dirs(run.dir / TENSORBOARD) if d not in earlier_sessions])
+        session = loss_rows(scalars) or [
             LossRow(step=s["step"], avg_loss=s.get("avr_loss")) for s in result.steps  # tqdm's running average when TensorBoard is unreadable
         ]
-        losses = merge_losses(read_loss(run.dir), session, resume_step)
-        write_loss(run.dir, [r.model_copy(update={"epoch": result.epoch_of(r.step) or r.epoch}) for r in losses])
+        losses = [r.model_copy(update={"epoch": result.epoch_of(r.step) or r.epoch}) for r in merge_losses(read_loss(run.dir), session, resume_step)]
+        write_loss(run.dir, losses)
+        self._record_validation(run, validation_rows(scalars, losses))
         run.record.epochs = epochs
         if result.interrupted:
             return Outcome(Status.INTERRUPTED, result.returncode)
@@ -206,6 +256,13 @@ class KohyaEngine:
             cause = result.failure or (f"sd-scripts exited with status {result.returncode}" if result.returncode else "sd-scripts wrote no checkpoint")
             return Outcome(Status.FAILED, result.returncode, Failure(cause=cause, tail=result.tail[-15:], recognised=result.failure is not None))
         return Outcome(Status.FINISHED, result.returncode)
+
+    def _record_validation(self, run: RunHandle, session: list[ValidationRow]) -> None:
+        """logs/validation.csv: this session's per-epoch held-out losses after the earlier sessions' kept ones."""
+        previous = read_validation(run.dir)
+        rows = merge_validation(previous, session, run.session.get("resume_epoch"))
+        if rows or previous:
+            write_validation(run.dir, rows)
 
     def sampler(self, run: RunHandle, options: SampleOptions) -> "DiffusersSampler":
         from ..sample import base_source, kohya_clip_skip_to_diffusers, load_base

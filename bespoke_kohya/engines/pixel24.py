@@ -14,6 +14,7 @@ from . import Outcome, Progress, SampleJob, SampleOptions, TrainOptions
 class Pixel24Engine:
     name = "pixel24"
     native_art = True  # draws 24x24 art directly: nothing to upscale or downscale
+    samples_base = False  # no base model to draw on its own
 
     def write_config(self, run_dir: Path, preset: Any, run_id: str) -> None:
         pass  # config/preset.json is all it reads

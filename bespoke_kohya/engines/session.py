@@ -18,7 +18,7 @@ from ..paths import REPO_ROOT
 from ..presets import Preset, load_preset
 from ..render import render
 from ..runfolder import CHECKPOINTS, SAMPLES, TRAIN_LOG, Status
-from ..runfolder.records import CaptionsRef, DatasetRef, RunHandle, RunRecord, now_iso, package_versions, write_run
+from ..runfolder.records import CaptionsRef, DatasetRef, RunHandle, RunRecord, now_iso, package_versions, read_samples, write_run
 from . import Outcome, Progress, TrainOptions, get_engine
 
 RUNS_DIR = Path("runs")
@@ -101,18 +101,30 @@ def sample_unsampled(run_dir: Path, console: Any, err_console: Any, why: str, de
     After training ends rather than from inside each engine's epoch loop: it needs no engine
     hook, and the images are the same either way (each checkpoint is read back from its file
     and every seed has its own noise generator), so `train`, `report` and `sample` agree.
+    Epoch 0, the base alone, is drawn too when the engine has one and it is not drawn yet.
     """
     from ..bundle import unsampled_epochs  # standard-library reader of run.json + samples.json (go.sh's helper uses it too)
     from ..sample import sample_run
 
     todo = unsampled_epochs(run_dir)
-    if not todo:
+    base = _base_unsampled(run_dir)
+    if not todo and not base:
         return []
-    console.print(f"[bold]sampling[/] epoch(s) {', '.join(map(str, todo))} ({why}) with the preset's prompts × seeds → {run_dir / SAMPLES}")
+    shown = ["0 (base model)"] * base + [str(e) for e in todo]
+    console.print(f"[bold]sampling[/] epoch(s) {', '.join(shown)} ({why}) with the preset's prompts × seeds → {run_dir / SAMPLES}")
     doc = sample_run(run_dir, epochs=todo, device=device)
     for line in doc.get("warnings", []):
         err_console.print(f"[yellow]warning:[/] {line}", markup=True, highlight=False, soft_wrap=True)
-    return todo
+    return [0] * base + todo
+
+
+def _base_unsampled(run_dir: Path) -> bool:
+    """A trained run of an engine that draws its base (epoch 0) by default, whose samples.json has no epoch 0 yet."""
+    run = RunHandle.open(run_dir)
+    if not run.record.checkpoints() or not get_engine(run.record.engine).samples_base:
+        return False
+    drawn = read_samples(run_dir)
+    return drawn is None or not (drawn.epochs.get("0") and drawn.epochs["0"].images)
 
 
 def finish_message(run: RunHandle, outcome: Outcome, console: Any, err_console: Any) -> int:
