@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
 from ..errors import UserError
-from ..jsonfile import umask, write_json_atomic
+from ..jsonfile import umask, write_atomic, write_json_atomic
 from . import DATA, LOSS_CSV, VALIDATION_CSV, NOT_TRAINED, RUN_JSON, RUN_VERSION, SAMPLES_JSON, SAMPLES_VERSION, Status, lock, run_document, samples_document, write_run_document
 
 
@@ -382,21 +382,29 @@ def _number(value: str | None) -> float | None:
 
 def read_loss(run_dir: Path) -> list[LossRow]:
     """The rows of logs/loss.csv ([] when there is none); rows without a step are skipped, bad cells become None."""
-    path = Path(run_dir) / LOSS_CSV
+    rows = []
+    for raw in _csv_rows(Path(run_dir) / LOSS_CSV, "the loss curve"):
+        step = _whole(raw.get("step"))
+        if step is not None:
+            rows.append(LossRow(step=step, epoch=_whole(raw.get("epoch")), loss=_number(raw.get("loss")), avg_loss=_number(raw.get("avg_loss")), lr=_number(raw.get("lr"))))
+    return rows
+
+
+def _whole(value: str | None) -> int | None:
+    """A cell as a whole number; empty, malformed or non-finite cells are None."""
+    number = _number(value)
+    return int(number) if number is not None and math.isfinite(number) else None
+
+
+def _csv_rows(path: Path, what: str) -> list[dict[str, str]]:
+    """The rows of a run's CSV log as dicts ([] when there is none); a file that is not UTF-8 is one line naming ``what`` is lost."""
     if not path.is_file():
         return []
-    rows = []
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            for raw in csv.DictReader(f):
-                step, epoch = _number(raw.get("step")), _number(raw.get("epoch"))
-                if step is None or not math.isfinite(step):
-                    continue
-                rows.append(LossRow(step=int(step), epoch=int(epoch) if epoch is not None and math.isfinite(epoch) else None,
-                                    loss=_number(raw.get("loss")), avg_loss=_number(raw.get("avg_loss")), lr=_number(raw.get("lr"))))
+            return list(csv.DictReader(f))
     except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text, so not written by bespoke-kohya; delete it (the loss curve is then left out)") from None
-    return rows
+        raise UserError(f"{path}: not UTF-8 text, so not written by bespoke-kohya; delete it ({what} is then left out)") from None
 
 
 # ------------------------------------------------------------------ logs/validation.csv
@@ -419,35 +427,22 @@ VALIDATION_FIELDS = list(ValidationRow.model_fields)
 
 def write_validation(run_dir: Path, rows: list[ValidationRow]) -> None:
     """Replace logs/validation.csv with ``rows`` (atomically; one row per epoch)."""
-    path = Path(run_dir) / VALIDATION_CSV
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
             out = csv.writer(fh)
             out.writerow(VALIDATION_FIELDS)
             for row in sorted(rows, key=lambda r: r.epoch):
                 out.writerow([_cell(k, getattr(row, k)) for k in VALIDATION_FIELDS])
-        Path(tmp).chmod(0o666 & ~umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomic(Path(run_dir) / VALIDATION_CSV, write)
 
 
 def read_validation(run_dir: Path) -> list[ValidationRow]:
     """The rows of logs/validation.csv ([] when there is none), one per epoch; malformed rows are skipped."""
-    path = Path(run_dir) / VALIDATION_CSV
-    if not path.is_file():
-        return []
     rows: dict[int, ValidationRow] = {}
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            for raw in csv.DictReader(f):
-                epoch, step = _number(raw.get("epoch")), _number(raw.get("step"))
-                if epoch is None or not math.isfinite(epoch):
-                    continue
-                rows[int(epoch)] = ValidationRow(epoch=int(epoch), step=int(step) if step is not None and math.isfinite(step) else None, loss=_number(raw.get("loss")))
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text, so not written by bespoke-kohya; delete it (the validation curve is then left out)") from None
+    for raw in _csv_rows(Path(run_dir) / VALIDATION_CSV, "the validation curve"):
+        epoch = _whole(raw.get("epoch"))
+        if epoch is not None:
+            rows[epoch] = ValidationRow(epoch=epoch, step=_whole(raw.get("step")), loss=_number(raw.get("loss")))
     return [rows[e] for e in sorted(rows)]
