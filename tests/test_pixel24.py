@@ -119,6 +119,18 @@ def test_sampling_is_deterministic_per_seed_and_differs_between_seeds(model: pix
     assert (first[0][0] != first[0][1]).any(-1).mean() > 0.2
 
 
+def test_refinement_redraws_only_the_least_likely_share_and_keeps_seeds_reproducible(model: pixel24.Pixel24Model) -> None:
+    prompt, knobs = "lady, green background", {"steps": 4, "guidance_scale": 2.0, "temperature": 0.7}
+    plain = pixel24.sample(model, [prompt], [1, 2], **knobs)
+    assert all(np.array_equal(a, b) for a, b in zip(plain[0], pixel24.sample(model, [prompt], [1, 2], **knobs, refine_rounds=0)[0]))
+    refined = pixel24.sample(model, [prompt], [1, 2], **knobs, refine_rounds=1, refine_share=0.1, refine_steps=2)
+    for before, after in zip(plain[0], refined[0]):
+        changed = int((before != after).any(-1).sum())
+        assert 0 < changed <= round(0.1 * 24 * 24), changed  # only the re-masked tenth can change
+    alone = pixel24.sample(model, [prompt], [2], **knobs, refine_rounds=1, refine_share=0.1, refine_steps=2)
+    assert np.array_equal(refined[0][1], alone[0][0])  # a seed's image does not depend on its batch-mates
+
+
 def test_a_reloaded_checkpoint_samples_the_same(model: pixel24.Pixel24Model, trained: tuple[Path, dict, list[dict]]) -> None:
     run, result, _ = trained
     other = pixel24.load_checkpoint(run / result["epochs"][2])
@@ -398,6 +410,20 @@ def test_conditioning_steers_the_background(tmp_path: Path, punks_dir: Path) -> 
         share = np.mean([(img[0] == colours[want]).all(-1).mean() for img in row])
         wrong = np.mean([(img[0] == colours[other]).all(-1).mean() for img in row])
         assert share > 0.8 and share > 3 * wrong, f"{want} prompt: {share:.2f} of the top rows are {want}, {wrong:.2f} {other}"
+
+    # Refinement's critic: a blue pixel planted in a red background must be among the tenth of pixels it re-draws.
+    import torch
+    from bespoke_kohya.pixel24.sampling import _scores
+
+    img = out[0][0]
+    row, col = next((r, c) for r in range(1, 4) for c in range(1, 23) if (img[r - 1 : r + 2, c - 1 : c + 2] == colours["red"]).all())
+    planted = img.copy()
+    planted[row, col] = colours["blue"]
+    x = torch.from_numpy(pixel24.to_indices(planted[None], model.palette)).long()
+    conditions = model.net.text([pixel24.encode_prompt(model, "pixel art, portrait of bespoke punk lad, red background")[0], []])
+    scores = _scores(model, x, conditions, [torch.Generator().manual_seed(0)], 3.0)[0]
+    rank = int((scores < scores[row, col]).sum())
+    assert rank < round(0.1 * 24 * 24), f"the planted pixel ranks {rank} of 576 by likelihood"
 
 
 def test_cli_resume_after_ctrl_c_continues_and_refuses_set(sixteen: Path, tmp_path: Path) -> None:
