@@ -1,7 +1,7 @@
 """pixel24 as an artist meets it: cold start to samples, then how real the samples look.
 
-    .venv/bin/python benchmarks/pixel24.py                    # both models, ~45 min on 2 idle cores
-    .venv/bin/python benchmarks/pixel24.py --part new         # only today's model (~30 min cold)
+    .venv/bin/python benchmarks/pixel24.py                    # both models, ~40 min on 2 idle cores
+    .venv/bin/python benchmarks/pixel24.py --part new         # only today's model (~20 min cold)
     .venv/bin/python benchmarks/pixel24.py --part old         # only the first pixel24 (continuous RGB)
 
 20 of the real punks are held out with a fixed seed; each model trains on the other

@@ -1,7 +1,7 @@
 """pixel24's sampler: plain MaskGIT against MaskGIT + refinement, on one trained model.
 
     .venv/bin/python benchmarks/pixel24.py --part new --keep          # trains the model this reads (~20 min)
-    .venv/bin/python benchmarks/pixel24_refine.py                     # ~10 min on 2 cores
+    .venv/bin/python benchmarks/pixel24_refine.py                     # ~25 min on 2 cores
 
 Draws the held-out captions of ``benchmarks/pixel24.py`` (its ``--keep`` folder) with two
 sets of 8 seeds for each sampler variant and measures each set as that benchmark does: the
@@ -65,8 +65,7 @@ def main() -> None:
     last = max(int(k) for k in json.loads((run / "run.json").read_text())["epochs"])
     model = pixel24.load_checkpoint(run / "checkpoints" / pixel24.checkpoint_name(last), device="cpu")
     s = Pixel24Settings.model_validate(model.config["settings"])  # a run from before refinement gets today's defaults
-    defaults = {"steps": s.sample_steps, "guidance_scale": s.guidance_scale, "temperature": s.temperature,
-                **{k: getattr(s, k) for k in ("refine_rounds", "refine_share", "refine_steps", "refine_temperature")}}
+    defaults = s.sampler_options()
     prompts = prompts_file.read_text(encoding="utf-8").splitlines()
     real = np.stack([load_rgb(p) for p in sorted(args.dataset.glob("*.png"))])
     training = np.stack([load_rgb(p) for p in sorted((args.work / "train-164").glob("*.png"))])

@@ -613,7 +613,7 @@ def test_heldout_captions_are_drawn_beside_the_suite_with_the_first_seeds(heldou
     for img in drawn:
         assert img["art"] == f"samples/epoch-002/{img['prompt_id']}-s{img['seed']}.24.png"
         assert all((run / img[k]).is_file() for k in ("full", "art", "preview"))
-        expected = pixel24.sample(model, [img["prompt"]], [img["seed"]], steps=p.sample_steps, guidance_scale=p.guidance_scale, temperature=p.temperature)[0][0]
+        expected = pixel24.sample(model, [img["prompt"]], [img["seed"]], **p.sampler_options())[0][0]
         assert np.array_equal(np.asarray(Image.open(run / img["full"]).convert("RGB")), expected)
     assert doc["epochs"]["2"]["suite_id"] == doc["suite_id"]
     # Sampling another epoch later draws the same suite: the same id, so the report compares them.

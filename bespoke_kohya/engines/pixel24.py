@@ -79,11 +79,6 @@ class Pixel24Engine:
         return Pixel24Sampler(run.record.preset_model(run.dir), options)
 
 
-def _refinement(settings: Any) -> dict[str, Any]:
-    """The sampler's refinement knobs from the preset's pixel24 settings (recorded with the samples, passed to the sampler)."""
-    return {name: getattr(settings, name) for name in ("refine_rounds", "refine_share", "refine_steps", "refine_temperature")}
-
-
 class Pixel24Sampler:
     """Each epoch's checkpoint rebuilt from its own pixel24.json; the raw 24×24 output is the "full" image."""
 
@@ -103,7 +98,7 @@ class Pixel24Sampler:
     def settings(self, prompts: list[str], seeds: list[int], options_record: dict[str, Any]) -> dict[str, Any]:
         p = self.preset.pixel24
         recorded = self.preset.sample.model_dump(mode="json")
-        recorded.update(steps=p.sample_steps, guidance_scale=p.guidance_scale, temperature=p.temperature, **_refinement(p), width=24, height=24, engine="pixel24",
+        recorded.update(**p.sampler_options(), width=24, height=24, engine="pixel24",
                         postprocess_options=options_record)
         return recorded
 
@@ -123,7 +118,7 @@ class Pixel24Sampler:
                 if unknown := pixel24.encode_prompt(model, prompt)[1]:
                     self.warnings.append(f"prompt {prompt!r}: the model never saw these words, they have no effect: {', '.join(unknown)}")
         p = self.preset.pixel24
-        drawn = pixel24.sample(model, prompts, seeds, steps=p.sample_steps, guidance_scale=p.guidance_scale, temperature=p.temperature, **_refinement(p))
+        drawn = pixel24.sample(model, prompts, seeds, **p.sampler_options())
         for pid, prompt, row in zip(prompt_ids(prompts), prompts, drawn):
             for seed, pixels in zip(seeds, row):
                 write(Image.fromarray(pixels), pid, prompt, seed)
