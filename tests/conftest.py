@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASET = Path(os.environ.get("BESPOKE_DATASET", REPO.parent / "shared" / "datasets" / "bespoke-punks-24"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_reaches_the_tests() -> None:
+    """Several tests press Ctrl-C (SIGINT). A shell that starts pytest in the background (`cmd &`) sets
+    SIGINT to ignored, Python then never raises KeyboardInterrupt, and children inherit the ignoring:
+    those tests would hang instead of testing. Give this process (and so its children) the terminal default."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
