@@ -43,10 +43,10 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def art_of(run: Path, epoch: int) -> dict[tuple[str, int], np.ndarray]:
-    """(prompt text, seed) → the 24×24 PNG the sampler wrote for ``epoch``."""
+    """(prompt text, seed) → the 24×24 PNG the sampler wrote for ``epoch``: the suite's, not the held-out captions' (the compare grid leaves those out)."""
     samples = read_samples(run)
     assert samples is not None
-    return {(img.prompt, img.seed): load_rgb(run / img.art) for img in samples.epochs[str(epoch)].images if img.art}
+    return {(img.prompt, img.seed): load_rgb(run / img.art) for img in samples.epochs[str(epoch)].images if img.art and img.heldout is None}
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not found (apt-get install chromium)")
