@@ -103,14 +103,13 @@ def _scores(model: Pixel24Model, x: torch.Tensor, conditions: torch.Tensor, gene
 
 
 @torch.no_grad()
-def _unmask(model: Pixel24Model, conditions: torch.Tensor, generators: list[torch.Generator], steps: int, guidance: float, temperature: float,
-            refine: tuple[int, float, int, float] = (0, 0.0, 0, 0.0)) -> torch.Tensor:
-    """(B, 24, 24) palette indices for one batch; ``refine`` = (rounds, share, steps, temperature)."""
+def _unmask(model: Pixel24Model, conditions: torch.Tensor, generators: list[torch.Generator], steps: int, guidance: float, temperature: float, *,
+            refine_rounds: int, refine_share: float, refine_steps: int, refine_temperature: float) -> torch.Tensor:
+    """(B, 24, 24) palette indices for one batch: MaskGIT, then ``refine_rounds`` rounds of re-drawing the least likely pixels."""
     k, b = len(model.palette), len(generators)
     x = _fill(model, torch.full((b, ART, ART), k, dtype=torch.long), conditions, generators, steps, guidance, temperature, CHOICE_NOISE)
-    rounds, share, refine_steps, refine_temperature = refine
-    redraw = int(round(share * PIXELS))
-    for _ in range(rounds if redraw and refine_steps else 0):
+    redraw = int(round(refine_share * PIXELS))
+    for _ in range(refine_rounds if redraw and refine_steps else 0):
         # The least likely `redraw` pixels of each image (ties by position: exactly that many) are masked and drawn again.
         least = _scores(model, x, conditions, generators, guidance).view(b, -1).argsort(dim=1, stable=True)[:, :redraw]
         again = torch.zeros(b, PIXELS, dtype=torch.bool).scatter_(1, least, True).view(b, ART, ART)
@@ -133,7 +132,6 @@ def sample(model: Pixel24Model, prompts: list[str], seeds: list[int], *, steps: 
     jobs = [(p, s) for p in range(len(prompts)) for s in range(len(seeds))]
     encoded = [encode_prompt(model, prompt)[0] for prompt in prompts]
     out: list[list[np.ndarray]] = [[np.zeros(0, np.uint8)] * len(seeds) for _ in prompts]
-    refine = (refine_rounds, refine_share, refine_steps, refine_temperature)
     for start in range(0, len(jobs), SAMPLE_BATCH):
         chunk = jobs[start : start + SAMPLE_BATCH]
         padded = chunk + [chunk[0]] * (SAMPLE_BATCH - len(chunk))
@@ -142,7 +140,8 @@ def sample(model: Pixel24Model, prompts: list[str], seeds: list[int], *, steps: 
         if guidance_scale != 1.0:
             conds = conds + [[] for _ in padded]
         conditions = model.net.text(conds)
-        indices = _unmask(model, conditions, generators, steps, guidance_scale, temperature, refine)
+        indices = _unmask(model, conditions, generators, steps, guidance_scale, temperature, refine_rounds=refine_rounds, refine_share=refine_share,
+                          refine_steps=refine_steps, refine_temperature=refine_temperature)
         for (p, s), idx in zip(chunk, indices):
             out[p][s] = model.palette[idx.numpy()]
     return out
