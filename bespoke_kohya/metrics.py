@@ -20,7 +20,7 @@ Reference (:class:`Reference`)
     would not fit another dataset. It is capped at 0.25 (a quarter of the pixels
     changed) for sets without near-duplicates, whose 5th percentile can be 0.5 or more.
 
-Epoch (:func:`epoch_metrics`) and recommendation (:func:`recommend`)
+Epoch (:func:`epoch_metrics`): what the report's recommendation weighs as style evidence
     *Typicality* of one value against a training distribution is 1 at the training
     median, falls linearly with the value's percentile and is 0 at or beyond the 5th
     or 95th percentile. For a metric where one direction is never a flaw
@@ -36,15 +36,10 @@ Epoch (:func:`epoch_metrics`) and recommendation (:func:`recommend`)
                     distance, capped at 1: seeds of one prompt share its background and
                     features, so differing in half as many pixels as a punk differs
                     from its most similar other punk already counts as fully diverse.
-    ``score``     = quality − share of outputs flagged as near-copies
-                    − 0.5 × (1 − diversity).
+    ``copy_share`` = share of outputs flagged as near-copies.
 
-    Diversity only ever lowers the score: noise is diverse too, so it must not buy
-    points, while identical seeds (mode collapse) must cost them.
-
-    The recommended epoch has the highest score (the earlier one on a tie) among the
-    epochs whose outputs are less than half near-copies; none is recommended when no
-    epoch has samples or every one is mostly copies.
+    The recommendation itself (how these weigh against held-out loss and the two-sample
+    test) is the report's: :mod:`bespoke_kohya.report.recommend`.
 """
 
 from __future__ import annotations
@@ -77,9 +72,7 @@ FALLBACK_COPY_THRESHOLD = 0.05
 MAX_COPY_THRESHOLD = 0.25
 RANGE = (5.0, 95.0)  # the "inside the training distribution" band, in percentiles
 WEIGHTS = {"style": 3.0, "grid": 1.0}
-DIVERSITY_PENALTY = 0.5  # score lost by an epoch whose seeds are identical
 DIVERSITY_SCALE = 0.5  # × the training median nearest-neighbour distance = "fully diverse"
-MAX_COPY_SHARE = 0.5  # an epoch whose outputs are at least half copies is never recommended
 NN_CHUNK_BYTES = 64 * 2**20
 
 
@@ -111,12 +104,6 @@ METRICS: dict[str, MetricInfo] = {
         MetricInfo("cell_flatness", "cell flatness", "Full-size render: share of art cells whose interior is one flat colour (mean ΔE to the cell's median < 5).", "higher"),
     ]
 }
-# The score in one line, for the report's legend (the module docstring has the detail).
-SCORE_EXPLANATION = (
-    "What the recommendation ranks by: how typical the outputs are of the training set "
-    "(style ×3, grid alignment ×1 when full-size renders exist), minus the share of near-copies, "
-    "minus up to 0.5 when seeds of one prompt look alike."
-)
 STYLE_KEYS = [k for k, m in METRICS.items() if m.style]
 IMAGE_KEYS = [k for k in METRICS if k not in ("near_copies", "seed_diversity")]
 
@@ -624,16 +611,16 @@ def epoch_metrics(
     the full-size render and its grid per image (None entries allowed). Returns ``n``,
     ``values`` (one number per :data:`METRICS` key: medians of the per-image values,
     near-copy count, seed diversity), ``images`` (per-image dicts), ``copies``,
-    ``typicality``/``in_range``/``percentile``/``ranges`` per style metric, the score
-    parts (``style``, ``grid``, ``diversity_score``, ``copy_share``, ``quality``) and
-    ``score``. No images gives ``n = 0`` and None everywhere.
+    ``typicality``/``in_range``/``percentile``/``ranges`` per style metric, the style
+    parts (``style``, ``grid``, ``diversity_score``, ``copy_share``, ``quality``).
+    No images gives ``n = 0`` and None everywhere.
     """
     n = len(images)
     for name, seq in (("groups", groups), ("fulls", fulls), ("grids", grids)):
         if seq is not None and len(seq) != n:
             raise UserError(f"epoch metrics: {len(seq)} {name} for {n} images; give one per image (None where unknown)")
     result: dict[str, Any] = {"n": n, "values": {k: None for k in METRICS}, "images": [], "copies": [], "typicality": {}, "in_range": {}, "percentile": {}, "ranges": {}}
-    result.update(style=None, grid=None, diversity_score=None, diversity_overall=None, copy_share=None, quality=None, score=None)
+    result.update(style=None, grid=None, diversity_score=None, diversity_overall=None, copy_share=None, quality=None)
     if n == 0:
         return result
     arts = np.stack([_check_shape(im, ref, f"output image {i}") for i, im in enumerate(images)])
@@ -652,7 +639,7 @@ def epoch_metrics(
 
 
 def _judge(result: dict[str, Any], per: list[dict[str, Any]], ref: Reference) -> None:
-    """Fill the typicality, range and score fields of an epoch result (see the module docstring)."""
+    """Fill the typicality, range and quality fields of an epoch result (see the module docstring)."""
     n = len(per)
     for key in STYLE_KEYS:
         dist = ref.distributions.get(key)
@@ -678,13 +665,6 @@ def _judge(result: dict[str, Any], per: list[dict[str, Any]], ref: Reference) ->
     parts = [(result[name], WEIGHTS[name]) for name in ("style", "grid") if result[name] is not None]
     if parts:
         result["quality"] = float(sum(v * w for v, w in parts) / sum(w for _, w in parts))
-        missing_diversity = 0.0 if result["diversity_score"] is None else 1.0 - result["diversity_score"]
-        result["score"] = result["quality"] - result["copy_share"] - DIVERSITY_PENALTY * missing_diversity
-
-
-def score_epoch(result: Mapping[str, Any]) -> float | None:
-    """The epoch's score (see the module docstring), or None when it has no samples."""
-    return result.get("score") if result.get("n") else None
 
 
 # --------------------------------------------------------------------------- words
@@ -727,18 +707,8 @@ def _diversity_value(result: Mapping[str, Any]) -> float | None:
     return result.get("diversity_overall") if value is None else value
 
 
-def verdict(result: Mapping[str, Any]) -> str:
-    """One plain line saying how an epoch's outputs compare with the training set."""
-    if not result.get("n"):
-        return "no samples"
-    parts = verdict_parts(result)
-    score = result.get("score")
-    head = f"score {score:.2f}" if score is not None else "not scored"
-    return head + ": " + ("; ".join(parts) if parts else "no metric stands out")
-
-
 def verdict_parts(result: Mapping[str, Any]) -> list[str]:
-    """The phrases of :func:`verdict` without its score (the report puts its own score in front)."""
+    """Phrases saying how an epoch's outputs compare with the training set (the report puts its score and evidence in front)."""
     parts = []
     if phrase := _copies_phrase(result):
         parts.append(phrase)  # first: memorisation outweighs any style number
@@ -753,45 +723,3 @@ def verdict_parts(result: Mapping[str, Any]) -> list[str]:
     if result.get("diversity_score") is not None and result["diversity_score"] < 0.3:
         parts.append(f"seeds look alike (diversity {_num(_diversity_value(result))})")
     return parts
-
-
-def recommend(epoch_results: Mapping[int, Mapping[str, Any]]) -> tuple[int | None, dict[int, str], list[str]]:
-    """(recommended epoch or None, one-line verdict per epoch, reasons for the choice).
-
-    Highest score wins, the earlier epoch on a tie (fewer steps, less risk of
-    overfitting); an epoch whose outputs are at least half near-copies is never
-    recommended, whatever its score.
-    """
-    results = {int(e): r for e, r in epoch_results.items()}  # JSON round trips turn keys into strings
-    verdicts = {e: verdict(results[e]) for e in sorted(results)}
-    scored = {e: float(s) for e, r in results.items() if (s := score_epoch(r)) is not None}
-    if not scored:
-        return None, verdicts, ["no epoch has samples to score yet"]
-    eligible = [e for e in sorted(scored) if (results[e].get("copy_share") or 0.0) < MAX_COPY_SHARE]
-    if not eligible:
-        return None, verdicts, [f"every sampled epoch mostly copies training images ({_copies_phrase(results[min(scored)])} in epoch {min(scored)}); train for fewer steps or on more varied data"]
-    best = max(eligible, key=lambda e: scored[e])
-    chosen = results[best]
-    reasons = [_ranking(best, scored)]
-    close = [METRICS[k].label for k, v in chosen.get("in_range", {}).items() if v >= 0.5]
-    if close:
-        reasons.append(f"most of its outputs sit inside the training set's 5–95% range for {', '.join(close)}")
-    off = _off_style(chosen)
-    if off:
-        reasons.append("still off: " + ", ".join(off))
-    if chosen.get("grid") is not None:
-        reasons.append(f"grid alignment of its full-size renders: {_num(chosen['grid'])} (1 = clean pixel grid)")
-    if chosen.get("diversity_score") is not None:
-        reasons.append(f"seed diversity {_num(_diversity_value(chosen))} (share of pixels differing between seeds)")
-    reasons.append(_copies_phrase(chosen) or "no near-copies of training images")
-    for e in sorted(scored):
-        if e != best and (phrase := _copies_phrase(results[e])):
-            reasons.append(f"epoch {e} {phrase}")
-    if chosen.get("quality") is not None and chosen["quality"] < 0.3:
-        reasons.append("even this epoch is far from the training style; compare the images before using it")
-    return best, verdicts, reasons
-
-
-def _ranking(best: int, scored: Mapping[int, float]) -> str:
-    others = ", ".join(f"epoch {e} ({scored[e]:.2f})" for e in sorted(scored) if e != best)
-    return f"epoch {best} scores {scored[best]:.2f}" + (f", ahead of {others}" if others else " (the only sampled epoch)")

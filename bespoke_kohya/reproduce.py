@@ -17,29 +17,12 @@ import numpy as np
 from PIL import Image
 
 from .dataset import DatasetReport
-from .images import flatten_alpha, open_image, parse_hex_colour
-from .presets import Preset
 from .engines import get_engine
-from .render import train_args
-from .runfolder import write_reproduce_document
+from .images import flatten_alpha, open_image, parse_hex_colour
+from .paths import ART
+from .runfolder import epoch_folder, write_reproduce_document
+from .settings import Preset
 
-# The training arguments exactly as the user's notes document them (background notes).
-DOCUMENTED_ARGS: dict[str, Any] = {
-    "pretrained_model_name_or_path": "runwayml/stable-diffusion-v1-5",
-    "resolution": "512,512",
-    "network_dim": 32,
-    "network_alpha": 16.0,
-    "max_train_epochs": 3,
-    "learning_rate": 1e-4,
-    "unet_lr": 1e-4,
-    "text_encoder_lr": 5e-5,
-    "lr_scheduler": "cosine_with_restarts",
-    "lr_scheduler_num_cycles": 3,
-    "optimizer_type": "AdamW",
-    "mixed_precision": "fp16",
-    "noise_offset": 0.1,
-    "min_snr_gamma": 5.0,
-}
 DOCUMENTED_EPOCH = 2
 
 PASS, FAIL, SKIPPED, NA = "pass", "fail", "skipped", "n/a"
@@ -108,17 +91,6 @@ def check_upscale(report: DatasetReport, prepared_folder: Path, background: str)
     return not bad, evidence
 
 
-def config_differences(preset: Preset, documented: dict[str, Any] = DOCUMENTED_ARGS) -> list[str]:
-    """Documented keys whose rendered value differs (or is missing), as `key: documented → rendered`."""
-    rendered = {k: v for section in train_args(preset).values() for k, v in section.items()}
-    diffs = []
-    for key, want in documented.items():
-        got = rendered.get(key, "<missing>")
-        if got != want:
-            diffs.append(f"{key}: {want!r} → {got!r}")
-    return diffs
-
-
 def heldout_note(preset: Preset, heldout: list[str] | None) -> str:
     """The recipe's one stated departure, when it is on: images held out of training for the validation loss."""
     if not heldout:
@@ -162,47 +134,46 @@ class ReproduceOptions:
 
 def run_checklist(options: ReproduceOptions, console: Any, err_console: Any) -> tuple[Checklist, Path]:
     """Run the six steps for ``options.preset``; returns the checklist (also written to RUN/reproduce.json) and the run."""
-    from .dataset import check_dataset
-    from .engines import TrainOptions
-    from .engines.session import create_run, default_run_dir, options_preset, resolve_dataset
+    from dataclasses import replace
 
-    train_options = TrainOptions(preset=options.preset, overrides=list(options.overrides), experimental=options.experimental, cpu=options.cpu)
-    preset, overrides = options_preset(TrainOptions(**{**train_options.__dict__, "dry_run": True}))  # tools are checked below, as blockers
-    dataset_dir = resolve_dataset(options.dataset, preset, console)
-    run_dir = options.run_dir or default_run_dir(preset, prefix="reproduce-")
-    run, prepared = create_run(preset, overrides, dataset_dir, run_dir, err_console)
+    from .dataset import check_dataset
+    from .engines.protocol import TrainOptions
+    from .engines.session import new_run
+
+    train_options = TrainOptions(preset=options.preset, overrides=list(options.overrides), experimental=options.experimental, cpu=options.cpu,
+                                 dataset=options.dataset, run_dir=options.run_dir)
+    # A dry run's preset: the machine is checked below, as blockers, so that steps 1 and 2 run anywhere.
+    run, prepared = new_run(replace(train_options, dry_run=True), console, err_console, prefix="reproduce-")
     run_dir = run.dir
-    report = check_dataset(dataset_dir, preset.dataset.caption_extension)
+    preset = run.record.preset_model(run_dir)
+    report = check_dataset(Path(run.record.dataset.path), preset.dataset.caption_extension)
     checklist = Checklist()
     engine = get_engine(preset.engine)
-    native = engine.native_art
+    upscales = preset.resolution != ART
 
     # 1 upscale
     ok, evidence = check_upscale(report, prepared, preset.dataset.alpha_background)
-    if native:
-        checklist.add(1, "prepared images equal the originals", PASS if ok else FAIL, evidence.replace("downscale (NEAREST) to", "equal"), reason=f"{preset.engine} trains at 24x24: there is no upscale to check" if ok else "")
-        checklist.steps[-1].status = NA if ok else FAIL
-    else:
+    if upscales:
         checklist.add(1, "prepared images are NEAREST upscales (downscaled back = originals)", PASS if ok else FAIL, evidence)
+    else:
+        checklist.add(1, "prepared images equal the originals", NA if ok else FAIL, evidence.replace("downscale (NEAREST) to", "equal"), reason=f"{preset.engine} trains at 24x24: there is no upscale to check" if ok else "")
 
     # 2 config, then training
-    if native:
-        checklist.add(2, "rendered preset equals the validated preset file", PASS, f"config/preset.json: {len(preset.model_dump())} sections, overrides: {', '.join(overrides) or 'none'}")
+    recipe = engine.recipe_check(preset)
+    if recipe is None:
+        checklist.add(2, "rendered preset equals the validated preset file", PASS, f"config/preset.json: {len(preset.model_dump())} sections, overrides: {', '.join(run.record.overrides) or 'none'}")
     else:
-        diffs = config_differences(preset)
         checklist.add(
-            2,
-            f"train.toml equals the documented config key by key ({len(DOCUMENTED_ARGS)} keys)",
-            FAIL if diffs else PASS,
-            ("; ".join(diffs) if diffs else f"{len(DOCUMENTED_ARGS)}/{len(DOCUMENTED_ARGS)} keys equal (config/train.toml)") + heldout_note(preset, run.record.dataset.heldout),
-            reason="differs from the documented recipe" if diffs else "",
+            2, recipe.what, FAIL if recipe.differences else PASS,
+            ("; ".join(recipe.differences) if recipe.differences else recipe.evidence) + heldout_note(preset, run.record.dataset.heldout),
+            reason="differs from the documented recipe" if recipe.differences else "",
         )
     config_row = checklist.steps[-1]
     blockers = engine.blockers(preset, options.cpu)
     if blockers:
         # The config check passed or failed on its own; training is what could not run here.
-        config_row.reason = "; ".join(filter(None, [config_row.reason, "training not launched: " + "; ".join(b[0] for b in blockers)]))
-        config_row.command = "; ".join(dict.fromkeys(b[1] for b in blockers))
+        config_row.reason = "; ".join(filter(None, [config_row.reason, "training not launched: " + "; ".join(b.reason for b in blockers)]))
+        config_row.command = "; ".join(dict.fromkeys(b.fix for b in blockers))
         return _finish(checklist, run_dir, trained=False)
     code = _train(run, train_options, console, err_console)
     epochs = run.record.checkpoints()
@@ -211,22 +182,21 @@ def run_checklist(options: ReproduceOptions, console: Any, err_console: Any) -> 
         config_row.status = FAIL
         config_row.reason = f"training failed (exit status {code}); see logs/train.log"
         return _finish(checklist, run_dir, trained=False)
-    return _after_training(checklist, preset, run_dir, epochs, options, dataset_dir)
+    return _after_training(checklist, preset, run_dir, epochs, options)
 
 
 def _train(run: Any, options: Any, console: Any, err_console: Any) -> int:
     """Train the new run as `train --resume` would, with the same messages; returns its exit status."""
-    from .engines import get_engine
-    from .engines.session import finish_message, run_session
+    from .engines.session import finish_message, start_session, train_run
     from .progress import TrainProgress
 
-    get_engine(run.record.engine).plan(run, options)
+    session = start_session(run, options)
     with TrainProgress(console) as view:
-        outcome = run_session(run, options, view.update)
+        outcome = train_run(run, session, options, view.update)
     return finish_message(run, outcome, console, err_console)
 
 
-def _after_training(checklist: Checklist, preset: Preset, run_dir: Path, epochs: dict[int, str], options: ReproduceOptions, dataset_dir: Path) -> tuple[Checklist, Path]:
+def _after_training(checklist: Checklist, preset: Preset, run_dir: Path, epochs: dict[int, str], options: ReproduceOptions) -> tuple[Checklist, Path]:
     """Steps 3-6 once checkpoints exist: sample, downscale both ways, score, report."""
     from .report import report_summary, write_report
     from .sample import sample_run
@@ -234,17 +204,16 @@ def _after_training(checklist: Checklist, preset: Preset, run_dir: Path, epochs:
     chosen = DOCUMENTED_EPOCH if DOCUMENTED_EPOCH in epochs else max(epochs)
     # 4 generate (every epoch, so the report can recommend one; the documented epoch is the evidence)
     try:
-        doc = sample_run(run_dir, device=options.device, dataset_dir=dataset_dir, progress=True)
+        doc = sample_run(run_dir, device=options.device, dataset_dir=options.dataset, progress=True)
     except Exception as exc:  # noqa: BLE001 - recorded as the step's failure
         checklist.add(4, f"generate with epoch {chosen}", FAIL, "", reason=f"{exc.__class__.__name__}: {exc}")
         return _finish(checklist, run_dir, trained=True)
     images = (doc.get("epochs", {}).get(str(chosen)) or {}).get("images", [])
-    native = get_engine(preset.engine).native_art
-    width, height = (24, 24) if native else preset.sample_size
-    checklist.add(4, f"generate at {width}x{height} with epoch {chosen}'s checkpoint", PASS if images else FAIL, f"{len(images)} images in samples/epoch-{chosen:03d}/")
+    width, height = preset.sample_size
+    checklist.add(4, f"generate at {width}x{height} with epoch {chosen}'s checkpoint", PASS if images else FAIL, f"{len(images)} images in samples/{epoch_folder(chosen)}/")
 
     # 5 downscale
-    if native:
+    if (width, height) == (ART, ART):
         checklist.add(5, "downscale to 24x24 (NEAREST and grid)", NA, "samples are 24x24 already", reason=f"{preset.engine} generates at 24x24: nothing to downscale")
     else:
         checklist.add(5, *_downscale_both(run_dir, chosen, images))
@@ -271,7 +240,7 @@ def _downscale_both(run_dir: Path, epoch: int, images: list[dict[str, Any]]) -> 
     fulls = [p for p in fulls if p.is_file()]
     if not fulls:
         return ("downscale to 24x24 (NEAREST and grid)", FAIL, "no full-size samples found")
-    out = run_dir / "reproduce" / f"epoch-{epoch:03d}"
+    out = run_dir / "reproduce" / epoch_folder(epoch)
     nearest = postprocess_files(fulls, out / "nearest", PostprocessOptions(method="nearest"), progress=False)
     grid = postprocess_files(fulls, out / "grid", PostprocessOptions(method="grid"), progress=False)
     same = 0.0
@@ -279,7 +248,7 @@ def _downscale_both(run_dir: Path, epoch: int, images: list[dict[str, Any]]) -> 
         pa = np.asarray(Image.open(a["output"]).convert("RGB"))
         pb = np.asarray(Image.open(b["output"]).convert("RGB"))
         same += float((pa == pb).all(axis=-1).mean())
-    return ("downscale to 24x24 with NEAREST (documented) and grid, both kept", PASS, f"{len(nearest)}+{len(grid)} images in reproduce/epoch-{epoch:03d}/{{nearest,grid}}; methods agree on {same / len(nearest):.0%} of pixels")
+    return ("downscale to 24x24 with NEAREST (documented) and grid, both kept", PASS, f"{len(nearest)}+{len(grid)} images in reproduce/{epoch_folder(epoch)}/{{nearest,grid}}; methods agree on {same / len(nearest):.0%} of pixels")
 
 
 def _finish(checklist: Checklist, run_dir: Path, trained: bool) -> tuple[Checklist, Path]:

@@ -15,25 +15,19 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .engines import TrainOptions, get_engine
-from .engines.session import create_run, default_run_dir, finish_message, options_preset, resolve_dataset, run_session, sample_unsampled
+from .engines.protocol import TrainOptions
+from .engines.session import finish_message, new_run, sample_unsampled, start_session, train_run
 from .errors import UserError
 from .progress import TrainProgress
 from .runfolder import TRAIN_LOG, Status
 from .runfolder.records import RunHandle
-
-CPU_WARNING = "warning: --cpu: mixed_precision set to 'no' (fp16/bf16 training needs a GPU)"
 
 
 def train(options: TrainOptions, console: Console, err_console: Console) -> int:
     """The `train` command: a new run from a preset, or --resume an existing one."""
     if options.resume:
         return resume(Path(options.resume), options, console, err_console)
-    preset, overrides = options_preset(options)
-    if overrides != list(options.overrides):
-        err_console.print(CPU_WARNING)
-    dataset_dir = resolve_dataset(options.dataset, preset, console)
-    run, _ = create_run(preset, overrides, dataset_dir, Path(options.run_dir) if options.run_dir else default_run_dir(preset), err_console)
+    run, _ = new_run(options, console, err_console)
     return _session(run, options, console, err_console, fresh=True)
 
 
@@ -54,20 +48,17 @@ def resume(run_dir: Path, options: TrainOptions, console: Console, err_console: 
 
 
 def _session(run: RunHandle, options: TrainOptions, console: Console, err_console: Console, fresh: bool) -> int:
-    before = list(run.record.overrides)
-    command = get_engine(run.record.engine).plan(run, options)
-    if run.record.overrides != before:
-        err_console.print(CPU_WARNING)
+    session = start_session(run, options)
     if options.dry_run:
         if fresh:
             run.save(status=Status.DRY_RUN)
             console.print(f"[green]rendered[/] {run.dir}")
             console.print("would run, from the run directory:")
-        console.print(" ".join(shlex.quote(c) for c in command), soft_wrap=True, markup=False)
+        console.print(" ".join(shlex.quote(c) for c in session.command), soft_wrap=True, markup=False)
         return 0
     console.print(f"[bold]training[/] {run.record.preset} in {run.dir} (log: {run.dir / TRAIN_LOG})")
     with TrainProgress(console) as view:
-        outcome = run_session(run, options, view.update)
+        outcome = train_run(run, session, options, view.update)
     code = finish_message(run, outcome, console, err_console)
     return _sample(run, options, console, err_console) if code == 0 else code
 
@@ -79,6 +70,6 @@ def _sample(run: RunHandle, options: TrainOptions, console: Console, err_console
             sample_unsampled(run.dir, console, err_console, "training finished", device="cpu" if options.cpu else None)
         except UserError as exc:
             # The checkpoints are safe; only the pictures are missing, and report draws what is missing.
-            raise UserError(f"training finished, but sampling failed: {exc}\nfix that, then run `bespoke-kohya report --run {run.dir}` (it samples what is missing)") from None
-    console.print(f"next: bespoke-kohya report --run {run.dir}")
+            raise UserError(f"training finished, but sampling failed: {exc}\nfix that, then run `bespoke-kohya report --run {shlex.quote(str(run.dir))}` (it samples what is missing)") from None
+    console.print(f"next: bespoke-kohya report --run {shlex.quote(str(run.dir))}")
     return 0

@@ -1,9 +1,11 @@
-"""Making a run and training it by its engine, for every caller (train, reproduce, smoke, bundle).
+"""Making a run and training it by its engine: the one sequence `train`, `reproduce`, `smoke` and `bundle` share.
 
-`create_run` renders the folder and writes the first run.json; `run_session` moves the
-status rendered/interrupted/failed → running → the engine's outcome, so a run folder
-always says how far it got. `sample_unsampled` draws the epochs that have no pictures
-yet (after `train`, before `report`), through `sample.sample_run` like `sample` does.
+`new_run` resolves the preset (the engine checks the machine and adds the overrides the
+options imply), finds the dataset and renders the folder with its first run.json
+(`create_run`). `train_run` asks the engine how this session trains, then moves the status
+rendered/interrupted/failed → running → the engine's outcome, so a run folder always says
+how far it got. `sample_unsampled` draws the epochs that have no pictures yet (after
+`train`, before `report`), through `sample.sample_run` like `sample` does.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from typing import Any
 from ..dataset import check_dataset
 from ..errors import UserError
 from ..paths import REPO_ROOT
-from ..presets import Preset, load_preset
+from ..presets import load_preset
 from ..render import render
-from ..runfolder import CHECKPOINTS, SAMPLES, TRAIN_LOG, Status
-from ..runfolder.records import CaptionsRef, DatasetRef, RunHandle, RunRecord, now_iso, package_versions, read_samples, write_run
-from . import Outcome, Progress, TrainOptions, get_engine
+from ..runfolder import CHECKPOINTS, TRAIN_LOG, Status, unsampled_epochs
+from ..runfolder.records import CaptionsRef, DatasetRef, RunHandle, RunRecord, package_versions, write_run
+from ..runfolder import now_iso
+from ..settings import Preset
+from . import get_engine
+from .protocol import Outcome, Progress, TrainOptions, TrainSession
 
 RUNS_DIR = Path("runs")
 
@@ -29,13 +34,20 @@ def default_run_dir(preset: Preset, prefix: str = "") -> Path:
     return RUNS_DIR / f"{prefix}{preset.name}-{stamp}"
 
 
-def options_preset(options: TrainOptions) -> tuple[Preset, list[str]]:
-    """The preset the options name, with the overrides its engine adds for them (e.g. --cpu precision)."""
+def resolve_preset(options: TrainOptions) -> tuple[Preset, list[str]]:
+    """The preset the options name, with the overrides its engine adds for them (e.g. --cpu precision).
+
+    Unless it is a dry run, the engine first checks the machine can train it (a UserError before
+    anything is written; warnings go to ``options.warn``).
+    """
     if not options.preset:
         raise UserError("train needs --preset NAME (see `bespoke-kohya presets`), or --resume RUN to continue a run")
     overrides = list(options.overrides)
     preset = load_preset(options.preset, overrides, experimental=options.experimental)
-    extra = get_engine(preset.engine).prepare(preset, options)
+    engine = get_engine(preset.engine)
+    if not options.dry_run:
+        engine.check_machine(preset, options)
+    extra = engine.implied_overrides(preset, options)
     if extra:
         overrides += extra
         preset = load_preset(options.preset, overrides, experimental=options.experimental)
@@ -66,7 +78,7 @@ def create_run(preset: Preset, overrides: list[str], dataset_dir: Path, run_dir:
     for line in rendered.warnings:
         err_console.print(f"[yellow]warning:[/] {line}", markup=True, highlight=False, soft_wrap=True)
     record = RunRecord(
-        id=run_dir.name, preset=preset.name, engine=preset.engine, script=preset.script,
+        id=run_dir.name, preset=preset.name, engine=preset.engine, script=getattr(preset, "script", None),
         resolved=preset.model_dump(mode="json"), overrides=overrides,
         dataset=DatasetRef(path=str(dataset_dir.resolve()), content_hash=report.content_hash(), images=len(report.images),
                            captions=CaptionsRef.model_validate(rendered.captions) if rendered.captions else None,
@@ -77,15 +89,28 @@ def create_run(preset: Preset, overrides: list[str], dataset_dir: Path, run_dir:
     return RunHandle(run_dir, record), rendered.prepared.folder
 
 
-def run_session(run: RunHandle, options: TrainOptions, progress: Progress) -> Outcome:
-    """Train (or resume) ``run`` by its engine, whose plan() has been recorded; run.json says running, then the outcome."""
+def new_run(options: TrainOptions, console: Any, err_console: Any, prefix: str = "") -> tuple[RunHandle, Path]:
+    """`train --preset P`: the preset resolved and checked, the dataset found, the run rendered. Returns (run, prepared folder)."""
+    preset, overrides = resolve_preset(options)
+    dataset_dir = resolve_dataset(options.dataset, preset, console)
+    run_dir = Path(options.run_dir) if options.run_dir else default_run_dir(preset, prefix)
+    return create_run(preset, overrides, dataset_dir, run_dir, err_console)
+
+
+def start_session(run: RunHandle, options: TrainOptions) -> TrainSession:
+    """How this session of ``run`` trains, decided by its engine (a resumed run is checked again first)."""
+    return get_engine(run.record.engine).start_session(run, options)
+
+
+def train_run(run: RunHandle, session: TrainSession, options: TrainOptions, progress: Progress) -> Outcome:
+    """Train (or resume) ``run`` by its engine as ``session`` says; run.json says running, then the outcome."""
     engine = get_engine(run.record.engine)
     # Held while `running` is true: a second trainer is refused, and a killed one frees it (the run then reads interrupted).
     run.claim_training()
     try:
         run.save(status=Status.RUNNING, started=now_iso(), ended=None, exit_code=None, failure=None)
         try:
-            outcome = engine.train(run, options, progress)
+            outcome = engine.train(run, session, options, progress)
         except UserError:
             run.save(status=Status.FAILED, ended=now_iso())
             raise
@@ -103,28 +128,18 @@ def sample_unsampled(run_dir: Path, console: Any, err_console: Any, why: str, de
     and every seed has its own noise generator), so `train`, `report` and `sample` agree.
     Epoch 0, the base alone, is drawn too when the engine has one and it is not drawn yet.
     """
-    from ..bundle import unsampled_epochs  # standard-library reader of run.json + samples.json (go.sh's helper uses it too)
     from ..sample import sample_run
 
-    todo = unsampled_epochs(run_dir)
-    base = _base_unsampled(run_dir)
-    if not todo and not base:
+    run = RunHandle.open(run_dir)
+    todo = unsampled_epochs(run_dir, base=bool(run.record.checkpoints()) and get_engine(run.record.engine).samples_base)
+    if not todo:
         return []
-    shown = ["0 (base model)"] * base + [str(e) for e in todo]
-    console.print(f"[bold]sampling[/] epoch(s) {', '.join(shown)} ({why}) with the preset's prompts × seeds → {run_dir / SAMPLES}")
-    doc = sample_run(run_dir, epochs=todo, device=device)
+    shown = ["0 (base model)" if e == 0 else str(e) for e in todo]
+    console.print(f"[bold]sampling[/] epoch(s) {', '.join(shown)} ({why}) with the preset's prompts × seeds → {run_dir / 'samples'}")
+    doc = sample_run(run_dir, epochs=[e for e in todo if e], device=device)
     for line in doc.get("warnings", []):
         err_console.print(f"[yellow]warning:[/] {line}", markup=True, highlight=False, soft_wrap=True)
-    return [0] * base + todo
-
-
-def _base_unsampled(run_dir: Path) -> bool:
-    """A trained run of an engine that draws its base (epoch 0) by default, whose samples.json has no epoch 0 yet."""
-    run = RunHandle.open(run_dir)
-    if not run.record.checkpoints() or not get_engine(run.record.engine).samples_base:
-        return False
-    drawn = read_samples(run_dir)
-    return drawn is None or not (drawn.epochs.get("0") and drawn.epochs["0"].images)
+    return todo
 
 
 def finish_message(run: RunHandle, outcome: Outcome, console: Any, err_console: Any) -> int:

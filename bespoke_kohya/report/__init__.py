@@ -23,12 +23,10 @@ The page prints the same rounded values that metrics.json stores.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..atomic import staged_folder
 from .collect import BASE_EPOCH, RunData, collect, read_record, read_samples
 from .page import render_html
 from .plot import heldout_plot_png, loss_plot_png
@@ -40,32 +38,10 @@ REPORT_DIR = "report"
 
 
 def replace_dir(target: Path, files: dict[str, bytes]) -> None:
-    """Swap in a new ``target`` folder holding ``files``: built beside it, then renamed.
-
-    A failure leaves the previous report untouched and no partial folder behind.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    old: Path | None = None
-    try:
+    """Swap in a new ``target`` folder holding ``files``; a failure leaves the previous report untouched."""
+    with staged_folder(target, "replace") as tmp:
         for name, payload in files.items():
             (tmp / name).write_bytes(payload)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.rmdir(old)
-            os.rename(target, old)
-        try:
-            os.rename(tmp, target)
-        except BaseException:
-            if old is not None:
-                os.rename(old, target)
-                old = None
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def build(run_dir: Path) -> tuple[RunData, dict[str, Any]]:

@@ -11,8 +11,6 @@ two-sample results of epochs whose samples have not changed.
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -20,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ..errors import UserError
-from ..images import load_rgb, parse_hex_colour
+from ..images import load_rgb
 from ..paths import ART
-from ..runfolder import DATA, REPORT, SAMPLES_JSON, inside_run, recorded_dataset, reproduce_document
+from ..runfolder import DATA, REPORT, SAMPLES_JSON, file_sha256, inside_run, reproduce_document
+from ..runfolder.data import art_of, training_folder, training_images
 from ..runfolder.records import read_loss as read_loss_rows, read_run, read_samples as read_samples_record, read_validation as read_validation_rows
 
 BASE_EPOCH = 0  # `sample --include-base` records the base model alone as epoch 0
@@ -265,21 +263,13 @@ def load_full(run_dir: Path, cell: Cell) -> np.ndarray | None:
         return None
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _stale(run_dir: Path, entry: dict[str, Any], checkpoint: str | None) -> str | None:
     """Why an epoch's samples no longer match its checkpoint (it was retrained), if they don't."""
     recorded, sampled_from = entry.get("sha256"), entry.get("checkpoint")
     if not checkpoint or not recorded or (sampled_from and sampled_from != checkpoint):
         return None
     path = run_dir / checkpoint
-    if path.is_file() and _file_sha256(path) != recorded:
+    if path.is_file() and file_sha256(path) != recorded:
         return f"{checkpoint} changed after these samples were made (sha256 differs)"
     return None
 
@@ -320,21 +310,6 @@ def collect_epochs(run_dir: Path, record: dict[str, Any], doc: dict[str, Any] | 
 # ------------------------------------------------------------------ training originals
 
 
-def _art_from_prepared(path: Path) -> np.ndarray:
-    """A prepared (upscaled) training image back at 24×24; NEAREST undoes a NEAREST upscale exactly."""
-    im = Image.fromarray(load_rgb(path))
-    return np.asarray(im.resize((ART, ART), Image.NEAREST))
-
-
-def _background(record: dict[str, Any]) -> tuple[int, int, int]:
-    """The colour the run flattened transparency onto (so originals look as they were trained)."""
-    value = ((record.get("resolved") or {}).get("dataset") or {}).get("alpha_background", "#ffffff")
-    try:
-        return parse_hex_colour(value)
-    except ValueError:
-        return (255, 255, 255)
-
-
 # Leave-one-out nearest-neighbour distances grow with the square of the set: a 10,000-image
 # stand-in would take minutes, so large sets are measured on an evenly spaced sample.
 MAX_REFERENCE = 500
@@ -349,45 +324,35 @@ def _sample_paths(paths: list[Path]) -> tuple[list[Path], list[Notice]]:
 
 
 def load_reference(run_dir: Path, record: dict[str, Any]) -> tuple[list[str], list[np.ndarray], str, list[Notice]]:
-    """The training originals: the dataset folder run.json names, else the run's data/ copy downsampled."""
-    dataset = recorded_dataset(run_dir, record) or Path("")
-    bg = _background(record)
-    if str(dataset) not in ("", ".") and dataset.is_dir():
-        paths, notes = _sample_paths(sorted(p for p in dataset.glob("*.png") if p.is_file()))
-        arrays = [load_rgb(p, bg) for p in paths]
-        keep = [(p.stem, a) for p, a in zip(paths, arrays) if a.shape[:2] == (ART, ART)]
-        if keep:
-            return [n for n, _ in keep], [a for _, a in keep], str(dataset), notes
-    prepared, notes = _sample_paths(sorted((run_dir / DATA).glob("*/*.png")))
-    if prepared:
-        note = Notice("info", f"training originals not found at {dataset}; using the run's prepared copies in data/ downsampled to 24x24 with NEAREST")
-        return [p.stem for p in prepared], [_art_from_prepared(p) for p in prepared], "data/ (NEAREST 24x24)", [note, *notes]
-    note = Notice("warn", f"training originals not found (neither {dataset} nor the run's data/ folder): no reference row and no comparison against the training set")
-    return [], [], "", [note]
+    """The training originals: the run's own prepared images in data/, back at 24×24 (never a path run.json names:
+    a run from elsewhere could point it at any folder, whose images would end up in the page)."""
+    paths, notes = _sample_paths(training_images(run_dir, record.get("resolved") or {}))
+    arts = []
+    for path in paths:
+        try:
+            arts.append((path.stem, art_of(path)))
+        except UserError as exc:
+            notes.append(Notice("warn", f"training image skipped: {exc}"))
+    if arts:
+        return [n for n, _ in arts], [a for _, a in arts], f"{DATA}/ (NEAREST 24x24)", notes
+    note = Notice("warn", f"the run's training images are missing ({training_folder(run_dir, record.get('resolved') or {})}): no reference row and no comparison against the training set")
+    return [], [], "", [note, *notes]
 
 
 def _heldout_image(run_dir: Path, record: dict[str, Any], name: str) -> HeldOut:
-    """One held-out original: the run's prepared copy downsampled with NEAREST, else the dataset's file of that name."""
+    """One held-out original: the run's prepared copy in data/, back at 24×24."""
     item = HeldOut(name)
     if Path(name).name != name or name in ("", ".", ".."):
         item.problem = f"{name!r} is not a file name, so it is not read"  # run.json is user-editable
         return item
+    path = training_folder(run_dir, record.get("resolved") or {}) / name
+    if not path.is_file() or path.is_symlink():
+        item.problem = f"{name} is not in the run's data/"
+        return item
     try:
-        prepared = sorted((run_dir / DATA).glob(f"*/{glob.escape(name)}"))  # literally: a file may be called `a[1].png`
-        if prepared:
-            item.art, item.source = _art_from_prepared(prepared[0]), prepared[0].relative_to(run_dir).as_posix()
-        else:
-            dataset = recorded_dataset(run_dir, record)
-            original = dataset / name if dataset is not None else None
-            if original is None or not original.is_file():
-                item.problem = f"{name} is neither in the run's data/ nor in the dataset folder"
-                return item
-            item.art, item.source = load_rgb(original, _background(record)), str(original)
+        item.art, item.source = art_of(path), path.relative_to(run_dir).as_posix()
     except UserError as exc:
         item.problem = str(exc)
-        return item
-    if item.art.shape[:2] != (ART, ART):
-        item.problem, item.art = f"{item.source} is {item.art.shape[1]}x{item.art.shape[0]}, not 24x24", None
     return item
 
 

@@ -23,10 +23,7 @@ place: never over an existing folder, never half-written.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..atomic import staged_folder
 from ..errors import UserError
 from ..paths import ART
 from . import build
@@ -333,15 +331,9 @@ def create_dir(target: Path, files: dict[str, bytes]) -> None:
     """Make ``target`` holding ``files``: written in a hidden folder beside it, then renamed; never over an existing one."""
     if target.exists():
         raise UserError(f"{target} already exists; give a new folder with --out (a comparison never overwrites one)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
+    with staged_folder(target, refusal="give a new folder with --out (a comparison never overwrites one)") as tmp:
         for name, payload in files.items():
             (tmp / name).write_bytes(payload)
-        os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 @dataclass

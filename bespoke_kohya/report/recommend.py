@@ -26,13 +26,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..metrics import DIVERSITY_PENALTY, MAX_COPY_SHARE
 
 WEIGHT_STYLE = 2.0
 WEIGHT_DISTINGUISH = 2.0
 WEIGHT_NEAR_COPIES = 2.0
 # Held-out loss weighs least: a diffusion model's loss on unseen images tracks overfitting, not how the pixels look.
 WEIGHT_HELDOUT_LOSS = 1.0
+DIVERSITY_PENALTY = 0.5  # style part lost by an epoch whose seeds are identical (noise is diverse too: diversity never adds)
+MAX_COPY_SHARE = 0.5  # an epoch whose outputs are at least half near-copies is never recommended
 WEIGHTS = {"style": WEIGHT_STYLE, "distinguish": WEIGHT_DISTINGUISH, "near_copies": WEIGHT_NEAR_COPIES, "heldout_loss": WEIGHT_HELDOUT_LOSS}
 
 CHANCE = 0.5

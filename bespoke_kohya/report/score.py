@@ -213,7 +213,6 @@ def _epoch_entry(ep: EpochSamples, result: dict[str, Any], told: dict[str, Any] 
         "heldout_images": len(ep.heldout_images),
         "values": _rounded(result["values"]),
         "score": combined,
-        "style_score": round_metric(result.get("score")),  # metrics.py's score: the style evidence alone
         "parts": {k: round_metric(result.get(k)) for k in SCORE_PARTS},
         # What the recommendation weighed; copy_share is the larger of the two near-copy tests (epoch_evidence).
         "evidence": {"heldout_loss": ev.heldout_loss, "two_sample_accuracy": ev.accuracy, "near_copy_share": told.get("near_copy_share"), "copy_share": ev.copy_share},

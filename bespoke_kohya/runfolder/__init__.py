@@ -14,6 +14,13 @@ A run folder is made by `train` (via `render`) and read by every later stage::
     RUN/report/               index.html + metrics.json (report)
     RUN/reproduce.json        the checklist table (reproduce)
 
+A run packed by `bundle` for a GPU box also holds (bundle, go.sh)::
+
+    RUN/bundle.json           what was packed      RUN/go.sh          the entry script
+    RUN/wheels/*.whl          this package         RUN/base/          a packed local base model
+    RUN/vendor/               the engine's tools   RUN/results.tar.gz what travels home
+    RUN/logs/go-*.log         each stage's output
+
 This module is standard-library only, because `go.sh` asks `bespoke_kohya.bundle` about a
 run before anything is installed; the typed models and their readers and writers live in
 `runfolder.records` (pydantic). No other module opens these files by name.
@@ -21,14 +28,16 @@ run before anything is installed; the typed models and their readers and writers
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
+from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..jsonfile import write_json_atomic
+from ..atomic import write_json_atomic
 
 RUN_JSON = "run.json"
 CONFIG = "config"
@@ -44,6 +53,24 @@ SAMPLES_JSON = "samples/samples.json"
 ADHOC = "adhoc"  # samples/adhoc/epoch-NNN/: ad-hoc prompts (`sample --prompt`), kept apart from the suite
 REPORT = "report"
 REPRODUCE_JSON = "reproduce.json"
+# What `bundle` adds to a run, and go.sh writes on the GPU box.
+BUNDLE_JSON = "bundle.json"
+GO_SH = "go.sh"
+WHEELS = "wheels"
+BASE_DIR = "base"
+VENDOR = "vendor"
+RESULTS = "results.tar.gz"
+INSTALL_DONE = "logs/go-install.done"  # its content: the name of the wheel installed into .venv
+
+
+def epoch_folder(epoch: int) -> str:
+    """``samples/epoch-NNN``'s last part: one epoch's images (epoch 0: the base model alone)."""
+    return f"epoch-{epoch:03d}"
+
+
+def training_folder_name(num_repeats: int, concept: str) -> str:
+    """``data/``'s one folder: kohya's DreamBooth convention `<repeats>_<concept>` (every engine trains from it)."""
+    return f"{num_repeats}_{concept}"
 
 # Format versions this bespoke-kohya writes; a file without one is version 1 (written before versions).
 RUN_VERSION = 1
@@ -62,6 +89,11 @@ class Status(StrEnum):
 
 
 NOT_TRAINED = (Status.RENDERED, Status.DRY_RUN)
+
+
+def now_iso() -> str:
+    """UTC time, seconds precision (every timestamp in run files)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def load_object(path: Path, fix: str, newest: int | None = None) -> dict[str, Any] | None:
@@ -118,6 +150,36 @@ def epoch_checkpoints(run: dict[str, Any]) -> dict[int, str]:
     return {int(k): str(v) for k, v in (run.get("epochs") or {}).items()}
 
 
+# Anything, so a criterion of `epoch_drawn` is left out.
+ANY: Any = object()
+
+
+def epoch_drawn(entry: Any, *, checkpoint: Any = ANY, suite_id: Any = ANY, pairs: list[tuple[str, int]] | tuple = ()) -> bool:
+    """Whether samples.json's ``entry`` for an epoch holds images drawn with ``checkpoint`` (None: the base alone),
+    under ``suite_id``, covering every (prompt id, seed) of ``pairs``; criteria left as ANY are not checked.
+
+    The one answer to "is this epoch sampled" for `sample`, `train`, `report` and go.sh.
+    """
+    if not isinstance(entry, dict) or not entry.get("images") or not isinstance(entry["images"], list):
+        return False
+    if checkpoint is not ANY and entry.get("checkpoint") != checkpoint:
+        return False
+    if suite_id is not ANY and entry.get("suite_id") != suite_id:
+        return False
+    have = {(img.get("prompt_id"), img.get("seed")) for img in entry["images"] if isinstance(img, dict)}
+    return all(pair in have for pair in pairs)
+
+
+def unsampled_epochs(run_dir: Path, base: bool = False) -> list[int]:
+    """Recorded epochs whose checkpoint has no drawn entry in samples/samples.json yet, and 0 (the base alone) when
+    ``base`` and it was never drawn; sorted."""
+    sampled = (samples_document(run_dir) or {}).get("epochs", {})
+    todo = [e for e, checkpoint in epoch_checkpoints(run_document(run_dir)).items() if not epoch_drawn(sampled.get(str(e)), checkpoint=checkpoint)]
+    if base and not epoch_drawn(sampled.get("0"), checkpoint=None):
+        todo.append(0)
+    return sorted(todo)
+
+
 def inside_run(run_dir: Path, rel: str) -> str | None:
     """A path a run file records, as a POSIX path inside the run; None when it leads outside (absolute, `..`, a link out)."""
     root = Path(run_dir).resolve()
@@ -127,14 +189,6 @@ def inside_run(run_dir: Path, rel: str) -> str | None:
         return None
 
 
-def recorded_dataset(run_dir: Path, run: dict[str, Any]) -> Path | None:
-    """The training originals run.json names (bundles record them relative to the run), or None."""
-    recorded = str((run.get("dataset") or {}).get("path") or "")
-    if recorded in ("", "."):
-        return None
-    return Path(recorded) if Path(recorded).is_absolute() else Path(run_dir) / recorded
-
-
 def reproduce_document(run_dir: Path) -> dict[str, Any] | None:
     """reproduce.json (the checklist table), if the run has one."""
     return load_object(Path(run_dir) / REPRODUCE_JSON, "run `bespoke-kohya reproduce` again")
@@ -142,3 +196,19 @@ def reproduce_document(run_dir: Path) -> dict[str, Any] | None:
 
 def write_reproduce_document(run_dir: Path, doc: dict[str, Any]) -> None:
     write_json_atomic(Path(run_dir) / REPRODUCE_JSON, doc)
+
+
+def file_sha256(path: Path, what: str = "checkpoint") -> str:
+    """SHA-256 of a run file (a checkpoint), so samples of a since-retrained epoch can be told apart; UserError if unreadable."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} file not found; check run.json's checkpoints or train the run first") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a {what} file; restore the file from a copy of the run or train that epoch again") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read this {what} file ({exc.strerror or exc})") from None
+    return digest.hexdigest()

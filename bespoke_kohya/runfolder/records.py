@@ -14,7 +14,6 @@ import os
 import platform
 import shutil
 import tempfile
-from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -23,13 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
 from ..errors import UserError
-from ..jsonfile import umask, write_atomic, write_json_atomic
+from ..atomic import umask, write_atomic, write_json_atomic
 from . import DATA, LOSS_CSV, VALIDATION_CSV, NOT_TRAINED, RUN_JSON, RUN_VERSION, SAMPLES_JSON, SAMPLES_VERSION, Status, lock, run_document, samples_document, write_run_document
-
-
-def now_iso() -> str:
-    """UTC time, seconds precision (every timestamp in run files)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -106,13 +100,13 @@ class RunRecord(_Open):
         return {int(k): v for k, v in sorted(self.epochs.items(), key=lambda kv: int(kv[0]))}
 
     def preset_model(self, run_dir: Path) -> Any:
-        """The resolved preset the run was rendered with (the engine reads its settings from it)."""
-        from ..presets import Preset, format_validation_error
+        """The resolved preset the run was rendered with, as its engine's preset class (the engine reads its settings from it)."""
+        from ..presets import validate_preset
 
         try:
-            return Preset.model_validate(self.resolved)
-        except ValidationError as exc:
-            raise UserError(f"{Path(run_dir) / RUN_JSON}: {format_validation_error('run.json resolved', exc)}; the run folder was not made by this bespoke-kohya") from None
+            return validate_preset(self.resolved, "run.json resolved")
+        except UserError as exc:
+            raise UserError(f"{Path(run_dir) / RUN_JSON}: {exc}; the run folder was not made by this bespoke-kohya") from None
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
@@ -160,7 +154,6 @@ class RunHandle:
     def __init__(self, run_dir: Path, record: RunRecord) -> None:
         self.dir = Path(run_dir)
         self.record = record
-        self.session: dict[str, Any] = {}  # what an engine's plan() leaves for its train() (not saved)
         self._training = False  # holds the run's training lock
 
     @classmethod
@@ -222,6 +215,13 @@ class RunHandle:
     def path(self, rel: str) -> Path:
         return self.dir / rel
 
+    @property
+    def training_folder(self) -> Path:
+        """``data/<repeats>_<concept>``: the prepared images every engine trains from."""
+        from .data import training_folder
+
+        return training_folder(self.dir, self.record.resolved)
+
     def heldout_captions(self) -> list[tuple[str, str | None]]:
         """(file, caption as trained) of each held-out image (run.json dataset.heldout), in that order.
 
@@ -229,13 +229,11 @@ class RunHandle:
         text training would have seen. None when that file is not there (a run brought home
         without its data/, or a name that is not a plain file name) or is empty.
         """
-        from ..dataset import training_folder_name
-
         files = self.record.dataset.heldout or []
         if not files:
             return []
         d = self.record.preset_model(self.dir).dataset
-        folder = self.dir / DATA / training_folder_name(d.num_repeats, d.concept)
+        folder = self.training_folder
         out: list[tuple[str, str | None]] = []
         for file in files:
             path = folder / Path(file).with_suffix(d.caption_extension).name

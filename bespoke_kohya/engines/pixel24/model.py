@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..jsonfile import write_atomic, write_json_atomic
-from ..paths import ART
-from ..presets import Pixel24Settings
+from ...errors import UserError
+from ...atomic import write_atomic, write_json_atomic
+from ...paths import ART
+from .settings import Pixel24Settings
 from .palette import from_hex, palette_lab, to_hex
 from .text import PhraseEncoder
 
@@ -226,7 +226,7 @@ def load_weights(model: Pixel24Model, weights: dict[str, torch.Tensor], path: Pa
 
 def load_checkpoint(path: Path, device: str | None = None) -> Pixel24Model:
     """A trained model from ``pixel24-NNNNNN.safetensors`` and the ``pixel24.json`` beside it."""
-    from ..devices import resolve_device
+    from ...devices import resolve_device
 
     path = Path(path)
     config = read_config(path)

@@ -28,8 +28,8 @@ import math
 import numpy as np
 import torch
 
-from ..errors import UserError
-from ..paths import ART
+from ...errors import UserError
+from ...paths import ART
 from .model import Pixel24Model
 from .text import Phrases, encode_caption
 
@@ -44,7 +44,7 @@ def encode_prompt(model: Pixel24Model, prompt: str) -> tuple[Phrases, list[str]]
 
     Glued words are split first ("greybackground" -> "grey background"); words in the vocabulary are never split.
     """
-    from ..captions import normalise_caption
+    from ...captions import normalise_caption
 
     return encode_caption(model.vocab_index, normalise_caption(prompt, model.vocab))
 

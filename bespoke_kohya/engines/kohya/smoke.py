@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import UserError
+from ...errors import UserError
 from .offline_sd import MARKER, _write_text, build_random_sd15, write_tokenizer_cache
-from .paths import REPO_ROOT, cache_dir
-from .runfolder import LOSS_CSV, TRAIN_LOG, VALIDATION_CSV
-from .runfolder.records import read_loss, read_run, read_validation
+from ...paths import REPO_ROOT, cache_dir
+from ...runfolder import LOSS_CSV, TRAIN_LOG, VALIDATION_CSV
+from ...runfolder.records import read_loss, read_run, read_validation
 
 
 # ---------------------------------------------------------------- `bespoke-kohya smoke`
@@ -59,7 +59,7 @@ def synthetic_punks(out_dir: Path, count: int = SMOKE_IMAGES, seed: int = 0) -> 
     """Draw ``count`` punk-like 24x24 portraits with captions: solid background, head, hair, eyes, dark outline."""
     import numpy as np
 
-    from .images import save_png
+    from ...images import save_png
 
     rng = np.random.default_rng(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,17 +153,16 @@ def _stage_tokenizers() -> str:
 
 
 def _stage_train(images: Path, run_dir: Path, base_dir: Path, console: Any, err_console: Any) -> str:
-    from .engines import TrainOptions, get_engine
-    from .engines.session import create_run, options_preset, run_session
-    from .progress import TrainProgress
+    from ...progress import TrainProgress
+    from ..protocol import TrainOptions
+    from ..session import new_run, start_session, train_run
 
     options = TrainOptions(preset=SMOKE_PRESET, overrides=[f"pretrained_model_name_or_path={base_dir}", *SMOKE_OVERRIDES], dataset=images, run_dir=run_dir, cpu=True)
     started = time.perf_counter()
-    preset, overrides = options_preset(options)
-    run, _ = create_run(preset, overrides, images, run_dir, err_console)
-    get_engine(run.record.engine).plan(run, options)
+    run, _ = new_run(options, console, err_console)
+    session = start_session(run, options)
     with TrainProgress(console) as view:
-        outcome = run_session(run, options, view.update)
+        outcome = train_run(run, session, options, view.update)
     if outcome.status != "finished":
         cause = (outcome.failure.cause if outcome.failure else None) or f"exit status {outcome.exit_code}"
         raise StageFailed(f"status {outcome.status}: {cause}; log: {run_dir / TRAIN_LOG}")
@@ -198,7 +197,7 @@ def _stage_sample(run_dir: Path, base_dir: Path) -> str:
     import numpy as np
     from PIL import Image
 
-    from .sample import sample_run
+    from ...sample import sample_run
 
     doc = sample_run(run_dir, device="cpu", include_base=True, base_override=str(base_dir), progress=False)
     first = {int(e): entry["images"][0]["full"] for e, entry in doc["epochs"].items()}

@@ -19,15 +19,15 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .paths import cache_dir, hub_cache_dir
+from ...atomic import staged_folder, write_json_atomic
+from ...errors import UserError
+from ...paths import cache_dir, hub_cache_dir
 
 SD_SCRIPTS_TAG = "v0.10.1"
 SD_SCRIPTS_UPSTREAM = "https://github.com/kohya-ss/sd-scripts.git"
@@ -275,12 +275,6 @@ def clone_at_tag(git: str, source: str, tag: str, dest: Path, log: Log) -> str:
     return commit
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
 def _pip(python: Path, args: list[str], what: str, log: Log, cwd: Path | None = None) -> None:
     _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", *args], what, "fix the cause above and run make vendor again (nothing was kept)", log, cwd=cwd)
 
@@ -362,24 +356,18 @@ def install(repo_root: Path, source: str | None = None, tag: str = SD_SCRIPTS_TA
             return found
     src = resolve_source(source)
     spec = torch_spec or os.environ.get("SD_SCRIPTS_TORCH", "").strip() or DEFAULT_TORCH_SPEC
-    target.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    staging = Path(tempfile.mkdtemp(prefix=".sd-scripts-", dir=target.parent))
-    placed = False
-    try:
+    with staged_folder(target, refusal="move it away and run make vendor again") as staging:
         log(f"cloning sd-scripts {tag} from {src}")
         commit = clone_at_tag(git, src, tag, staging, log)
-        _write_json(staging / ".git" / MARKER, {"status": "installing", "tag": tag, "commit": commit, "source": src, "torch_spec": spec})
-        staging.rename(target)
-        placed = True
+        write_json_atomic(staging / ".git" / MARKER, {"status": "installing", "tag": tag, "commit": commit, "source": src, "torch_spec": spec})
+    try:  # the venv is built in place: virtual environments cannot be moved
         versions = build_venv(target, spec, repo_root / "vendor" / "constraints.txt", log)
         record = {"status": "complete", "tag": tag, "commit": commit, "source": src, "torch_spec": spec, "versions": versions,
                   "installed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.monotonic() - started, 1)}
-        _write_json(target / ".git" / MARKER, record)
+        write_json_atomic(target / ".git" / MARKER, record)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if placed:
-            shutil.rmtree(target, ignore_errors=True)
+        shutil.rmtree(target, ignore_errors=True)
         raise
     log(f"installed sd-scripts {tag} ({commit[:10]}) in {target} in {time.monotonic() - started:.0f} s: {versions}")
     return _from_clone(target)

@@ -13,12 +13,12 @@ import importlib.metadata
 import json
 import os
 import shutil
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ...atomic import staged_folder
+from ...errors import UserError
 
 CLIP_BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 # How many merges of that file CLIP uses: 49152 tokens - 256 bytes - 2 specials.
@@ -116,7 +116,8 @@ def write_tokenizer_cache(cache_dir: Path, bpe_path: Path | None = None) -> list
     for model_id in TOKENIZER_IDS:
         entry = cache_dir / model_id.replace("/", "_")
         if not (entry / "vocab.json").is_file():
-            _atomic_dir(entry, lambda tmp: write_clip_tokenizer(tmp, bpe_path))
+            with staged_folder(entry, "keep") as tmp:
+                write_clip_tokenizer(tmp, bpe_path)
         written.append(entry)
     return written
 
@@ -154,23 +155,6 @@ def sd15_configs() -> dict[str, dict[str, Any]]:
     }
 
 
-def _atomic_dir(final: Path, build) -> Path:
-    """Build a folder next to `final` and rename it into place, so a crash leaves nothing half-made."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        build(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
-        if final.exists():  # a concurrent builder won; theirs is as good as ours
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
 def _marker(seed: int) -> dict[str, Any]:
     return {"kind": "random-sd15", "seed": seed, "format": FORMAT_VERSION}
 
@@ -196,7 +180,9 @@ def build_random_sd15(out_dir: Path, seed: int = 0) -> Path:
     if out_dir.exists():
         out_dir.rmdir()
     bpe = clip_bpe_path()  # fail on the missing vocabulary before minutes of initialisation
-    return _atomic_dir(out_dir, lambda tmp: _build_sd15(tmp, seed, bpe))
+    with staged_folder(out_dir, "keep") as tmp:  # a concurrent builder may win: theirs is as good as ours
+        _build_sd15(tmp, seed, bpe)
+    return out_dir
 
 
 def _build_sd15(out_dir: Path, seed: int, bpe: Path) -> None:

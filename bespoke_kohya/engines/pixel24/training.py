@@ -29,9 +29,6 @@ import fcntl
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,13 +39,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
-from ..images import load_rgb
-from ..jsonfile import write_atomic, write_json_atomic
-from ..paths import ART, cache_dir
-from ..presets import Pixel24Settings, Preset
-from ..runfolder import CHECKPOINTS
-from ..runfolder.records import LossLog, LossRow, ValidationRow, read_loss, read_validation, write_validation
+from ...errors import UserError
+from ...images import load_rgb
+from ...atomic import staged_folder, write_atomic, write_json_atomic
+from ...paths import ART, cache_dir
+from .settings import Pixel24Preset, Pixel24Settings
+from ...runfolder import CHECKPOINTS
+from ...runfolder.records import LossLog, LossRow, ValidationRow, read_loss, read_validation, write_validation
 from .model import (CONFIG_NAME, STEM, Pixel24Model, build_model, checkpoint_name, load_checkpoint, load_weights, model_config, read_config,
                     read_weights, save_checkpoint, write_config)
 from .palette import build_palette, to_indices
@@ -295,7 +292,7 @@ class Loop:
 
 def base_key(settings: Pixel24Settings) -> str:
     """A hash of every setting that shapes the base model (architecture, palette size, base schedule, seed)."""
-    from ..standin import DEFAULT_SEED
+    from .standin import DEFAULT_SEED
     from .model import FORMAT_VERSION
 
     shaping = {k: getattr(settings, k) for k in ("block_out_channels", "layers_per_block", "colour_dim", "feature_dim", "text_dim", "palette_size",
@@ -334,18 +331,14 @@ def ensure_base(settings: Pixel24Settings, on_base: Progress | None = None, shou
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process training the same base: wait for it, then reuse its result
         if (target / BASE_NAME).is_file():
             return target / BASE_NAME
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with staged_folder(target, "keep") as staging:
             if not _train_base(settings, staging, on_base, should_stop):
                 raise KeyboardInterrupt
-            os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return target / BASE_NAME
 
 
 def _train_base(settings: Pixel24Settings, out: Path, on_base: Progress | None, should_stop: Callable[[], bool] | None) -> bool:
-    from ..standin import ensure_standin
+    from .standin import ensure_standin
 
     data = load_training_set(ensure_standin(), "punk")
     vocab = build_vocab(data.captions, settings.vocab_min_count)
@@ -439,7 +432,7 @@ def _read_state(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
 
 def train(
-    preset: Preset,
+    preset: Pixel24Preset,
     dataset_dir: Path,
     run_dir: Path,
     *,
@@ -454,7 +447,7 @@ def train(
 
     ``heldout``: image files in ``dataset_dir`` not to train on; their loss is written to logs/validation.csv each epoch.
     """
-    from ..devices import resolve_device
+    from ...devices import resolve_device
 
     if preset.pixel24 is None:
         raise UserError(f"preset {preset.name}: engine is {preset.engine!r}; pixel24 training needs a pixel24 preset")

@@ -7,7 +7,7 @@ model (every form), GPU memory, disk space and the sd-scripts install.
 Each check is a function of plain inputs returning a `Check`; what it asks the machine
 (the GPUs, the model hub and its cache, free disk space, sd-scripts' interpreter) comes
 through `Probes`, whose fields tests replace with fakes. Standard library only at import
-time: go.sh runs `python -m bespoke_kohya.preflight` from the bundled wheel before
+time: go.sh runs it (through `python -m bespoke_kohya.bundle preflight`) from the bundled wheel before
 anything is installed (huggingface_hub and torch are used when they are there).
 
 GPU memory estimate (`memory_estimate`), in bytes:
@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import math
 import os
 import shutil
@@ -56,12 +57,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .bundle import is_local_path
-from .errors import UserError
-from .paths import hub_cache_dir, hub_offline
-from .runfolder import run_document
+from ...errors import UserError
+from ...paths import hub_cache_dir, hub_offline
+from ...runfolder import BASE_DIR, run_document
 from .vendor import SD_SCRIPTS_TAG, SdScripts, find_sd_scripts, probe_python
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 GIB = 1024**3
 MIB = 1024**2
 PIPELINE_CLASSES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
@@ -133,7 +134,7 @@ class HubAnswer(str, Enum):
 
 
 @dataclass(frozen=True)
-class Plan:
+class RunNeeds:
     """What a kohya preset will do, read from its resolved form (`Preset.model_dump()` or run.json's `resolved`)."""
 
     name: str
@@ -156,8 +157,8 @@ class Plan:
     sample_pixels: int
 
     @classmethod
-    def from_resolved(cls, resolved: dict[str, Any]) -> Plan | None:
-        """The plan of a kohya preset; None for other engines (nothing to check)."""
+    def from_resolved(cls, resolved: dict[str, Any]) -> RunNeeds | None:
+        """What a kohya preset needs; None for other engines (nothing to check)."""
         k = resolved.get("kohya")
         if resolved.get("engine") != "kohya" or not k:
             return None
@@ -172,6 +173,19 @@ class Plan:
             repeats=(resolved.get("dataset") or {}).get("num_repeats", 1),
             samples_per_epoch=len(s.get("prompts") or []) * len(s.get("seeds") or []), sample_pixels=width * height,
         )
+
+
+def is_local_path(value: str, run_dir: Path | None = None) -> bool:
+    """Whether a base-model value names a local file/folder rather than a hub id like `org/name`.
+
+    `base/<name>` is where bundles put (or expect) a local base, relative to the run folder;
+    it would otherwise read as a hub id of an organisation called "base".
+    """
+    if not value:
+        return False
+    if Path(value).expanduser().exists() or (run_dir is not None and (run_dir / value).exists()):
+        return True
+    return value.startswith((f"{BASE_DIR}/", ".", "~", "/")) or not HUB_ID.match(value)
 
 
 # ---------------------------------------------------------------- probes (the machine's side)
@@ -272,43 +286,43 @@ class Probes:
 # ---------------------------------------------------------------- estimates
 
 
-def lora_params(plan: Plan) -> int:
-    per_rank = LORA_PER_RANK[plan.family]
-    return plan.network_dim * (per_rank["unet"] + (per_rank["text"] if plan.train_text_encoder else 0))
+def lora_params(needs: RunNeeds) -> int:
+    per_rank = LORA_PER_RANK[needs.family]
+    return needs.network_dim * (per_rank["unet"] + (per_rank["text"] if needs.train_text_encoder else 0))
 
 
-def memory_estimate(plan: Plan) -> int:
+def memory_estimate(needs: RunNeeds) -> int:
     """Peak GPU memory of one training process, in bytes (formula in the module docstring)."""
-    params = PARAMS[plan.family]
-    weight_bytes = 4 if plan.precision == "no" else 2
-    frozen = (params["unet"] + params["text"] + (0 if plan.cache_latents else params["vae"])) * weight_bytes
-    lora = lora_params(plan) * (8 + OPTIMIZER_STATE_BYTES.get(plan.optimizer, 8))
-    scale = (plan.resolution / NATIVE_RESOLUTION[plan.family]) ** 2 * plan.batch * (2 if plan.precision == "no" else 1)
-    activations = ACTIVATION_GIB[plan.family][plan.gradient_checkpointing] * GIB * scale
+    params = PARAMS[needs.family]
+    weight_bytes = 4 if needs.precision == "no" else 2
+    frozen = (params["unet"] + params["text"] + (0 if needs.cache_latents else params["vae"])) * weight_bytes
+    lora = lora_params(needs) * (8 + OPTIMIZER_STATE_BYTES.get(needs.optimizer, 8))
+    scale = (needs.resolution / NATIVE_RESOLUTION[needs.family]) ** 2 * needs.batch * (2 if needs.precision == "no" else 1)
+    activations = ACTIVATION_GIB[needs.family][needs.gradient_checkpointing] * GIB * scale
     return int((frozen + lora + activations + CUDA_CONTEXT) * FRAGMENTATION)
 
 
-def saved_epochs(plan: Plan, from_epoch: int = 0) -> int:
+def saved_epochs(needs: RunNeeds, from_epoch: int = 0) -> int:
     """Checkpoints sd-scripts writes after `from_epoch`: every save_every epochs before the last, and the last."""
-    return sum(1 for e in range(from_epoch + 1, plan.epochs) if e % plan.save_every == 0) + (1 if from_epoch < plan.epochs else 0)
+    return sum(1 for e in range(from_epoch + 1, needs.epochs) if e % needs.save_every == 0) + (1 if from_epoch < needs.epochs else 0)
 
 
-def run_bytes(plan: Plan, images: int, from_epoch: int = 0) -> int:
+def run_bytes(needs: RunNeeds, images: int, from_epoch: int = 0) -> int:
     """What the run folder grows by: checkpoints, resume states, samples and (fresh runs) the prepared images."""
-    n = saved_epochs(plan, from_epoch)
-    params = lora_params(plan)
-    checkpoint = params * (4 if plan.save_precision == "float" else 2) + MIB
-    state = params * (4 + OPTIMIZER_STATE_BYTES.get(plan.optimizer, 8)) + MIB if plan.save_state else 0
-    sample = plan.sample_pixels * 3 + 24 * 24 * 4 + (24 * 8) ** 2 * 4
-    prepared = images * plan.resolution**2 * 3 if from_epoch == 0 else 0
-    return n * (checkpoint + state + plan.samples_per_epoch * sample) + prepared + 50 * MIB  # + logs
+    n = saved_epochs(needs, from_epoch)
+    params = lora_params(needs)
+    checkpoint = params * (4 if needs.save_precision == "float" else 2) + MIB
+    state = params * (4 + OPTIMIZER_STATE_BYTES.get(needs.optimizer, 8)) + MIB if needs.save_state else 0
+    sample = needs.sample_pixels * 3 + 24 * 24 * 4 + (24 * 8) ** 2 * 4
+    prepared = images * needs.resolution**2 * 3 if from_epoch == 0 else 0
+    return n * (checkpoint + state + needs.samples_per_epoch * sample) + prepared + 50 * MIB  # + logs
 
 
-def cpu_seconds_per_step(plan: Plan, cores: int) -> float:
+def cpu_seconds_per_step(needs: RunNeeds, cores: int) -> float:
     """A lower bound on a CPU step, scaled from the smoke by pixels x batch (at 64 px the weights dominate, so never below it),
     by the U-Net's size for SDXL, and by cores."""
-    work = (plan.resolution / CPU_SMOKE["resolution"]) ** 2 * plan.batch / CPU_SMOKE["batch"]
-    size = PARAMS[plan.family]["unet"] / PARAMS["sd15"]["unet"]
+    work = (needs.resolution / CPU_SMOKE["resolution"]) ** 2 * needs.batch / CPU_SMOKE["batch"]
+    size = PARAMS[needs.family]["unet"] / PARAMS["sd15"]["unet"]
     return CPU_SMOKE["seconds"] * max(1.0, work) * size * CPU_SMOKE["cores"] / max(1, cores)
 
 
@@ -326,18 +340,18 @@ def _gib(n: float) -> str:
 # ---------------------------------------------------------------- checks
 
 
-def check_device(plan: Plan, probe: GpuProbe, *, cpu: bool, images: int | None, cores: int) -> Check:
+def check_device(needs: RunNeeds, probe: GpuProbe, *, cpu: bool, images: int | None, cores: int) -> Check:
     """A CUDA GPU is present, or --cpu was given; otherwise say how slow the CPU would be."""
-    step = cpu_seconds_per_step(plan, cores)
-    steps = math.ceil(images * plan.repeats / plan.batch) * plan.epochs if images else None
+    step = cpu_seconds_per_step(needs, cores)
+    steps = math.ceil(images * needs.repeats / needs.batch) * needs.epochs if images else None
     slow = f"~{_duration(step)} a step" + (f" x {steps:,} steps = ~{_duration(step * steps)}" if steps else "")
     if cpu:
-        return Check("device", Level.WARN if not probe.gpus else Level.OK, f"--cpu: {plan.name} on {cores} CPU cores takes at least {slow}")
+        return Check("device", Level.WARN if not probe.gpus else Level.OK, f"--cpu: {needs.name} on {cores} CPU cores takes at least {slow}")
     if probe.gpus:
         names = ", ".join(sorted({g.name for g in probe.gpus}))
         return Check("device", Level.OK, f"{len(probe.gpus)} CUDA GPU ({names}) via {probe.note}")
     return Check("device", Level.FAIL,
-                 f"no CUDA GPU found ({probe.note}): {plan.name} on these {cores} CPU cores would take at least {slow} "
+                 f"no CUDA GPU found ({probe.note}): {needs.name} on these {cores} CPU cores would take at least {slow} "
                  "(smoke: ~60 s a step at 64 px on 2 cores)", "train on a GPU box (bespoke-kohya bundle), or pass --cpu to accept it")
 
 
@@ -387,20 +401,20 @@ def _hub_fix(model_id: str) -> str:
     return f"{get}, or pass a local .safetensors file or diffusers folder with --set pretrained_model_name_or_path=/path"
 
 
-def check_base(plan: Plan, probes: Probes, run_dir: Path | None = None) -> Check:
+def check_base(needs: RunNeeds, probes: Probes, run_dir: Path | None = None) -> Check:
     """The base model exists in its form: local folder/file of the right architecture, cached hub id, or a hub answer."""
-    base = plan.base
+    base = needs.base
     name = f"base model {base}"
     if not base:
-        return Check("base", Level.FAIL, f"preset {plan.name}: pretrained_model_name_or_path is empty", "pass --set pretrained_model_name_or_path=/path/model.safetensors")
+        return Check("base", Level.FAIL, f"preset {needs.name}: pretrained_model_name_or_path is empty", "pass --set pretrained_model_name_or_path=/path/model.safetensors")
     if is_local_path(base, run_dir):
         path = Path(base).expanduser()
         if not path.is_absolute() and run_dir is not None and (run_dir / path).exists():
             path = run_dir / path
         try:
             if path.is_dir():
-                check_model_index(path, plan.family)
-                return Check("base", Level.OK, f"{name}: local diffusers folder ({PIPELINE_CLASSES[plan.family]})")
+                check_model_index(path, needs.family)
+                return Check("base", Level.OK, f"{name}: local diffusers folder ({PIPELINE_CLASSES[needs.family]})")
             if not path.is_file():
                 return Check("base", Level.FAIL, f"{name}: no such file or folder", "give a diffusers folder or a .safetensors file that exists, or a hub id")
             if path.suffix.lower() != ".safetensors":
@@ -410,8 +424,8 @@ def check_base(plan: Plan, probes: Probes, run_dir: Path | None = None) -> Check
             return Check("base", Level.FAIL, f"base model {exc}")  # the message names the file
         if found is None:
             return Check("base", Level.WARN, f"{name}: not an original-format SD checkpoint (no known key layout), sd-scripts may refuse it")
-        if found != plan.family:
-            return Check("base", Level.FAIL, f"{name}: is an {found} checkpoint but preset {plan.name} is {plan.family}", "pick a preset of the matching family or another base")
+        if found != needs.family:
+            return Check("base", Level.FAIL, f"{name}: is an {found} checkpoint but preset {needs.name} is {needs.family}", "pick a preset of the matching family or another base")
         return Check("base", Level.OK, f"{name}: local {found} single-file checkpoint")
     if probes.hub_cached(base):
         return Check("base", Level.OK, f"{name}: in the Hugging Face cache")
@@ -426,41 +440,41 @@ def check_base(plan: Plan, probes: Probes, run_dir: Path | None = None) -> Check
                  f"{_hub_fix(base)}; without network set HF_HUB_OFFLINE=1")
 
 
-def check_memory(plan: Plan, gpus: tuple[Gpu, ...], num_gpus: int = 1) -> Check:
+def check_memory(needs: RunNeeds, gpus: tuple[Gpu, ...], num_gpus: int = 1) -> Check:
     """The estimate against the smallest free memory of the GPUs used; warn with the setting to change."""
     if not gpus:
         return Check("memory", Level.SKIP, "no GPU to compare with")
-    need = memory_estimate(plan)
+    need = memory_estimate(needs)
     free = min(g.free_bytes for g in gpus[: max(1, num_gpus)])
     if need <= free:
         return Check("memory", Level.OK, f"~{_gib(need)} estimated, {_gib(free)} free")
-    if not plan.gradient_checkpointing:
+    if not needs.gradient_checkpointing:
         fix = "gradient_checkpointing=true"
-        fixed = Plan(**{**plan.__dict__, "gradient_checkpointing": True})
-    elif plan.batch > 1:
-        fix = f"train_batch_size={plan.batch // 2}"
-        fixed = Plan(**{**plan.__dict__, "batch": plan.batch // 2})
+        fixed = RunNeeds(**{**needs.__dict__, "gradient_checkpointing": True})
+    elif needs.batch > 1:
+        fix = f"train_batch_size={needs.batch // 2}"
+        fixed = RunNeeds(**{**needs.__dict__, "batch": needs.batch // 2})
     else:
-        fix = f"resolution={plan.resolution * 3 // 4 // 64 * 64}"
-        fixed = Plan(**{**plan.__dict__, "resolution": plan.resolution * 3 // 4 // 64 * 64})
-    return Check("memory", Level.WARN, f"{plan.name} needs ~{_gib(need)} of GPU memory (estimate), {_gib(free)} is free",
+        fix = f"resolution={needs.resolution * 3 // 4 // 64 * 64}"
+        fixed = RunNeeds(**{**needs.__dict__, "resolution": needs.resolution * 3 // 4 // 64 * 64})
+    return Check("memory", Level.WARN, f"{needs.name} needs ~{_gib(need)} of GPU memory (estimate), {_gib(free)} is free",
                  f"--set {fix} brings it to ~{_gib(memory_estimate(fixed))}")
 
 
-def disk_needs(plan: Plan, probes: Probes, *, run_dir: Path, images: int, from_epoch: int, download: bool, before_install: bool) -> list[tuple[Path, int, str]]:
+def disk_needs(needs: RunNeeds, probes: Probes, *, run_dir: Path, images: int, from_epoch: int, download: bool, before_install: bool) -> list[tuple[Path, int, str]]:
     """(where, bytes, what) the run will write: the run folder (and, before go.sh installs, the venvs), a hub download."""
-    needs = [(run_dir, run_bytes(plan, images, from_epoch), "checkpoints, states and samples")]
+    writes = [(run_dir, run_bytes(needs, images, from_epoch), "checkpoints, states and samples")]
     if before_install:
-        needs.append((run_dir, INSTALL_BYTES, "installs"))
+        writes.append((run_dir, INSTALL_BYTES, "installs"))
     if download:
-        needs.append((probes.hub_cache_dir(), int(HUB_DOWNLOAD[plan.family]), "base model download"))
-    return needs
+        writes.append((probes.hub_cache_dir(), int(HUB_DOWNLOAD[needs.family]), "base model download"))
+    return writes
 
 
-def check_disk(needs: list[tuple[Path, int, str]], space: Callable[[Path], tuple[int, int]]) -> Check:
-    """Enough free space on each filesystem written to (needs on the same one are added up)."""
+def check_disk(writes: list[tuple[Path, int, str]], space: Callable[[Path], tuple[int, int]]) -> Check:
+    """Enough free space on each filesystem written to (writes to the same one are added up)."""
     by_fs: dict[int, tuple[Path, int, int, list[str]]] = {}
-    for path, size, what in needs:
+    for path, size, what in writes:
         fs, free = space(path)
         first, total, _, whats = by_fs.get(fs, (path, 0, free, []))
         by_fs[fs] = (first, total + size, free, whats + [f"{what} ~{_gib(size)}"])
@@ -499,19 +513,19 @@ def count_images(dataset: Path | None) -> int:
     return sum(1 for p in dataset.iterdir() if p.suffix.lower() == ".png") if dataset and dataset.is_dir() else 0
 
 
-def run_checks(plan: Plan, *, repo_root: Path, run_dir: Path, images: int, cpu: bool = False, num_gpus: int = 1,
+def run_checks(needs: RunNeeds, *, repo_root: Path, run_dir: Path, images: int, cpu: bool = False, num_gpus: int = 1,
                from_epoch: int = 0, before_install: bool = False, probes: Probes | None = None) -> list[Check]:
-    """Every pre-flight check for a kohya plan, in the order a user fixes them."""
+    """Every pre-flight check for what a kohya run needs, in the order a user fixes them."""
     probes = probes or Probes()
     gpus = probes.gpus()
-    checks = [check_device(plan, gpus, cpu=cpu, images=images, cores=probes.cpu_cores())]
-    base = check_base(plan, probes, run_dir)
+    checks = [check_device(needs, gpus, cpu=cpu, images=images, cores=probes.cpu_cores())]
+    base = check_base(needs, probes, run_dir)
     checks.append(base)
     if not cpu:
-        checks.append(check_memory(plan, gpus.gpus, num_gpus))
-    download = base.level is Level.OK and not is_local_path(plan.base, run_dir) and not probes.hub_cached(plan.base)
-    needs = disk_needs(plan, probes, run_dir=run_dir, images=images, from_epoch=from_epoch, download=download, before_install=before_install)
-    checks.append(check_disk(needs, probes.disk_space))
+        checks.append(check_memory(needs, gpus.gpus, num_gpus))
+    download = base.level is Level.OK and not is_local_path(needs.base, run_dir) and not probes.hub_cached(needs.base)
+    writes = disk_needs(needs, probes, run_dir=run_dir, images=images, from_epoch=from_epoch, download=download, before_install=before_install)
+    checks.append(check_disk(writes, probes.disk_space))
     if not before_install:
         checks.append(check_sd_scripts(probes, repo_root, need_cuda=not cpu and bool(gpus.gpus)))
     return checks
@@ -528,16 +542,16 @@ def enforce(checks: list[Check]) -> list[str]:
 def for_train(resolved: dict[str, Any], *, repo_root: Path, run_dir: Path, images: int, cpu: bool, num_gpus: int,
               from_epoch: int = 0, probes: Probes | None = None) -> list[str]:
     """`train`'s pre-flight: warnings to print, or a UserError naming each cause (nothing written either way)."""
-    plan = Plan.from_resolved(resolved)
-    if plan is None:
+    needs = RunNeeds.from_resolved(resolved)
+    if needs is None:
         return []
-    return enforce(run_checks(plan, repo_root=repo_root, run_dir=run_dir, images=images, cpu=cpu,
+    return enforce(run_checks(needs, repo_root=repo_root, run_dir=run_dir, images=images, cpu=cpu,
                               num_gpus=num_gpus, from_epoch=from_epoch, probes=probes))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m bespoke_kohya.preflight --run DIR`: go.sh's check of a bundled run before installing anything."""
-    parser = argparse.ArgumentParser(prog="python -m bespoke_kohya.preflight", description=main.__doc__)
+    """go.sh's check of a bundled run before installing anything (`python -m bespoke_kohya.bundle preflight RUN`)."""
+    parser = argparse.ArgumentParser(prog="python -m bespoke_kohya.engines.kohya.preflight", description=main.__doc__)
     parser.add_argument("--run", type=Path, required=True, help="run folder (its run.json)")
     parser.add_argument("--cpu", action="store_true", help="training will run on the CPU")
     parser.add_argument("--base", help="the base model go.sh will set (BASE_MODEL)")
@@ -552,12 +566,12 @@ def main(argv: list[str] | None = None) -> int:
     resolved = record.get("resolved") or {}
     if args.base and resolved.get("kohya"):
         resolved = {**resolved, "kohya": {**resolved["kohya"], "pretrained_model_name_or_path": args.base}}
-    plan = Plan.from_resolved(resolved)
-    if plan is None:
+    needs = RunNeeds.from_resolved(resolved)
+    if needs is None:
         print(f"  ok: the {resolved.get('engine')} engine needs no pre-flight")
         return 0
-    images = count_images(run_dir / "originals") or int((record.get("dataset") or {}).get("images") or 0)
-    checks = run_checks(plan, repo_root=run_dir, run_dir=run_dir, images=images, cpu=args.cpu,
+    images = int((record.get("dataset") or {}).get("images") or 0)
+    checks = run_checks(needs, repo_root=run_dir, run_dir=run_dir, images=images, cpu=args.cpu,
                         from_epoch=len(record.get("epochs") or {}), before_install=args.before_install)
     for c in checks:  # ok lines carry free-space figures that change between runs: only problems are printed in full
         if c.level in (Level.WARN, Level.FAIL):

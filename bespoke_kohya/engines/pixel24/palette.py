@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..colour import rgb_to_lab
+from ...colour import rgb_to_lab
 
 KMEANS_ITERATIONS = 20
 

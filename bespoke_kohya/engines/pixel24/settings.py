@@ -1,0 +1,134 @@
+"""The pixel24 engine's preset: its `[pixel24]` table (the model, its training and its sampler)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ...settings import MAX_SEED, Preset, _Strict
+
+# Largest pixel24 U-Net accepted: 200 million parameters is about 4 GB of float32
+# weights, gradients, AdamW moments and EMA (20 bytes each), before activations. The
+# default is 1.3 million; a mistyped width (e.g. [4096, 4096, 4096]) would otherwise
+# try to allocate hundreds of GB.
+MAX_PIXEL24_PARAMETERS = 200_000_000
+TRAINING_BYTES_PER_PARAMETER = 20
+
+
+def unet_parameters(channels: list[int], layers: int, in_channels: int = 3, out_channels: int = 3) -> int:
+    """Parameters of pixel24's UNet2DModel (diffusers' layout), counted from the settings alone."""
+    t = channels[0] * 4  # time-embedding width
+
+    def resnet(cin, cout):
+        shortcut = cin * cout + cout if cin != cout else 0
+        return 2 * cin + 9 * cin * cout + cout + t * 2 * cout + 2 * cout + 2 * cout + 9 * cout * cout + cout + shortcut
+
+    def attention(c):
+        return 2 * c + 4 * (c * c + c)
+
+    def resample(c):
+        return 9 * c * c + c
+
+    n = 9 * in_channels * channels[0] + channels[0]  # conv_in
+    n += channels[0] * t + t + t * t + t  # time embedding
+    last = len(channels) - 1
+    cin = channels[0]
+    for i, c in enumerate(channels):  # down blocks
+        for j in range(layers):
+            n += resnet(cin if j == 0 else c, c) + (attention(c) if i == last else 0)
+        n += 0 if i == last else resample(c)
+        cin = c
+    c = channels[-1]
+    n += 2 * resnet(c, c) + attention(c)  # mid block
+    rev = channels[::-1]
+    out = rev[0]
+    for i, c in enumerate(rev):  # up blocks
+        prev, out = out, c
+        skip_in = rev[min(i + 1, last)]
+        for j in range(layers + 1):
+            skip = skip_in if j == layers else c
+            n += resnet((prev if j == 0 else c) + skip, c) + (attention(c) if i == 0 else 0)
+        n += 0 if i == last else resample(c)
+    n += 2 * channels[0] + 9 * channels[0] * out_channels + out_channels  # norm_out, conv_out
+    return n
+
+
+class Pixel24Settings(_Strict):
+    """The native 24×24 model: masked discrete diffusion over a palette of the artist's own colours (trains on a CPU)."""
+
+    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=2, max_length=4, description="U-Net channel widths per resolution level (24 → 12 → 6); attention only at the lowest level. Each must be a multiple of 8. Measured on 2 CPU cores: more steps beat more width for a fixed time.")
+    layers_per_block: int = Field(1, ge=1, le=4, description="ResNet layers per U-Net block.")
+    colour_dim: int = Field(32, ge=8, le=512, description="Width of the embedding each pixel's colour (or the mask) enters the U-Net as; computed from the colour's CIELAB values, so any palette works.")
+    feature_dim: int = Field(64, ge=8, le=512, description="Width of the per-pixel vector the U-Net returns; a palette colour's logit is its dot product with that colour's output embedding.")
+    palette_size: int = Field(256, ge=2, le=1024, description="Colours the model may draw, learned from the training images (their exact colours when there are this few). Measured on the 184 Bespoke Punks: 256 colours keep every pixel a mean ΔE76 of 3.1 from its own colour, 512 → 1.6, 128 → 4.9.")
+    base: str = Field("standin", min_length=1, description="What the fine-tune starts from: \"standin\" (a base model trained once on the 10,000 CryptoPunks of the stand-in and cached in $BESPOKE_CACHE/pixel24-base/), \"none\" (from scratch: only sensible on thousands of images, as `make train` does on the stand-in), or a pixel24 checkpoint / run folder.")
+    base_steps: int = Field(600, ge=1, le=1_000_000, description="Optimiser steps of the stand-in base model (measured: 600 steps × 32 take ~3 min on 2 CPU cores; a 1,000- or 2,200-step base gave no better fine-tune than a longer fine-tune did).")
+    base_batch_size: int = Field(32, ge=1, le=4096, description="Images per step of the base model.")
+    base_learning_rate: float = Field(2e-3, gt=0, le=1, description="AdamW peak learning rate of the base model.")
+    base_ema_decay: float = Field(0.998, ge=0, lt=1, description="EMA decay of the base model's weights.")
+    steps: int = Field(2600, ge=1, le=1_000_000, description="Optimiser steps of this run (the fine-tune), whatever the dataset's size: 20 punks and 500 get the same amount of learning. Measured: 2,600 × 32 take ~15 min on 2 CPU cores; fewer than ~600 leave faces mushy, and samples kept getting harder to tell from the real punks up to 2,600.")
+    epochs: int = Field(5, ge=1, le=1000, description="Checkpoints the report compares, written every steps/epochs steps (an epoch here is a share of the run, not a pass over the data).")
+    batch_size: int = Field(32, ge=1, le=4096, description="Images per step.")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="AdamW peak learning rate (linear warm-up, then cosine decay to 10%).")
+    warmup_steps: int = Field(100, ge=0, description="Linear learning-rate warm-up steps (capped at a quarter of the run).")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights, saved in the checkpoints and used for sampling (0 disables); warmed up as min(decay, (1+step)/(10+step)). Measured on the benchmark's 2,600-step fine-tune: 0.999 read 0.70, 0.995 0.71 (two-sample, with refinement).")
+    flip: bool = Field(True, description="Mirror training images left-right at random (Bespoke Punks face the viewer, so a mirrored punk is still in style).")
+    label_smoothing: float = Field(0.05, ge=0, lt=1, description="Cross-entropy label smoothing on the masked pixels.")
+    text_dim: int = Field(64, ge=8, le=1024, description="Width of the caption word/phrase embeddings.")
+    vocab_min_count: int = Field(2, ge=1, description="A caption word enters the vocabulary when it occurs at least this often in the training captions; prompt words outside it are reported as unknown.")
+    cond_dropout: float = Field(0.1, ge=0, le=1, description="Share of captions replaced by the empty (null) caption during training, for classifier-free guidance.")
+    phrase_dropout: float = Field(0.1, ge=0, lt=1, description="Chance of dropping each comma-separated phrase of a training caption, so short prompts resemble training captions.")
+    sample_steps: int = Field(16, ge=1, le=576, description="Unmasking steps when drawing (MaskGIT: the masked share follows a cosine from all pixels to none).")
+    temperature: float = Field(0.5, gt=0, le=5, description="Sampling temperature of each pixel's colour (measured: 0.7 leaves stray pixels, 0.3 fills areas with the commonest colour).")
+    guidance_scale: float = Field(2.0, ge=0, le=30, description="Classifier-free guidance on the logits when drawing (1 = none).")
+    refine_rounds: int = Field(2, ge=0, le=16, description="After drawing, rounds of re-drawing the least likely pixels: the model scores every pixel's colour given the others and re-draws the worst refine_share (0 = plain MaskGIT). Measured: 2 rounds of 10% removed most stray pixels (two-sample accuracy 0.76 → 0.71, colours per image 58 → 45); costs refine_rounds × (4 + refine_steps) model passes on top of sample_steps (measured: 1.5x the sampling time with the defaults).")
+    refine_share: float = Field(0.1, gt=0, le=0.5, description="Share of each image's pixels re-drawn per refinement round (measured: 0.1 and 0.15 read alike, 0.25 no better).")
+    refine_steps: int = Field(4, ge=1, le=64, description="Unmasking steps that re-draw the refined pixels.")
+    refine_temperature: float = Field(0.3, gt=0, le=5, description="Sampling temperature of the re-drawn pixels (lower than `temperature`: they should agree with their surroundings).")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Training seed (weights, data order, masks; 0 to 2**32-1).")
+
+    def sampler_options(self) -> dict[str, Any]:
+        """The keyword arguments ``pixel24.sample`` draws with under these settings (also recorded with the samples)."""
+        return {"steps": self.sample_steps, "guidance_scale": self.guidance_scale, "temperature": self.temperature, "refine_rounds": self.refine_rounds,
+                "refine_share": self.refine_share, "refine_steps": self.refine_steps, "refine_temperature": self.refine_temperature}
+
+    @field_validator("block_out_channels")
+    @classmethod
+    def _channels_multiple_of_8(cls, value: list[int]) -> list[int]:
+        bad = [c for c in value if c < 8 or c % 8]
+        if bad:
+            raise ValueError(f"every width must be a multiple of 8 (at least 8), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> "Pixel24Settings":
+        n = unet_parameters(self.block_out_channels, self.layers_per_block, self.colour_dim, self.feature_dim)
+        if n > MAX_PIXEL24_PARAMETERS:
+            raise ValueError(
+                f"block_out_channels {self.block_out_channels} with layers_per_block {self.layers_per_block} make a U-Net of about "
+                f"{n / 1e6:,.0f} million parameters (~{n * TRAINING_BYTES_PER_PARAMETER / 1e9:,.0f} GB to train); the limit is "
+                f"{MAX_PIXEL24_PARAMETERS / 1e6:,.0f} million: set smaller pixel24.block_out_channels (default [32, 64, 64]) or pixel24.layers_per_block"
+            )
+        return self
+
+
+class Pixel24Preset(Preset):
+    """A preset trained by the native pixel24 model, in this process, on a CPU."""
+
+    section: ClassVar[str] = "pixel24"
+
+    engine: Literal["pixel24"] = Field(description="`pixel24`: the native 24×24 model (CPU).")
+    pixel24: Pixel24Settings | None = Field(None, description="Native model settings (pixel24 presets only).")
+
+    @model_validator(mode="after")
+    def _needs_its_table(self) -> "Pixel24Preset":
+        if self.pixel24 is None:
+            raise ValueError("engine 'pixel24' needs a [pixel24] table")
+        return self
+
+    @property
+    def settings(self) -> Pixel24Settings:
+        """The [pixel24] table (always present once validated)."""
+        assert self.pixel24 is not None
+        return self.pixel24
