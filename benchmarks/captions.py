@@ -89,7 +89,7 @@ def main() -> int:
         return 2
     from bespoke_kohya import captions as cap
     from bespoke_kohya.dataset import check_dataset, dedupe_phrases
-    from bespoke_kohya.pixel24 import build_vocab, encode_caption
+    from bespoke_kohya.engines.pixel24.api import build_vocab, encode_caption
     from bespoke_kohya.presets import SampleSettings
 
     report = check_dataset(args.dataset)

@@ -151,7 +151,7 @@ def grid(images: np.ndarray, cols: int = 16, scale: int = 4) -> "Image.Image":
 
 
 def calibration(real: np.ndarray, work: Path) -> dict:
-    from bespoke_kohya.standin import ensure_standin
+    from bespoke_kohya.engines.pixel24.standin import ensure_standin
 
     half = np.random.default_rng(1).permutation(len(real))
     crypto_dir = ensure_standin(work / "standin-calibration")

@@ -159,23 +159,34 @@ def _resolve_key(data: dict[str, Any], key: str) -> list[str]:
     user can type sd-scripts' own names.
     """
     parts = key.split(".")
-    model = _class_of(data)
-    if len(parts) > 1 or key in model.model_fields:
+    top, sections = _sections(data)
+    if len(parts) > 1 or key in top:
         return parts
-    sections = {name: sub for name in model.model_fields if (sub := _model_for((name, key), model)) is not None}
     owners = [s for s, sub in sections.items() if key in sub.model_fields]
     if len(owners) == 1:
         return [owners[0], key]
     if len(owners) > 1:
         raise UserError(f"--set {key}: ambiguous, it exists in {', '.join(owners)}; write e.g. --set {owners[0]}.{key}=…")
-    every = list(model.model_fields) + [f"{s}.{f}" for s, sub in sections.items() for f in sub.model_fields]
+    every = sorted(top) + [f"{s}.{f}" for s, sub in sections.items() for f in sub.model_fields]
     raise UserError(f"--set {key}: unknown key{_did_you_mean(key, every + [e.split('.')[-1] for e in every])}; see `bespoke-kohya presets --explain`")
 
 
-def _class_of(data: dict[str, Any]) -> type[BaseModel]:
-    """The preset class ``data``'s engine validates with (the shared base while the engine is unknown: validation says so)."""
+def _sections(data: dict[str, Any]) -> tuple[set[str], dict[str, type[BaseModel]]]:
+    """(top-level keys, {table name: its model}) of the preset class ``data``'s engine validates with; while the
+    engine is not known yet, every engine's, but only the engine tables ``data`` already has."""
     engine = data.get("engine")
-    return preset_class(engine) if isinstance(engine, str) and engine in engine_names() else Preset
+    known = isinstance(engine, str) and engine in engine_names()
+    classes = [preset_class(engine)] if known else [Preset, *_engine_classes().values()]
+    top: set[str] = set()
+    sections: dict[str, type[BaseModel]] = {}
+    for cls in classes:
+        for name in cls.model_fields:
+            sub = _model_for((name, "x"), cls)
+            if sub is None:
+                top.add(name)
+            elif known or name in data or name in Preset.model_fields:
+                sections[name] = sub
+    return top, sections
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

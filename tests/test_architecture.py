@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bespoke_kohya"
-LATER_STAGES = ("sample", "report", "bundle", "reproduce", "smoke")
-# Verbs that must work the same for every engine (they ask the engine registry instead).
-ENGINE_NEUTRAL = ("train", "sample", "report", "smoke", "reproduce", "cli", "render", "runfolder/__init__", "runfolder/records", "engines/session")
+LATER_STAGES = ("sample", "report", "bundle", "reproduce")
+ENGINES = ("kohya", "pixel24")
 
 
 def imports_of(path: Path) -> set[str]:
@@ -63,18 +62,158 @@ def test_the_import_checker_resolves_relative_imports_in_a_subpackage() -> None:
     assert "bespoke_kohya.runfolder" in found and not any(m.startswith("bespoke_kohya.report.runfolder") for m in found)
 
 
-ENGINE_TEST = re.compile(r"""\.engine\s*[!=]=|["'](kohya|pixel24)["']\s*(==|!=|in\b)|(==|!=)\s*["'](kohya|pixel24)["']""")
+# ------------------------------------------------------------------ engines own their code (issue 22)
 
 
-@pytest.mark.parametrize("name", ENGINE_NEUTRAL)
-def test_no_engine_is_branched_on_outside_the_engines(name: str) -> None:
-    hits = [line.strip() for path in modules(name) for line in path.read_text(encoding="utf-8").splitlines() if ENGINE_TEST.search(line)]
-    assert not hits, f"{name} branches on an engine name; ask bespoke_kohya.engines instead: {hits}"
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def test_the_engine_pattern_catches_a_branch() -> None:
-    assert ENGINE_TEST.search('if preset.engine == "pixel24":') and ENGINE_TEST.search('native = "pixel24" == x')
-    assert not ENGINE_TEST.search('get_engine(preset.engine).native_art')
+def source_files() -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its __init__)."""
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imported_modules(path: Path, files: dict[str, Path]) -> set[str]:
+    """The package's modules ``path`` imports (any level, inside functions and TYPE_CHECKING blocks too).
+
+    ``from .x import y`` imports the module ``x.y`` when there is one (``from . import collect``
+    does not run through the package's own __init__ twice), else ``x``.
+    """
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            subs = {f"{module}.{a.name}" for a in node.names} & set(files)
+            found |= subs if subs else {module}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    out = set()
+    for name in found:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        if name:
+            out.add(name)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package's modules it imports."""
+    files = source_files()
+    return {name: imported_modules(path, files) - {name} for name, path in files.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_package_has_no_import_cycles() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def outside(engine: str) -> list[Path]:
+    """The package's files that are not the engine's own package."""
+    own = PACKAGE / "engines" / engine
+    return [p for p in sorted(PACKAGE.rglob("*.py")) if own not in p.parents]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_nothing_outside_an_engine_imports_it(engine: str) -> None:
+    # The registry finds engines by name (importlib), so no import statement names them.
+    package = f"bespoke_kohya.engines.{engine}"
+    hits = {p.relative_to(PACKAGE).as_posix(): sorted(m for m in imports_of(p) if m == package or m.startswith(package + "."))
+            for p in outside(engine)}
+    assert not {k: v for k, v in hits.items() if v}
+
+
+def engine_section_uses(path: Path, engine: str) -> list[str]:
+    """Lines of ``path`` reading the engine's own preset table or comparing a preset's engine with its name."""
+    section = re.compile(rf"""(?<![\w.])\w+\.{engine}\b(?!\s*import)|\[["']{engine}["']\]|\.get\(["']{engine}["']""")
+    branch = re.compile(rf"""\.engine\s*[!=]=|["']{engine}["']\s*(==|!=|in\b)|(==|!=)\s*["']{engine}["']""")
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        code = line.split("#", 1)[0]
+        if "bespoke_kohya.engines." in code or f"engines.{engine}" in code:
+            continue  # a module path (the registry, a docstring), not a preset table
+        if section.search(code) or branch.search(code):
+            lines.append(line.strip())
+    return lines
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_no_engine_section_is_read_or_branched_on_outside_its_engine(engine: str) -> None:
+    hits = {p.relative_to(PACKAGE).as_posix(): found for p in outside(engine) if (found := engine_section_uses(p, engine))}
+    assert not hits, f"read the engine through bespoke_kohya.engines instead: {hits}"
+
+
+def test_the_section_pattern_catches_a_reader_and_a_branch(tmp_path: Path) -> None:
+    stray = tmp_path / "stray.py"
+    stray.write_text('k = preset.kohya.resolution\nif preset.engine == "pixel24":\n    x = resolved.get("kohya")\n'
+                     'ok = get_engine(preset.engine).describe(preset)\nREGISTRY = {"kohya": "bespoke_kohya.engines.kohya"}\n', encoding="utf-8")
+    # Any comparison of a preset's engine is a branch, whichever name it compares with.
+    assert engine_section_uses(stray, "kohya") == ["k = preset.kohya.resolution", 'if preset.engine == "pixel24":', 'x = resolved.get("kohya")']
+    assert engine_section_uses(stray, "pixel24") == ['if preset.engine == "pixel24":']
+
+
+def test_the_registry_is_one_line_per_engine_package() -> None:
+    from bespoke_kohya.engines import REGISTRY, get_engine
+
+    assert sorted(REGISTRY) == sorted(ENGINES)
+    for name, package in REGISTRY.items():
+        assert (PACKAGE.parent / package.replace(".", "/") / "engine.py").is_file() and get_engine(name).name == name
+
+
+def test_engine_packages_import_nothing_when_a_bundle_looks_into_them() -> None:
+    # go.sh's standard-library helper imports engines/<name>/gosh.py before anything is installed.
+    for engine in ENGINES:
+        assert imports_of(PACKAGE / "engines" / engine / "__init__.py") == set()
+    stdlib_only = ["engines/__init__.py", "engines/kohya/gosh.py", "bundle/__init__.py", "bundle/__main__.py", "bundle/gohelper.py",
+                   "bundle/results.py", "bundle/tarball.py", "runfolder/__init__.py", "atomic.py", "errors.py", "paths.py"]
+    third_party = {"pydantic", "numpy", "torch", "PIL", "rich", "diffusers", "jinja2", "safetensors", "transformers"}
+    for rel in stdlib_only:
+        tree = ast.parse((PACKAGE / rel).read_text(encoding="utf-8"))
+        top = {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+        top |= {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+        assert not top & third_party, (rel, top & third_party)
 
 
 RUN_FILES = {"run.json": "RUN_JSON", "samples.json": "SAMPLES_JSON", "loss.csv": "LOSS_CSV", "reproduce.json": "REPRODUCE_JSON"}

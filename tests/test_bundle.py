@@ -22,20 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from bespoke_kohya import bundle as bundle_mod
-from bespoke_kohya.bundle import (
-    BundleResult,
-    build_bundle,
-    pack_results,
-    run_id_for,
-    set_base,
-    stage_state,
-    unsampled_epochs,
-)
+from bespoke_kohya.bundle import gohelper as bundle_mod
+from bespoke_kohya.bundle.base import set_base
+from bespoke_kohya.bundle.build import BundleResult, build_bundle, run_id_for
+from bespoke_kohya.bundle.gohelper import stage_state
+from bespoke_kohya.bundle.results import pack_results
+from bespoke_kohya.runfolder import unsampled_epochs
 from bespoke_kohya.captions import lint
 from bespoke_kohya.dataset import check_dataset
 from bespoke_kohya.errors import UserError
-from bespoke_kohya.presets import Preset
+from bespoke_kohya.presets import validate_preset, Preset
 from bespoke_kohya.runfolder import run_document as read_run, write_run_document
 from bespoke_kohya.runfolder.records import SampledEpoch, SampleImage, Samples, write_samples
 
@@ -132,9 +128,8 @@ def test_bundle_layout_and_tar_metadata(built: BundleResult):
     for expected in ("go.sh", "run.json", "bundle.json", "config/train.toml", "config/dataset.toml", "config/sample_prompts.txt",
                      f"wheels/{built.wheel}", "vendor/constraints.txt"):
         assert f"{top}/{expected}" in names, expected
-    originals = [n for n in names if n.startswith(f"{top}/originals/") and n.endswith(".png")]
     prepared = [n for n in names if n.startswith(f"{top}/data/10_bespoke_punk/") and n.endswith(".png")]
-    assert len(originals) == len(prepared) == 184
+    assert len(prepared) == 184 and not any(n.startswith(f"{top}/originals") for n in names)  # data/ is the one copy of the art
     assert not any(n.startswith(f"{top}/base") for n in names)  # hub id base: never packed unasked
     assert sorted(names[1:]) == names[1:]  # deterministic order
     assert {(m.uid, m.gid, m.uname, m.gname) for m in members} == {(0, 0, "", "")}
@@ -169,10 +164,10 @@ def test_run_json_is_portable_and_rendered(unpacked: Path, punks_dir: Path):
     report = check_dataset(punks_dir)
     captions = record["dataset"].pop("captions")  # the caption mode data/ was written with (no path in it)
     assert captions["mode"] == "raw" and captions["problems"] == lint(report).counts()
-    assert record["dataset"] == {"name": "bespoke-punks-24", "path": "originals", "content_hash": report.content_hash(), "images": 184}
-    # The copied originals are the same training data, byte for byte in pixels and captions.
-    assert check_dataset(unpacked / "originals").content_hash() == report.content_hash()
-    preset = Preset.model_validate(record["resolved"])
+    heldout = record["dataset"].pop("heldout")  # the held-out images travel too: the report pairs them on the way home
+    assert len(heldout) == 18 and all((unpacked / "data" / "10_bespoke_punk" / name).is_file() for name in heldout)
+    assert record["dataset"] == {"name": "bespoke-punks-24", "path": "data", "content_hash": report.content_hash(), "images": 184}
+    preset = validate_preset(record["resolved"], "test preset")
     assert preset.name == "sd15_576" and preset.kohya.pretrained_model_name_or_path == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     toml = tomllib.loads((unpacked / "config" / "train.toml").read_text(encoding="utf-8"))
     assert toml["saving"]["output_dir"] == "checkpoints" and toml["model"]["pretrained_model_name_or_path"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -206,11 +201,11 @@ def test_dry_run_in_a_fresh_folder_shows_every_stage(unpacked: Path, built: Bund
         [".venv/bin/bespoke-kohya", "vendor", "--repo-root", run, "--tag", "v0.10.1"],
         [f"{run}/vendor/sd-scripts/venv/bin/python", "-c", bundle_gpu_probe(out)],
         [".venv/bin/bespoke-kohya", "train", "--resume", ".", "--preset", "sd15_576", "--no-sample"],
-        [".venv/bin/bespoke-kohya", "sample", "--run", ".", "--dataset", "originals"],
+        [".venv/bin/bespoke-kohya", "sample", "--run", "."],
         [".venv/bin/bespoke-kohya", "report", "--run", "."],
         [".venv/bin/python", "-m", "bespoke_kohya.bundle", "pack-results", "."],
     ]
-    for stage in ("[1/8] install", "[2/8] sd-scripts", "[3/8] base model", "[4/8] gpu", "[5/8] train", "[6/8] sample", "[7/8] report", "[8/8] results"):
+    for stage in ("[1/8] install", "[2/8] the kohya engine's tools", "[3/8] base model", "[4/8] gpu", "[5/8] train", "[6/8] sample", "[7/8] report", "[8/8] results"):
         assert stage in out
     assert "to do: stable-diffusion-v1-5/stable-diffusion-v1-5 is not in the Hugging Face cache and HF_HUB_OFFLINE is set" in out
     # The pre-flight runs first, from the wheel with the system python (nothing installed yet), and names the cause.
@@ -245,7 +240,7 @@ def test_dry_run_options_reach_their_commands(unpacked: Path, tmp_path: Path):
     assert [".venv/bin/bespoke-kohya", "vendor", "--repo-root", str(unpacked), "--tag", "v0.10.1", "--source", "/mirror/sd-scripts"] in cmds
     assert [".venv/bin/python", "-m", "bespoke_kohya.bundle", "set-base", ".", str(base)] in cmds
     assert [".venv/bin/bespoke-kohya", "train", "--resume", ".", "--preset", "sd15_576", "--no-sample", "--cpu"] in cmds
-    assert [".venv/bin/bespoke-kohya", "sample", "--run", ".", "--dataset", "originals", "--device", "cpu"] in cmds
+    assert [".venv/bin/bespoke-kohya", "sample", "--run", ".", "--device", "cpu"] in cmds
     assert "skip: --cpu given" in done.stdout and not any("torch.cuda" in " ".join(c) for c in cmds)
     assert f"  error: base model {base}: not a readable .safetensors file" in done.stdout  # pre-flight read BASE_MODEL's header
     assert tomllib.loads((unpacked / "config" / "train.toml").read_text())["model"]["pretrained_model_name_or_path"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -298,7 +293,7 @@ def test_stage_states_follow_the_real_state(unpacked: Path):
     manifest = json.loads((unpacked / "bundle.json").read_text())
     (unpacked / "logs" / "go-install.done").write_text(manifest["wheel"] + "\n")
     assert stage_state(unpacked, "install").done
-    assert stage_state(unpacked, "sd-scripts").reason == "vendor/sd-scripts is not installed yet"
+    assert stage_state(unpacked, "tools").reason == "vendor/sd-scripts is not installed yet"
     assert stage_state(unpacked, "train") == bundle_mod.StageState(False, "not trained yet")
     assert stage_state(unpacked, "sample").reason == "no epoch checkpoints yet (train first)"
 
@@ -475,7 +470,7 @@ def test_go_sh_trains_samples_and_reports_a_pixel24_bundle(tmp_path: Path, small
     assert stage_commands(first.stdout) == [
         f".venv/bin/python -m pip install --disable-pip-version-check wheels/{made.wheel}",
         ".venv/bin/bespoke-kohya train --resume . --preset pixel24 --no-sample --cpu",
-        ".venv/bin/bespoke-kohya sample --run . --dataset originals --epochs 1,2 --device cpu",
+        ".venv/bin/bespoke-kohya sample --run . --epochs 1,2 --device cpu",
         ".venv/bin/bespoke-kohya report --run .",
         ".venv/bin/python -m bespoke_kohya.bundle pack-results .",
     ]
@@ -509,7 +504,7 @@ def test_go_sh_trains_samples_and_reports_a_pixel24_bundle(tmp_path: Path, small
 @pytest.fixture(scope="module")
 def random_sd15(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight SD1.5 diffusers folder (the real architecture sd-scripts needs)."""
-    from bespoke_kohya import offline_sd as smoke
+    from bespoke_kohya.engines.kohya import offline_sd as smoke
 
     try:
         smoke.clip_bpe_path()
@@ -522,8 +517,8 @@ def random_sd15(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.sd_scripts
 def test_go_sh_trains_a_kohya_bundle_with_sd_scripts(tmp_path: Path, small_punks: Path, wheel: Path, random_sd15: Path):
     """The smoke path from an unpacked bundle: local sd-scripts, BASE_MODEL, CPU, 64 px, one epoch."""
-    from bespoke_kohya import offline_sd as smoke
-    from bespoke_kohya.vendor import find_sd_scripts
+    from bespoke_kohya.engines.kohya import offline_sd as smoke
+    from bespoke_kohya.engines.kohya.vendor import find_sd_scripts
 
     sd = find_sd_scripts(REPO)
     if sd is None:

@@ -13,8 +13,8 @@ import pytest
 
 from bespoke_kohya import captions as cap
 from bespoke_kohya.dataset import dedupe_phrases
-from bespoke_kohya.pixel24 import build_vocab, encode_caption
-from bespoke_kohya.presets import SampleSettings
+from bespoke_kohya.engines.pixel24.api import build_vocab, encode_caption
+from bespoke_kohya.settings import SampleSettings
 from bespoke_kohya.runfolder.records import read_run
 
 LABELS = json.loads((Path(__file__).parent / "data" / "caption_labels.json").read_text(encoding="utf-8"))
@@ -249,8 +249,8 @@ def test_captions_setting_is_validated(punks_dir: Path, tmp_path: Path):
 def test_pixel24_prompts_reach_the_model_as_words():
     import numpy as np
 
-    from bespoke_kohya import pixel24
-    from bespoke_kohya.presets import Pixel24Settings
+    from bespoke_kohya.engines.pixel24 import api as pixel24
+    from bespoke_kohya.engines.pixel24.settings import Pixel24Settings
 
     vocab = pixel24.build_vocab(["lady, grey background, pinkpurple glasses", "lad, grey background"], 1)
     settings = Pixel24Settings(block_out_channels=[16, 32], colour_dim=8, feature_dim=16)

@@ -69,7 +69,7 @@ def test_near_copies_are_counted_against_training_images(punks_dir: Path) -> Non
 @pytest.mark.slow
 def test_calibration_on_the_real_punks(punks_dir: Path, tmp_path: Path) -> None:
     """Two halves of the real set read about 0.5; CryptoPunks against Bespoke Punks about 1.0."""
-    from bespoke_kohya.standin import build_standin
+    from bespoke_kohya.engines.pixel24.standin import build_standin
 
     real = np.stack([load_rgb(p) for p in sorted(punks_dir.glob("*.png"))])
     order = np.random.default_rng(1).permutation(len(real))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bespoke_kohya.errors import UserError
-from bespoke_kohya.presets import PRESETS_DIR, Preset, apply_overrides, available_presets, explain, load_preset, read_preset_data
+from bespoke_kohya.presets import validate_preset, PRESETS_DIR, Preset, apply_overrides, available_presets, explain, load_preset, read_preset_data
 
 EXPECTED = {"pixel24", "pixnite_sd15", "sd15_192", "sd15_512", "sd15_576", "sdxl_24_native", "sdxl_512"}
 
@@ -15,7 +15,7 @@ EXPECTED = {"pixel24", "pixnite_sd15", "sd15_192", "sd15_512", "sd15_576", "sdxl
 def test_every_preset_file_validates():
     assert set(available_presets()) == EXPECTED
     for name in available_presets():
-        preset = Preset.model_validate(read_preset_data(PRESETS_DIR / f"{name}.toml"))
+        preset = validate_preset(read_preset_data(PRESETS_DIR / f"{name}.toml"), "test preset")
         assert preset.name == name
         text = (PRESETS_DIR / f"{name}.toml").read_text()
         assert text.startswith("#"), f"{name}.toml should open with a comment giving its command"
@@ -166,8 +166,8 @@ def test_parameter_estimate_matches_the_real_unet():
     pytest.importorskip("diffusers")
     from diffusers import UNet2DModel
 
-    from bespoke_kohya.pixel24.model import unet_config
-    from bespoke_kohya.presets import Pixel24Settings, unet_parameters
+    from bespoke_kohya.engines.pixel24.model import unet_config
+    from bespoke_kohya.engines.pixel24.settings import Pixel24Settings, unet_parameters
 
     for channels, layers in [([32, 64, 96], 1), ([16, 32], 1), ([32, 64, 96, 128], 2), ([64, 64], 4), ([4096, 4096, 4096], 4)]:
         settings = Pixel24Settings.model_construct(block_out_channels=channels, layers_per_block=layers, colour_dim=32, feature_dim=64)

@@ -22,6 +22,7 @@ from markupsafe import escape
 from PIL import Image
 
 from bespoke_kohya import report
+from bespoke_kohya.presets import validate_preset
 from bespoke_kohya.errors import UserError
 from bespoke_kohya.report.collect import status_notices
 from bespoke_kohya.report.page import SCALE, fmt
@@ -539,22 +540,31 @@ def test_prompts_are_escaped(small_run: FakeRun, tmp_path: Path) -> None:
     assert "lad, &lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &#34;quotes&#34;" in page  # markupsafe's spelling of quotes
 
 
-def test_originals_fall_back_to_prepared_data(small_run: FakeRun, tmp_path: Path, punks_dir: Path) -> None:
+def test_originals_come_from_the_runs_own_data_never_from_the_recorded_path(small_run: FakeRun, tmp_path: Path, punks_dir: Path) -> None:
+    """A run from elsewhere can name any folder as its dataset: its images must never reach the mailable page (issue 26)."""
     run = copy_run(small_run, tmp_path)
-    edit_json(run / "run.json", lambda d: d["dataset"].update(path=str(tmp_path / "moved-away")))
-    prepared = run / "data" / "10_bespoke_punk"
-    prepared.mkdir(parents=True)
-    originals = sorted(punks_dir.glob("*.png"))[:5]
-    for path in originals:  # what `render` writes: NEAREST upscales to the training resolution
-        Image.open(path).convert("RGB").resize((512, 512), Image.NEAREST).save(prepared / path.name)
+    private = tmp_path / "someone else's pictures"
+    private.mkdir()
+    secret = np.zeros((24, 24, 3), np.uint8)
+    secret[::2, ::2] = (255, 0, 255)
+    Image.fromarray(secret).save(private / "secret.png")
+    edit_json(run / "run.json", lambda d: d["dataset"].update(path=str(private)))
+    prepared = sorted((run / "data" / "10_bespoke_punk").glob("*.png"))
     page = report.write_report(run).read_text(encoding="utf-8")
     doc = json.loads((run / "report" / "metrics.json").read_text(encoding="utf-8"))
-    assert "training originals not found at" in page
-    assert doc["reference"]["images"] == 5
+    assert doc["reference"]["images"] == len(prepared)
     strip = page[page.index('id="originals"') : page.index('id="metrics"')]
     arrays = [decode_png(b64) for b64, _ in STRIP_RE.findall(strip)]
-    assert len(arrays) == 5
-    assert all(np.array_equal(a, np.asarray(Image.open(p).convert("RGB"))) for a, p in zip(arrays, originals))
+    assert arrays and all(np.array_equal(a, np.asarray(Image.open(p).convert("RGB").resize((24, 24), Image.NEAREST))) for a, p in zip(arrays, prepared))
+    every_image = [decode_png(b64) for b64 in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+    assert not any(a.shape == secret.shape and np.array_equal(a, secret) for a in every_image)
+
+
+def test_a_run_without_its_data_has_no_reference_row(small_run: FakeRun, tmp_path: Path) -> None:
+    run = copy_run(small_run, tmp_path)
+    shutil.rmtree(run / "data")
+    page = report.write_report(run).read_text(encoding="utf-8")
+    assert "training images are missing" in page and "no reference row" in page
 
 
 def test_not_a_run_directory(tmp_path: Path) -> None:
@@ -623,11 +633,11 @@ def test_report_of_a_run_sampled_by_the_real_sampler(tmp_path: Path, punks_dir: 
     base = build_tiny_sd15(tmp_path / "base")
     run = tmp_path / "run"
     loras = {e: write_kohya_lora(base, run / "checkpoints" / f"bespoke-{e:06d}.safetensors", seed=e, epoch=e) for e in (1, 2)}
-    preset = Preset.model_validate({
+    preset = validate_preset({
         "name": "tiny", "description": "tiny random SD1.5", "engine": "kohya", "family": "sd15",
         "kohya": {"pretrained_model_name_or_path": str(base), "resolution": 64, "output_name": "bespoke"},
         "sample": {"steps": 2, "width": 64, "height": 64, "seeds": [1, 2], "prompts": ["lad, green solid background", "lady, blonde hair"], "postprocess": "grid", "palette_max_delta_e": None},
-    })
+    }, "test preset")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the tiny model gains nothing from two threads on a shared CPU
     try:
@@ -683,7 +693,7 @@ def test_template_and_css_ship_in_the_wheel(small_run: FakeRun, tmp_path: Path) 
     import sys
     import zipfile
 
-    from bespoke_kohya.bundle import build_wheel
+    from bespoke_kohya.bundle.build import build_wheel
 
     wheel = build_wheel(Path(report.__file__).resolve().parents[2], tmp_path / "dist")
     with zipfile.ZipFile(wheel) as zf:

@@ -13,7 +13,8 @@ from PIL import Image
 
 from bespoke_kohya.dataset import check_dataset, prepare
 from bespoke_kohya.presets import load_preset
-from bespoke_kohya.reproduce import FAIL, NA, PASS, SKIPPED, Checklist, check_upscale, config_differences
+from bespoke_kohya.engines.kohya.recipe import config_differences
+from bespoke_kohya.reproduce import FAIL, NA, PASS, SKIPPED, Checklist, check_upscale
 
 
 def test_documented_preset_has_no_config_differences():

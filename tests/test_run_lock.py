@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from bespoke_kohya import train as train_verb
-from bespoke_kohya.engines import Outcome, TrainOptions, session
+from bespoke_kohya.engines import session
+from bespoke_kohya.engines.protocol import Outcome, TrainOptions, TrainSession
 from bespoke_kohya.errors import UserError
 from bespoke_kohya.presets import load_preset
 from bespoke_kohya.report.collect import read_record, status_notices
@@ -31,17 +32,18 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = '''
 import sys, time
 from pathlib import Path
-from bespoke_kohya.engines import TrainOptions, session
+from bespoke_kohya.engines import session
+from bespoke_kohya.engines.protocol import TrainOptions, TrainSession
 from bespoke_kohya.runfolder.records import RunHandle
 
 class StillTraining:
-    def train(self, run, options, progress):
+    def train(self, run, session, options, progress):
         run.record_epoch(1, "checkpoints/e-000001.safetensors")
         print("epoch 1", flush=True)
         time.sleep(600)
 
 session.get_engine = lambda name: StillTraining()
-session.run_session(RunHandle.open(Path(sys.argv[1])), TrainOptions(), lambda event: None)
+session.train_run(RunHandle.open(Path(sys.argv[1])), TrainSession(["train"]), TrainOptions(), lambda event: None)
 '''
 
 
@@ -111,16 +113,15 @@ def test_a_killed_trainer_leaves_an_interrupted_run_that_resume_continues(traini
     class Continues:
         """Continues after the last recorded epoch, as the kohya engine does from its saved state."""
 
-        def plan(self, run: RunHandle, options: TrainOptions) -> list[str]:
+        def start_session(self, run: RunHandle, options: TrainOptions) -> TrainSession:
             seen.append((run.record.status, dict(run.record.epochs)))
-            return ["train"]
+            return TrainSession(["train"])
 
-        def train(self, run: RunHandle, options: TrainOptions, progress) -> Outcome:
+        def train(self, run: RunHandle, session: TrainSession, options: TrainOptions, progress) -> Outcome:
             assert holder(run.dir, TRAIN).pid == os.getpid()
             run.record_epoch(max(map(int, run.record.epochs)) + 1, "checkpoints/e-000002.safetensors")
             return Outcome(Status.FINISHED, 0)
 
-    monkeypatch.setattr(train_verb, "get_engine", lambda name: Continues())
     monkeypatch.setattr(session, "get_engine", lambda name: Continues())
     from rich.console import Console
 

@@ -1,9 +1,4 @@
-"""Building a bundle: the run rendered into a private folder, its base relocated, go.sh and bundle.json added, packed.
-
-The engine says what the run starts from (`Engine.base_model`) and how to change it
-(`Engine.with_base`); a path of this machine never goes into the bundle: a local base is
-either packed into ``base/`` (`--include-base`) or recorded as where go.sh will look for it.
-"""
+"""Building a bundle: the run rendered into a private folder, its base relocated (base.py), go.sh and bundle.json added, packed."""
 
 from __future__ import annotations
 
@@ -18,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..atomic import write_json_atomic
 from ..engines import get_engine
 from ..errors import UserError
 from ..paths import REPO_ROOT
-from ..runfolder import BASE_DIR, BUNDLE_JSON, DATA, GO_SH, NOT_TRAINED, VENDOR, WHEELS, Status, now_iso, run_document, write_run_document
+from ..runfolder import BASE_DIR, DATA, GO_SH, VENDOR, WHEELS, Status, now_iso, write_bundle_document, write_run_document
+from .base import BaseRelocation, pack_base, apply_base, relocate_base
 from .tarball import find_leaks, tree_members, write_tarball
 from .wheel import build_wheel, check_wheel, source_root, source_root_or_none
 
@@ -70,102 +65,7 @@ def go_script(engine: str, wheel: str, run_id: str, preset: str) -> str:
     return template
 
 
-# ---------------------------------------------------------------- the base model
-
-
-@dataclass
-class BaseRelocation:
-    """What happens to the run's base model in the bundle."""
-
-    key: str  # the preset field holding it, dotted
-    original: str | None  # the value the preset resolved to on this machine
-    value: str | None  # the value the bundle records
-    source: Path | None  # a local file/folder to pack into base/, or None
-    notes: list[str]
-
-
-def relocate_base(preset: Any, include_base: bool) -> BaseRelocation:
-    """Where the bundle's run will find its base model on the GPU box (and what to pack with --include-base)."""
-    ref = get_engine(preset.engine).base_model(preset)
-    if ref is None or not ref.value:
-        if include_base:
-            raise UserError(f"--include-base: the preset has no {ref.key if ref else 'base model'} file to pack")
-        return BaseRelocation(ref.key if ref else "", ref.value if ref else None, ref.value if ref else None, None, [])
-    key, value = ref.key, ref.value
-    if ref.hub:
-        if include_base:
-            raise UserError(
-                f"--include-base packs a local base model, but {key} = {value!r} is a hub id; download it once "
-                f"(hf download {value} --local-dir DIR) and pass --set {key.split('.')[-1]}=DIR --include-base"
-            )
-        return BaseRelocation(key, value, value, None, [f"base model {value} is not packed: it is downloaded on the GPU box (or run BASE_MODEL=/path ./go.sh there)"])
-    source = Path(value).expanduser().resolve()
-    relative = f"{BASE_DIR}/{source.name}"
-    if include_base:
-        if not source.exists():
-            raise UserError(f"--include-base: {key} = {value}: no such file or folder; fix the path (--set {key.split('.')[-1]}=PATH)")
-        return BaseRelocation(key, value, relative, source, [f"base model {source.name} packed into {BASE_DIR}/"])
-    # A path of this machine means nothing on the GPU box: record where go.sh will look for it instead.
-    return BaseRelocation(key, value, relative, None, [f"local base {value} is not packed (--include-base packs it): on the GPU box copy it to {relative} in the run folder or run BASE_MODEL=/path ./go.sh"])
-
-
-def apply_base(run_dir: Path, value: str, record: dict[str, Any]) -> None:
-    """Make `value` the run's base in `record` (not saved) and re-render config/ from the changed preset."""
-    from ..presets import validate_preset
-    from ..render import rewrite_config
-
-    preset = validate_preset(record["resolved"], f"{run_dir}/run.json resolved")
-    preset = get_engine(preset.engine).with_base(preset, value)
-    record["resolved"] = preset.model_dump(mode="json")
-    rewrite_config(run_dir, preset)
-
-
-def set_base(run_dir: Path, path: str) -> str:
-    """`go.sh` with `BASE_MODEL=/path`: make the run train from that local model. Returns what it did.
-
-    Idempotent (the same path again changes nothing). Refused once training has started
-    from another base, because resuming with a different base would mix two models.
-    """
-    from ..presets import validate_preset
-
-    record = run_document(run_dir)
-    preset = validate_preset(record.get("resolved"), f"{run_dir}/run.json resolved")
-    ref = get_engine(preset.engine).base_model(preset)
-    if ref is None:
-        raise UserError(f"BASE_MODEL={path}: the {preset.engine} engine starts from no base model; run ./go.sh without BASE_MODEL")
-    base = Path(path).expanduser()
-    if not base.exists():
-        raise UserError(f"BASE_MODEL={path}: no such file or folder; give a diffusers folder or a .safetensors checkpoint on this machine")
-    value = str(base.resolve())
-    if ref.value == value:
-        return f"{ref.key} is already {value}"
-    status = record.get("status")
-    if status not in NOT_TRAINED:
-        raise UserError(f"BASE_MODEL={path}: this run already trained from {ref.value} (status {status}); run ./go.sh without BASE_MODEL, or unpack the bundle afresh to use another base")
-    apply_base(run_dir, value, record)
-    record.setdefault("base_changes", []).append({"field": ref.key, "from": ref.value, "to": value, "at": now_iso(), "by": "go.sh BASE_MODEL"})
-    write_run_document(run_dir, record)
-    bundle_json = run_dir / BUNDLE_JSON
-    if bundle_json.is_file():  # go.sh's base stage reads the base from here
-        from .gohelper import read_json
-
-        write_json_atomic(bundle_json, {**read_json(bundle_json), "base": value})
-    return f"{ref.key}: {ref.value} -> {value}"
-
-
 # ---------------------------------------------------------------- building a bundle
-
-
-def _pack_base(source: Path, dest_dir: Path) -> str:
-    """Copy a local base (file or folder) into `dest_dir`; returns its path relative to the run. Links are refused."""
-    dest_dir.mkdir()
-    target = dest_dir / source.name
-    if source.is_dir():
-        tree_members(source)  # refuses a symlink anywhere inside: one could point out of the folder, or loop
-        shutil.copytree(source, target, symlinks=True)
-    else:
-        shutil.copyfile(source, target)
-    return f"{BASE_DIR}/{source.name}"
 
 
 def _record_for_bundle(record: dict[str, Any], report: Any, dataset_dir: Path, base: BaseRelocation) -> dict[str, Any]:
@@ -191,7 +91,7 @@ def _fill_run(preset: Any, overrides: list[str], dataset_dir: Path, run_dir: Pat
     run_dir, record = run.dir, run.record.as_dict()
     report = check_dataset(dataset_dir, preset.dataset.caption_extension)
     if base.source is not None:
-        _pack_base(base.source, run_dir / BASE_DIR)
+        pack_base(base.source, run_dir / BASE_DIR)
     if base.value != base.original:
         apply_base(run_dir, base.value or "", record)
     write_run_document(run_dir, _record_for_bundle(record, report, dataset_dir, base))
@@ -220,7 +120,7 @@ def _fill_run(preset: Any, overrides: list[str], dataset_dir: Path, run_dir: Pat
         "created": now_iso(),
         **engine.bundle_fields(preset),
     }
-    write_json_atomic(run_dir / BUNDLE_JSON, manifest)
+    write_bundle_document(run_dir, manifest)
     return wheel_path.name
 
 

@@ -11,19 +11,25 @@ has no tools, no pre-flight and no base outside the run.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..engines import engine_hooks
 from ..errors import UserError
-from ..runfolder import BUNDLE_JSON, INSTALL_DONE, REPORT, RESULTS, RUN_JSON, SAMPLES_JSON, Status, epoch_checkpoints, run_document, unsampled_epochs
+from ..runfolder import INSTALL_DONE, REPORT, RESULTS, RUN_JSON, SAMPLES_JSON, Status, bundle_document, epoch_checkpoints, run_document, unsampled_epochs
 
 STAGES = ("install", "tools", "base", "train", "sample", "report", "results")
 # `state` exits with this when a stage still has work to do (0: done; 2: a UserError).
 NOT_DONE = 10
+
+
+class StageState(NamedTuple):
+    """Whether a go.sh stage is complete, and why (one line for the terminal)."""
+
+    done: bool
+    reason: str
 
 
 def human_size(size: int) -> str:
@@ -36,19 +42,6 @@ def human_size(size: int) -> str:
     raise AssertionError("unreachable")
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON file as a dict, or a UserError naming the file."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found; is this a bespoke-kohya run folder (unpacked from a bundle)?") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not readable JSON ({exc}); unpack the bundle again") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object, found {type(data).__name__}; unpack the bundle again")
-    return data
-
-
 def _hooks(record: dict[str, Any]) -> ModuleType | None:
     """The run's engine's go.sh hooks (its gosh.py), or None when it has none."""
     return engine_hooks(str(record.get("engine") or (record.get("resolved") or {}).get("engine")), "gosh")
@@ -58,11 +51,15 @@ def _mtime(path: Path) -> float:
     return path.stat().st_mtime if path.exists() else 0.0
 
 
-def stage_state(run_dir: Path, stage: str) -> tuple[bool, str]:
+def stage_state(run_dir: Path, stage: str) -> StageState:
     """Whether `stage` of go.sh is already done in `run_dir`, and why (checks real state, not only markers)."""
+    return StageState(*_stage_state(run_dir, stage))
+
+
+def _stage_state(run_dir: Path, stage: str) -> tuple[bool, str]:
     if stage not in STAGES:
         raise UserError(f"stage {stage!r}: expected one of {', '.join(STAGES)}")
-    bundle = read_json(run_dir / BUNDLE_JSON)
+    bundle = bundle_document(run_dir)
     record = run_document(run_dir)
     hooks = _hooks(record)
     epochs = epoch_checkpoints(record)
@@ -133,7 +130,7 @@ def _tools_command(run_dir: Path) -> list[str]:
     hooks = _hooks(run_document(run_dir))
     if hooks is None or not hasattr(hooks, "tools_command"):
         return []
-    args = [str(a) for a in hooks.tools_command(run_dir, read_json(run_dir / BUNDLE_JSON))]
+    args = [str(a) for a in hooks.tools_command(run_dir, bundle_document(run_dir))]
     if any("\n" in a for a in args):  # go.sh reads one argument a line
         raise UserError(f"the engine's install command has an argument with a line break: {args!r}")
     return args
@@ -142,13 +139,6 @@ def _tools_command(run_dir: Path) -> list[str]:
 def _simple(run_dir: Path, hook: str, default: Any) -> Any:
     hooks = _hooks(run_document(run_dir))
     return getattr(hooks, hook)(run_dir) if hooks is not None and hasattr(hooks, hook) else default
-
-
-def set_base(run_dir: Path, path: str) -> str:
-    """`BASE_MODEL=/path ./go.sh`: train from that local model (needs the installed package: pydantic)."""
-    from .build import set_base as _set
-
-    return _set(run_dir, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             hooks = _hooks(run_document(run_dir))
             print(getattr(hooks, "USAGE_ENV", "") if hooks is not None else "")
         elif args.command == "set-base":
+            from .base import set_base  # needs the installed package (pydantic): go.sh runs it with .venv's python
+
             print(set_base(run_dir, args.path))
         else:
             from .results import pack_results

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from ..runfolder import BUNDLE_JSON, RESULTS, RUN_JSON, run_document
+from ..runfolder import BUNDLE_JSON, RESULTS, RUN_JSON, bundle_document, run_document
 from .tarball import tree_members, write_tarball
 
 # What `results.tar.gz` carries home: everything the report and a later comparison read.
@@ -22,9 +22,7 @@ RESULT_ITEMS = (RUN_JSON, BUNDLE_JSON, "reproduce.json", "config", "logs", "chec
 
 def _resume_only(run_dir: Path) -> list[str]:
     """The engine's resume-only patterns, as the bundle recorded them."""
-    from .gohelper import read_json
-
-    patterns = read_json(run_dir / BUNDLE_JSON).get("resume_only") if (run_dir / BUNDLE_JSON).is_file() else None
+    patterns = bundle_document(run_dir).get("resume_only") if (run_dir / BUNDLE_JSON).is_file() else None
     return [p for p in patterns if isinstance(p, str)] if isinstance(patterns, list) else []
 
 

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..errors import UserError
-
-if TYPE_CHECKING:  # the protocol imports pydantic models; the registry must not
-    from .protocol import Engine
 
 # engine name (a preset's `engine`) -> its package, which holds engine.py (ENGINE) and settings.py.
 REGISTRY: dict[str, str] = {
@@ -38,8 +35,10 @@ def _unknown(name: object) -> UserError:
     return UserError(f"engine {name!r} is unknown; presets may use {', '.join(sorted(REGISTRY))}")
 
 
-def get_engine(name: str) -> "Engine":
-    """The engine a preset names, or a UserError listing the known ones."""
+def get_engine(name: str) -> Any:
+    """The engine a preset names (an :class:`.protocol.Engine`), or a UserError listing the known ones.
+
+    Typed loosely on purpose: the protocol imports pydantic models, the registry only the standard library."""
     if not isinstance(name, str) or name not in REGISTRY:
         raise _unknown(name)
     return importlib.import_module(f"{REGISTRY[name]}.engine").ENGINE

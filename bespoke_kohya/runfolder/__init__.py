@@ -189,6 +189,18 @@ def inside_run(run_dir: Path, rel: str) -> str | None:
         return None
 
 
+def bundle_document(run_dir: Path) -> dict[str, Any]:
+    """bundle.json of a run unpacked from a bundle (what was packed, for go.sh); a UserError when it is missing or damaged."""
+    doc = load_object(Path(run_dir) / BUNDLE_JSON, "unpack the bundle again")
+    if doc is None:
+        raise UserError(f"{Path(run_dir) / BUNDLE_JSON}: not found; is this a bespoke-kohya run folder (unpacked from a bundle)?")
+    return doc
+
+
+def write_bundle_document(run_dir: Path, doc: dict[str, Any]) -> None:
+    write_json_atomic(Path(run_dir) / BUNDLE_JSON, doc)
+
+
 def reproduce_document(run_dir: Path) -> dict[str, Any] | None:
     """reproduce.json (the checklist table), if the run has one."""
     return load_object(Path(run_dir) / REPRODUCE_JSON, "run `bespoke-kohya reproduce` again")

@@ -205,12 +205,14 @@ def build_fake_run(
     reproduce: dict[str, Any] | None = None,
     heldout_seeds: int = 0,
     validation: dict[int, float] | None = None,
+    prepared: bool = True,
 ) -> FakeRun:
     """Write a run directory (see the module docstring) and return what is in it.
 
     ``skip_sample_epochs``: epochs whose checkpoint exists but that were never sampled.
     ``skip_checkpoint_epochs``: epochs with no checkpoint at all (a gap in run.json).
     ``status="failed"``: run.json records a failure (cause + log tail).
+    ``prepared=False``: no data/ (a run copied without its training images).
     """
     punks = load_punks(dataset_dir)
     preset = fake_preset()
@@ -226,9 +228,10 @@ def build_fake_run(
     (run_dir / "logs" / "train.log").write_text("epoch 1/3\nepoch 2/3\nepoch 3/3\n", encoding="utf-8")
     if with_loss:
         write_loss(run_dir, loss_rows(epochs, steps_per_epoch=40))
+    if prepared:
+        write_prepared(run_dir, dataset_dir, punks, size)
     if heldout_seeds:
         _, fake.heldout = split_heldout([f"{name}.png" for name, _ in punks], 0.1, 42)
-        write_prepared(run_dir, dataset_dir, punks, fake.heldout, size)
     if validation is not None:
         write_validation(run_dir, [ValidationRow(epoch=e, step=e * 40, loss=v) for e, v in validation.items()])
     if with_samples:
@@ -291,14 +294,13 @@ def fake_samples(
 # ------------------------------------------------------------------ held-out validation
 
 
-def write_prepared(run_dir: Path, dataset_dir: Path, punks: list[tuple[str, np.ndarray]], heldout: list[str], size: int) -> None:
-    """What `render` leaves in data/ for the held-out images: NEAREST upscales and their captions."""
+def write_prepared(run_dir: Path, dataset_dir: Path, punks: list[tuple[str, np.ndarray]], size: int) -> None:
+    """What `render` leaves in data/: every image NEAREST-upscaled, with its caption (later stages read the originals from here)."""
     folder = run_dir / "data" / "10_bespoke_punk"
     for name, art in punks:
-        if f"{name}.png" in heldout:
-            save(upscale(art, size), folder / f"{name}.png")
-            caption = dataset_dir / f"{name}.txt"
-            (folder / f"{name}.txt").write_text(caption.read_text(encoding="utf-8") if caption.is_file() else f"bespoke punk {name}\n", encoding="utf-8")
+        save(upscale(art, size), folder / f"{name}.png")
+        caption = dataset_dir / f"{name}.txt"
+        (folder / f"{name}.txt").write_text(caption.read_text(encoding="utf-8") if caption.is_file() else f"bespoke punk {name}\n", encoding="utf-8")
 
 
 def heldout_caption(run_dir: Path, name: str) -> str:

@@ -17,3 +17,13 @@ def write_record(run_dir: Path, preset: Preset, dataset: Path, epochs: dict[str,
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run(run_dir, record)
     return record
+
+
+def write_training_images(run_dir: Path, preset: Preset, dataset: Path) -> Path:
+    """data/<repeats>_<concept>/ as `render` prepares it from ``dataset`` (later stages read the originals there)."""
+    from bespoke_kohya.dataset import check_dataset, prepare
+
+    d = preset.dataset
+    report = check_dataset(dataset, d.caption_extension)
+    return prepare(report, run_dir / "data", resolution=preset.resolution, num_repeats=d.num_repeats, concept=d.concept,
+                   default_caption=d.default_caption, background=d.alpha_background, caption_extension=d.caption_extension).folder

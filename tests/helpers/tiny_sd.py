@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from bespoke_kohya.offline_sd import bytes_to_unicode  # CLIP's byte table, shared with the offline tokenizer
+from bespoke_kohya.engines.kohya.offline_sd import bytes_to_unicode  # CLIP's byte table, shared with the offline tokenizer
 
 # Words of the default prompt suite get whole-word tokens; anything else falls back to
 # single characters, which CLIP's BPE also does for unknown words.

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bespoke_kohya import vendor
+from bespoke_kohya.engines.kohya import vendor
 from bespoke_kohya.errors import UserError
-from bespoke_kohya.vendor import (
+from bespoke_kohya.engines.kohya.vendor import (
     SD_SCRIPTS_TAG,
     SdScripts,
     doctor_rows,
@@ -24,8 +24,8 @@ from bespoke_kohya.vendor import (
     read_key_list,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parent / "data"
+REPO = Path(__file__).resolve().parents[3]
+DATA = Path(__file__).resolve().parents[2] / "data"
 KEY_FILES = [f"sd_scripts_{SD_SCRIPTS_TAG}_args.txt", f"sd_scripts_{SD_SCRIPTS_TAG}_sdxl_args.txt", f"sd_scripts_{SD_SCRIPTS_TAG}_dataset_keys.txt"]
 # What OpenAI's CLIP tokenizer gives for this text (ids of openai/clip-vit-large-patch14).
 CAT_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]
@@ -349,7 +349,7 @@ def test_doctor_reports_the_real_install(real_sd: SdScripts, tmp_path: Path, mon
 
 @pytest.fixture(scope="module")
 def tokenizer_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from bespoke_kohya import offline_sd as smoke
+    from bespoke_kohya.engines.kohya import offline_sd as smoke
 
     try:
         smoke.clip_bpe_path()
@@ -391,7 +391,7 @@ def test_random_sd15_loads_identically_in_both_environments(real_sd: SdScripts, 
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from bespoke_kohya import offline_sd as smoke
+    from bespoke_kohya.engines.kohya import offline_sd as smoke
 
     try:
         smoke.clip_bpe_path()

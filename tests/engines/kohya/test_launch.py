@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bespoke_kohya.launch import build_command, parse_line, run_streaming
+from bespoke_kohya.engines.kohya.launch import build_command, parse_line, run_streaming
 from bespoke_kohya.presets import load_preset
 
 SD = Path("/opt/sd scripts")
@@ -159,7 +159,7 @@ def test_a_recognised_cause_ends_the_output_without_the_traceback(tmp_path: Path
 
     from rich.console import Console
 
-    from bespoke_kohya.engines import Outcome
+    from bespoke_kohya.engines.protocol import Outcome
     from bespoke_kohya.engines.session import finish_message
     from bespoke_kohya.runfolder import Status
     from bespoke_kohya.runfolder.records import Failure, RunHandle, RunRecord

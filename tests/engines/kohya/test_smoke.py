@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bespoke_kohya import smoke
+from bespoke_kohya.engines.kohya import smoke
 from bespoke_kohya.dataset import check_dataset
 from bespoke_kohya.errors import UserError
-from bespoke_kohya.smoke import choose_images, run_smoke, synthetic_punks
-from bespoke_kohya.vendor import find_sd_scripts
+from bespoke_kohya.engines.kohya.smoke import choose_images, run_smoke, synthetic_punks
+from bespoke_kohya.engines.kohya.vendor import find_sd_scripts
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_real_punks_are_spread_over_the_set_with_captions(punks_dir: Path, tmp_path: Path):

@@ -1,4 +1,4 @@
-"""The diffusers sampler on a tiny random-weight SD1.5 built here and real kohya-format LoRAs.
+"""The kohya engine's diffusers sampler, and the epoch loop it draws through, on a tiny random-weight SD1.5 and real kohya-format LoRAs.
 
 What is proved: a LoRA changes the output and every one of its modules lands on a
 layer; removing it restores the base output bit for bit; a seed reproduces exactly
@@ -24,13 +24,17 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from bespoke_kohya import sample
+from bespoke_kohya.devices import resolve_device
+from bespoke_kohya.engines.kohya import sampler as kohya
 from bespoke_kohya.errors import UserError
 from bespoke_kohya.postprocess import PostprocessOptions, postprocess
-from bespoke_kohya.presets import Preset, SampleSettings
-from bespoke_kohya.sample import SampleJob
+from bespoke_kohya.presets import validate_preset
+from bespoke_kohya.settings import Preset, SampleSettings
+from bespoke_kohya.engines.protocol import SampleJob
+from bespoke_kohya.runfolder import file_sha256
 
 from tests.helpers.punks import copy_punks
-from tests.helpers.runs import write_record
+from tests.helpers.runs import write_record, write_training_images
 from tests.helpers.tiny_sd import build_tiny_sd15, kohya_lora_state_dict, kohya_metadata, write_kohya_lora
 
 SIZE = (64, 64)
@@ -45,11 +49,11 @@ def tiny_preset(base: Path | str, family: str = "sd15", **sample_over: object) -
     """A kohya preset whose base is the tiny model, sampling 64×64 in 2 steps."""
     sample_table = {"steps": 2, "guidance_scale": 7.5, "scheduler": "euler_a", "width": 64, "height": 64,
                     "seeds": [1, 2], "postprocess": "nearest", "palette_max_delta_e": None, **sample_over}
-    return Preset.model_validate({
+    return validate_preset({
         "name": "tiny", "description": "tiny random SD1.5", "engine": "kohya", "family": family,
         "kohya": {"pretrained_model_name_or_path": str(base), "resolution": 64, "output_name": "bespoke"},
         "sample": sample_table,
-    })
+    }, "test preset")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -80,8 +84,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def pipe(tiny: dict[str, Path]):
     """The tiny base, loaded once through the sampler's own loader (as a local diffusers folder)."""
-    p = sample.load_base(tiny_preset(tiny["base"]), device="cpu")
-    p.scheduler = sample.scheduler_for("euler_a", p.scheduler.config)
+    p = kohya.load_base(tiny_preset(tiny["base"]), device="cpu")
+    p.scheduler = kohya.scheduler_for("euler_a", p.scheduler.config)
     return p
 
 
@@ -89,7 +93,7 @@ SETTINGS = SampleSettings(steps=2, guidance_scale=7.5, scheduler="euler_a", seed
 
 
 def draw(pipe, seed: int = 1, prompt: str = PROMPTS[0]) -> np.ndarray:
-    return np.asarray(sample.generate(pipe, prompt, seed, SETTINGS, SIZE, NEGATIVE))
+    return np.asarray(kohya.draw_image(pipe, prompt, seed, SETTINGS, SIZE, NEGATIVE))
 
 
 # ------------------------------------------------------------------ apply / remove / seeds
@@ -97,15 +101,15 @@ def draw(pipe, seed: int = 1, prompt: str = PROMPTS[0]) -> np.ndarray:
 
 def test_lora_changes_output_and_removing_it_restores_the_base_exactly(pipe, tiny) -> None:
     before = draw(pipe)
-    tensors, _ = sample.read_lora(tiny["lora1"])
-    expected_modules = len(sample.lora_module_names(tensors))
-    with sample.lora_applied(pipe, tiny["lora1"]) as metadata:
+    tensors, _ = kohya.read_lora(tiny["lora1"])
+    expected_modules = len(kohya.lora_module_names(tensors))
+    with kohya.lora_applied(pipe, tiny["lora1"]) as metadata:
         # Every kohya module (U-Net and text encoder) found its layer: none silently dropped.
-        assert sample._adapted_modules(pipe, sample.ADAPTER) == expected_modules
-        assert expected_modules > 40 and any(n.startswith("lora_te_") for n in sample.lora_module_names(tensors))
+        assert kohya._adapted_modules(pipe, kohya.ADAPTER) == expected_modules
+        assert expected_modules > 40 and any(n.startswith("lora_te_") for n in kohya.lora_module_names(tensors))
         with_lora = draw(pipe)
     assert metadata["ss_epoch"] == "1" and metadata["ss_network_dim"] == "4"
-    assert sample._adapted_modules(pipe, sample.ADAPTER) == 0
+    assert kohya._adapted_modules(pipe, kohya.ADAPTER) == 0
     after = draw(pipe)
     diff = np.abs(with_lora.astype(int) - before.astype(int))
     assert diff.mean() > 5, f"the LoRA barely changed the image (mean |diff| {diff.mean():.2f})"
@@ -120,7 +124,7 @@ def test_text_encoder_part_of_the_lora_is_applied_too(pipe, tiny, tmp_path: Path
     ids = pipe.tokenizer(PROMPTS[0], padding="max_length", max_length=77, return_tensors="pt").input_ids
     with torch.no_grad():
         base_emb = pipe.text_encoder(ids)[0]
-        with sample.lora_applied(pipe, path):
+        with kohya.lora_applied(pipe, path):
             lora_emb = pipe.text_encoder(ids)[0]
         restored = pipe.text_encoder(ids)[0]
     assert (lora_emb - base_emb).abs().max() > 1e-2
@@ -152,7 +156,7 @@ def test_sample_epochs_writes_every_file_and_records_them(pipe, tiny, tmp_path: 
     lora.write_bytes(tiny["lora1"].read_bytes())
     options = PostprocessOptions(method="grid")
     jobs = [SampleJob(0, None), SampleJob(1, lora)]
-    doc = sample.sample_epochs(pipe, jobs, PROMPTS, [1, 2], SETTINGS, run / "samples", size=SIZE,
+    doc = kohya.sample_epochs(pipe, jobs, PROMPTS, [1, 2], SETTINGS, run / "samples", size=SIZE,
                                negative_prompt=NEGATIVE, postprocess_options=options, progress=False)
 
     on_disk = json.loads((run / "samples" / "samples.json").read_text(encoding="utf-8"))
@@ -167,7 +171,7 @@ def test_sample_epochs_writes_every_file_and_records_them(pipe, tiny, tmp_path: 
     e0, e1 = doc["epochs"]["0"], doc["epochs"]["1"]
     assert e0["base_only"] and e0["checkpoint"] is None and e0["sha256"] is None
     assert e1["checkpoint"] == "checkpoints/bespoke-000001.safetensors"
-    assert e1["sha256"] == hashlib.sha256(lora.read_bytes()).hexdigest() == sample.lora_sha256(lora)
+    assert e1["sha256"] == hashlib.sha256(lora.read_bytes()).hexdigest() == file_sha256(lora)
     assert e1["lora_metadata"]["ss_epoch"] == "1"
     assert e0["suite_id"] == e1["suite_id"] == doc["suite_id"]
 
@@ -196,8 +200,8 @@ def test_sample_epochs_writes_every_file_and_records_them(pipe, tiny, tmp_path: 
 def test_an_epoch_looks_the_same_whatever_was_sampled_before_it(pipe, tiny, tmp_path: Path) -> None:
     opts = PostprocessOptions(method="nearest")
     kw = dict(size=SIZE, negative_prompt=NEGATIVE, postprocess_options=opts, progress=False)
-    both = sample.sample_epochs(pipe, [SampleJob(1, tiny["lora1"]), SampleJob(2, tiny["lora2"])], PROMPTS[:1], [1], SETTINGS, tmp_path / "a" / "samples", **kw)
-    alone = sample.sample_epochs(pipe, [SampleJob(2, tiny["lora2"])], PROMPTS[:1], [1], SETTINGS, tmp_path / "b" / "samples", **{**kw, "progress": True})
+    both = kohya.sample_epochs(pipe, [SampleJob(1, tiny["lora1"]), SampleJob(2, tiny["lora2"])], PROMPTS[:1], [1], SETTINGS, tmp_path / "a" / "samples", **kw)
+    alone = kohya.sample_epochs(pipe, [SampleJob(2, tiny["lora2"])], PROMPTS[:1], [1], SETTINGS, tmp_path / "b" / "samples", **{**kw, "progress": True})
     read = lambda root, doc, e: np.asarray(Image.open(root / doc["epochs"][e]["images"][0]["full"]))  # noqa: E731
     e1, e2_after_e1 = read(tmp_path / "a", both, "1"), read(tmp_path / "a", both, "2")
     e2_alone = read(tmp_path / "b", alone, "2")
@@ -208,14 +212,14 @@ def test_an_epoch_looks_the_same_whatever_was_sampled_before_it(pipe, tiny, tmp_
 def test_samples_json_accumulates_and_resampling_replaces_an_epoch(pipe, tiny, tmp_path: Path) -> None:
     out = tmp_path / "run" / "samples"
     kw = dict(size=SIZE, negative_prompt=NEGATIVE, postprocess_options=PostprocessOptions(method="nearest"), progress=False)
-    sample.sample_epochs(pipe, [SampleJob(2, tiny["lora2"])], PROMPTS[:1], [1, 2], SETTINGS, out, **kw)
-    doc = sample.sample_epochs(pipe, [SampleJob(1, tiny["lora1"])], PROMPTS[:1], [1, 2], SETTINGS, out, **kw)
+    kohya.sample_epochs(pipe, [SampleJob(2, tiny["lora2"])], PROMPTS[:1], [1, 2], SETTINGS, out, **kw)
+    doc = kohya.sample_epochs(pipe, [SampleJob(1, tiny["lora1"])], PROMPTS[:1], [1, 2], SETTINGS, out, **kw)
     assert list(doc["epochs"]) == ["1", "2"]  # sorted numerically, both kept
     assert json.loads((out / "samples.json").read_text(encoding="utf-8"))["epochs"].keys() == {"1", "2"}
     # A LoRA outside the run folder is recorded by its absolute path.
     assert doc["epochs"]["2"]["checkpoint"] == str(tiny["lora2"].resolve())
     # Re-sampling epoch 1 with one seed replaces its folder: no stale seed-2 file remains.
-    doc = sample.sample_epochs(pipe, [SampleJob(1, tiny["lora1"])], PROMPTS[:1], [1], SETTINGS, out, **kw)
+    doc = kohya.sample_epochs(pipe, [SampleJob(1, tiny["lora1"])], PROMPTS[:1], [1], SETTINGS, out, **kw)
     assert sorted(p.name for p in (out / "epoch-001").iterdir()) == ["p01-s1.24.png", "p01-s1.png", "p01-s1.x8.png"]
     assert len(doc["epochs"]["1"]["images"]) == 1 and len(doc["epochs"]["2"]["images"]) == 2
     # Epoch 2 was drawn with another seed list: its suite id tells the report it is not comparable.
@@ -225,10 +229,10 @@ def test_samples_json_accumulates_and_resampling_replaces_an_epoch(pipe, tiny, t
 def test_a_failure_mid_epoch_keeps_the_previous_samples_intact(pipe, tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run" / "samples"
     kw = dict(size=SIZE, negative_prompt=NEGATIVE, postprocess_options=PostprocessOptions(method="nearest"), progress=False)
-    sample.sample_epochs(pipe, [SampleJob(1, tiny["lora1"])], PROMPTS[:1], [1, 2], SETTINGS, out, **kw)
+    kohya.sample_epochs(pipe, [SampleJob(1, tiny["lora1"])], PROMPTS[:1], [1, 2], SETTINGS, out, **kw)
     before_json = (out / "samples.json").read_bytes()
     before_files = {p.name: p.read_bytes() for p in (out / "epoch-001").iterdir()}
-    real_generate, calls = sample.generate, []
+    real_generate, calls = kohya.draw_image, []
 
     def failing_generate(*args, **kwargs):
         calls.append(1)
@@ -236,13 +240,13 @@ def test_a_failure_mid_epoch_keeps_the_previous_samples_intact(pipe, tiny, tmp_p
             raise KeyboardInterrupt
         return real_generate(*args, **kwargs)
 
-    monkeypatch.setattr(sample, "generate", failing_generate)
+    monkeypatch.setattr(kohya, "draw_image", failing_generate)
     with pytest.raises(KeyboardInterrupt):
-        sample.sample_epochs(pipe, [SampleJob(1, tiny["lora2"])], PROMPTS[:1], [1, 2], SETTINGS, out, **kw)
+        kohya.sample_epochs(pipe, [SampleJob(1, tiny["lora2"])], PROMPTS[:1], [1, 2], SETTINGS, out, **kw)
     assert (out / "samples.json").read_bytes() == before_json
     assert {p.name: p.read_bytes() for p in (out / "epoch-001").iterdir()} == before_files
     assert sorted(p.name for p in out.iterdir()) == ["epoch-001", "samples.json"], "a staging folder was left behind"
-    assert sample._adapted_modules(pipe, sample.ADAPTER) == 0, "the interrupted epoch's LoRA stayed applied"
+    assert kohya._adapted_modules(pipe, kohya.ADAPTER) == 0, "the interrupted epoch's LoRA stayed applied"
 
 
 def test_prompt_ids_are_zero_padded_in_suite_order() -> None:
@@ -269,7 +273,7 @@ def test_damaged_lora_is_a_user_error_naming_the_file_and_writes_nothing(pipe, t
         path.write_bytes(good)
     out = tmp_path / "run" / "samples"
     with pytest.raises(UserError) as err:
-        sample.sample_epochs(pipe, [SampleJob(0, None), SampleJob(3, path)], PROMPTS[:1], [1], SETTINGS, out, size=SIZE,
+        kohya.sample_epochs(pipe, [SampleJob(0, None), SampleJob(3, path)], PROMPTS[:1], [1], SETTINGS, out, size=SIZE,
                              negative_prompt=NEGATIVE, postprocess_options=PostprocessOptions(method="nearest"), progress=False)
     assert str(path) in str(err.value)
     assert not out.exists(), "a refused LoRA must be found before anything is drawn or written"
@@ -278,11 +282,11 @@ def test_damaged_lora_is_a_user_error_naming_the_file_and_writes_nothing(pipe, t
 def test_missing_lora_is_a_user_error_naming_the_file(pipe, tmp_path: Path) -> None:
     missing = tmp_path / "checkpoints" / "bespoke-000009.safetensors"
     with pytest.raises(UserError, match="not found") as err:
-        sample.sample_epochs(pipe, [SampleJob(9, missing)], PROMPTS[:1], [1], SETTINGS, tmp_path / "samples", size=SIZE,
+        kohya.sample_epochs(pipe, [SampleJob(9, missing)], PROMPTS[:1], [1], SETTINGS, tmp_path / "samples", size=SIZE,
                              negative_prompt=NEGATIVE, postprocess_options=PostprocessOptions(), progress=False)
     assert str(missing) in str(err.value)
     with pytest.raises(UserError, match="not found"):
-        sample.lora_sha256(missing)
+        file_sha256(missing)
 
 
 @pytest.mark.parametrize("mismatch", ["extra-module", "sdxl-text-encoder", "wrong-shape"])
@@ -300,10 +304,10 @@ def test_lora_for_another_model_is_refused_not_half_applied(pipe, tiny, tmp_path
     save_file(tensors, str(path), metadata=kohya_metadata(4, 2.0, 1))
     before = draw(pipe)
     with pytest.raises(UserError) as err:
-        sample.apply_lora(pipe, path)
+        kohya.apply_lora(pipe, path)
     assert str(path) in str(err.value)
     assert ("of its" in str(err.value)) if mismatch != "wrong-shape" else ("does not fit" in str(err.value))
-    assert sample._adapted_modules(pipe, sample.ADAPTER) == 0
+    assert kohya._adapted_modules(pipe, kohya.ADAPTER) == 0
     assert np.array_equal(draw(pipe), before), "a refused LoRA left layers behind"
 
 
@@ -312,92 +316,86 @@ def test_lora_for_another_model_is_refused_not_half_applied(pipe, tiny, tmp_path
 
 def test_resolve_device() -> None:
     if torch.cuda.is_available():
-        assert sample.resolve_device(None) == ("cuda", torch.float16)
+        assert resolve_device(None) == ("cuda", torch.float16)
     elif not torch.backends.mps.is_available():
-        assert sample.resolve_device(None) == ("cpu", torch.float32)
-    assert sample.resolve_device("CPU") == ("cpu", torch.float32)
+        assert resolve_device(None) == ("cpu", torch.float32)
+    assert resolve_device("CPU") == ("cpu", torch.float32)
     with pytest.raises(UserError, match="'gpu'"):
-        sample.resolve_device("gpu")
+        resolve_device("gpu")
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA GPU"):
-            sample.resolve_device("cuda:0")
+            resolve_device("cuda:0")
 
 
 def test_base_errors_name_the_path_and_the_fix(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = tmp_path / "nowhere" / "model.safetensors"
     with pytest.raises(UserError, match="no such file") as err:
-        sample.load_base(tiny_preset(missing), device="cpu")
+        kohya.load_base(tiny_preset(missing), device="cpu")
     assert str(missing) in str(err.value)
 
     ckpt = tmp_path / "pixnite.ckpt"
     ckpt.write_bytes(b"\x80\x04not really a pickle")
     with pytest.raises(UserError, match=r"\.safetensors only"):
-        sample.load_base(tiny_preset(ckpt), device="cpu")
+        kohya.load_base(tiny_preset(ckpt), device="cpu")
 
     corrupt = tmp_path / "pixnite.safetensors"
     corrupt.write_bytes(b"\x00" * 64)
     with pytest.raises(UserError, match="could not load this single-file checkpoint") as err:
-        sample.load_base(tiny_preset(corrupt), device="cpu")
+        kohya.load_base(tiny_preset(corrupt), device="cpu")
     assert str(corrupt) in str(err.value)
 
     empty_dir = tmp_path / "not-a-model"
     empty_dir.mkdir()
     with pytest.raises(UserError, match="no model_index.json"):
-        sample.load_base(tiny_preset(empty_dir), device="cpu")
+        kohya.load_base(tiny_preset(empty_dir), device="cpu")
 
     with pytest.raises(UserError, match="family is sdxl"):
-        sample.load_base(tiny_preset(tiny["base"], family="sdxl"), device="cpu")
+        kohya.load_base(tiny_preset(tiny["base"], family="sdxl"), device="cpu")
 
     with pytest.raises(UserError, match="is empty"):
-        sample.load_base(tiny_preset(""), device="cpu")
+        kohya.load_base(tiny_preset(""), device="cpu")
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError) as err:
-        sample.load_base(tiny_preset("bespoke-test/no-such-model-cached"), device="cpu")
+        kohya.load_base(tiny_preset("bespoke-test/no-such-model-cached"), device="cpu")
     assert "'bespoke-test/no-such-model-cached'" in str(err.value) and "HF_HUB_OFFLINE" in str(err.value)
     assert "hf download bespoke-test/no-such-model-cached" in str(err.value) and "--base" in str(err.value)
-
-
-def test_pixel24_runs_are_not_sampled_here() -> None:
-    preset = Preset.model_validate({"name": "p", "description": "d", "engine": "pixel24", "pixel24": {}})
-    with pytest.raises(UserError, match="pixel24 engine"):
-        sample.load_base(preset, device="cpu")
 
 
 def test_scheduler_choice_changes_the_image_and_is_checked(pipe) -> None:
     original = pipe.scheduler
     try:
         a = draw(pipe)
-        pipe.scheduler = sample.scheduler_for("ddim", original.config)
+        pipe.scheduler = kohya.scheduler_for("ddim", original.config)
         assert type(pipe.scheduler).__name__ == "DDIMScheduler"
         assert not np.array_equal(draw(pipe), a)
-        dpm = sample.scheduler_for("dpmsolver++", original.config)
+        dpm = kohya.scheduler_for("dpmsolver++", original.config)
         assert dpm.config.algorithm_type == "dpmsolver++"
     finally:
         pipe.scheduler = original
     with pytest.raises(UserError, match="'lms'"):
-        sample.scheduler_for("lms", original.config)
+        kohya.scheduler_for("lms", original.config)
 
 
 def test_bad_suite_is_refused_before_sampling(pipe, tmp_path: Path) -> None:
     kw = dict(negative_prompt="", postprocess_options=PostprocessOptions(), progress=False)
     with pytest.raises(UserError, match="seeds repeat"):
-        sample.sample_epochs(pipe, [SampleJob(0, None)], PROMPTS, [1, 1], SETTINGS, tmp_path, size=SIZE, **kw)
+        kohya.sample_epochs(pipe, [SampleJob(0, None)], PROMPTS, [1, 1], SETTINGS, tmp_path, size=SIZE, **kw)
     with pytest.raises(UserError, match="multiples of 2"):
-        sample.sample_epochs(pipe, [SampleJob(0, None)], PROMPTS, [1], SETTINGS, tmp_path, size=(65, 64), **kw)
+        kohya.sample_epochs(pipe, [SampleJob(0, None)], PROMPTS, [1], SETTINGS, tmp_path, size=(65, 64), **kw)
     with pytest.raises(UserError, match="listed twice"):
-        sample.sample_epochs(pipe, [SampleJob(0, None), SampleJob(0, None)], PROMPTS, [1], SETTINGS, tmp_path, size=SIZE, **kw)
+        kohya.sample_epochs(pipe, [SampleJob(0, None), SampleJob(0, None)], PROMPTS, [1], SETTINGS, tmp_path, size=SIZE, **kw)
     assert not (tmp_path / "samples.json").exists()
 
 
 def test_clip_skip_follows_kohya_numbering(tiny) -> None:
     preset = tiny_preset(tiny["base"])
-    assert sample.kohya_clip_skip_to_diffusers(preset) is None
+    assert kohya.kohya_clip_skip_to_diffusers(preset) is None
     preset.kohya.clip_skip = 2  # kohya: penultimate layer = diffusers clip_skip 1
-    assert sample.kohya_clip_skip_to_diffusers(preset) == 1
+    assert kohya.kohya_clip_skip_to_diffusers(preset) == 1
     sdxl = tiny_preset(tiny["base"], family="sdxl")
     sdxl.kohya.clip_skip = 2
-    assert sample.kohya_clip_skip_to_diffusers(sdxl) is None
+    assert kohya.kohya_clip_skip_to_diffusers(sdxl) is None
 
 
 # ------------------------------------------------------------------ a whole run
@@ -407,6 +405,8 @@ def write_run(run: Path, base: Path, dataset: Path, epochs: dict[str, str], pale
     preset = tiny_preset(base, palette_max_delta_e=palette, seeds=[5], postprocess="grid")
     preset.sample.prompts = ["lad, green solid background, black hair"]
     write_record(run, preset, dataset, epochs)
+    if dataset.is_dir() and not (run / "data").exists():
+        write_training_images(run, preset, dataset)
 
 
 def test_sample_run_on_a_run_folder_snaps_to_the_real_training_palette(tiny, tmp_path: Path, punks_dir: Path) -> None:
@@ -433,9 +433,9 @@ def test_sample_run_refuses_unknown_epochs_and_missing_palette_data(tiny, tmp_pa
     write_run(run, tiny["base"], tmp_path / "gone", {"1": "checkpoints/bespoke-000001.safetensors"}, palette=4.0)
     with pytest.raises(UserError, match=r"--epochs: 4 not in .*recorded epochs: 1"):
         sample.sample_run(run, epochs=[4], device="cpu", progress=False)
-    with pytest.raises(UserError, match="palette_max_delta_e = 4.0") as err:
+    with pytest.raises(UserError, match="the run's prepared training images are missing, so there is no palette to snap to") as err:
         sample.sample_run(run, device="cpu", progress=False)
-    assert str(tmp_path / "gone") in str(err.value)
+    assert str(run / "data") in str(err.value) and "--dataset FOLDER" in str(err.value)
 
 
 def test_prompts_file(tmp_path: Path) -> None:
@@ -470,7 +470,7 @@ def test_a_second_sampler_is_refused_while_one_samples_the_run(tiny, tmp_path: P
     from bespoke_kohya.runfolder.lock import SAMPLE, holder
 
     run = _two_epoch_run(tiny, tmp_path, punks_dir)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3]), "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen([sys.executable, "-m", "bespoke_kohya", "sample", "--run", str(run), "--epochs", "1", "--device", "cpu", "--no-include-base"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
@@ -589,7 +589,7 @@ def set_heldout(run: Path, heldout: list[str] | None) -> None:
 
 
 def test_heldout_captions_are_drawn_beside_the_suite_with_the_first_seeds(heldout_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from bespoke_kohya import pixel24
+    from bespoke_kohya.engines.pixel24 import api as pixel24
     from bespoke_kohya.runfolder.records import RunHandle
 
     run = copy_run(heldout_run, tmp_path / "run")
@@ -671,7 +671,7 @@ def test_a_heldout_caption_missing_from_data_is_skipped_with_a_warning(heldout_r
     (folder / Path(held[0]).with_suffix(".txt").name).unlink()
     doc = sample.sample_run(run, epochs=[1], progress=False)
     assert [i["heldout"] for i in doc["epochs"]["1"]["images"] if i["heldout"]] == [held[1], held[1]]
-    assert doc["warnings"][0] == f"1 held-out image(s) have no caption in {run / 'data'}, so their captions are not drawn: {held[0]}"
+    assert doc["warnings"][0] == f"1 held-out image(s) have no caption in {next((run / 'data').iterdir())}, so their captions are not drawn: {held[0]}"
 
 
 def test_heldout_ids_are_safe_file_names_that_never_collide() -> None:
@@ -704,9 +704,9 @@ def test_heldout_captions_are_drawn_by_the_diffusers_sampler_as_trained(tiny, pi
     captions = [(prepared.folder / Path(f).with_suffix(".txt").name).read_text(encoding="utf-8").strip() for f in held]
     assert [(i["heldout"], i["prompt"], i["seed"]) for i in drawn] == [(held[0], captions[0], 5), (held[1], captions[1], 5)]
     assert len(doc["epochs"]["1"]["images"]) == len(preset.sample.prompts) * 2 + 2
-    with sample.lora_applied(pipe, run / "checkpoints" / "bespoke-000001.safetensors"):
+    with kohya.lora_applied(pipe, run / "checkpoints" / "bespoke-000001.safetensors"):
         for img, caption in zip(drawn, captions):
-            expected = np.asarray(sample.generate(pipe, caption, 5, preset.sample, SIZE, preset.sample.negative_prompt))
+            expected = np.asarray(kohya.draw_image(pipe, caption, 5, preset.sample, SIZE, preset.sample.negative_prompt))
             assert np.array_equal(load_rgb(run / img["full"]), expected)
 
 

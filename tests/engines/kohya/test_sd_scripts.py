@@ -27,13 +27,13 @@ from pathlib import Path
 
 import pytest
 
-from bespoke_kohya.launch import parse_line
-from bespoke_kohya.engines.kohya import merge_losses
+from bespoke_kohya.engines.kohya.launch import parse_line
+from bespoke_kohya.engines.kohya.tensorboard import merge_losses
 from bespoke_kohya.runfolder import run_document as read_run
 from bespoke_kohya.runfolder.records import LossRow, ValidationRow, read_loss, read_validation, write_loss
-from bespoke_kohya.vendor import find_sd_scripts, tokenizer_cache_dir
+from bespoke_kohya.engines.kohya.vendor import find_sd_scripts, tokenizer_cache_dir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 SD = find_sd_scripts(REPO)
 needs_sd_scripts = pytest.mark.skipif(SD is None, reason="kohya sd-scripts is not installed: run `make vendor` (or set SD_SCRIPTS_DIR and SD_SCRIPTS_PYTHON)")
 # A real run takes ~45 s on an idle 2-core CPU (plus the held-out images' 4 passes an epoch); the
@@ -49,8 +49,8 @@ SPLIT = 0.25
 @pytest.fixture(scope="module")
 def random_base() -> Path:
     """The cached random-weight SD1.5 and the offline tokenizer cache (built on first use)."""
-    from bespoke_kohya.offline_sd import build_random_sd15, write_tokenizer_cache
-    from bespoke_kohya.smoke import smoke_cache_dir
+    from bespoke_kohya.engines.kohya.offline_sd import build_random_sd15, write_tokenizer_cache
+    from bespoke_kohya.engines.kohya.smoke import smoke_cache_dir
 
     write_tokenizer_cache(tokenizer_cache_dir())
     return build_random_sd15(smoke_cache_dir() / "sd15-random")
@@ -267,7 +267,7 @@ def test_empty_image_folder_is_a_failure(random_base: Path, small_punks: Path, t
 def test_missing_base_model_ends_in_one_line_naming_it(small_punks: Path, tmp_path: Path):
     """The real sd-scripts on a base that is nowhere: pre-flight refuses before launch; past it
     (--skip-preflight) sd-scripts' own failure is reduced to one line naming the model, no traceback."""
-    from bespoke_kohya.smoke import write_tokenizer_cache
+    from bespoke_kohya.engines.kohya.smoke import write_tokenizer_cache
 
     write_tokenizer_cache(tokenizer_cache_dir())  # so the tokenizer is not what fails first offline
     missing = "bespoke-kohya-tests/no-such-base"
@@ -378,7 +378,7 @@ def _val(epochs: range, base: float) -> list[ValidationRow]:
 
 
 def test_resumed_validation_keeps_the_earlier_epochs_and_replaces_the_redone_ones():
-    from bespoke_kohya.engines.kohya import merge_validation
+    from bespoke_kohya.engines.kohya.tensorboard import merge_validation
 
     # Session one validated epochs 1-2 and was stopped in epoch 3 before its state was saved: resumed after epoch 1's state.
     merged = merge_validation(_val(range(1, 3), 1.0), _val(range(2, 4), 2.0), resume_epoch=1)
@@ -388,7 +388,7 @@ def test_resumed_validation_keeps_the_earlier_epochs_and_replaces_the_redone_one
 
 
 def test_state_folder_names_give_the_resumed_epoch():
-    from bespoke_kohya.engines.kohya import state_epoch
+    from bespoke_kohya.engines.kohya.tensorboard import state_epoch
 
     assert state_epoch("checkpoints/bespoke-000001-state") == 1 and state_epoch("checkpoints/my-run-000012-state") == 12
     assert state_epoch("checkpoints/bespoke-state") is None
@@ -419,7 +419,7 @@ REAL_SCALARS = """\
 
 
 def test_real_tensorboard_scalars_give_the_step_losses_and_a_validation_loss_per_epoch():
-    from bespoke_kohya.engines.kohya import loss_rows, parse_scalars, validation_rows
+    from bespoke_kohya.engines.kohya.tensorboard import loss_rows, parse_scalars, validation_rows
 
     scalars = parse_scalars(REAL_SCALARS)
     losses = [r.model_copy(update={"epoch": 1 + (r.step - 1) // 2}) for r in loss_rows(scalars)]  # 2 steps an epoch
@@ -446,7 +446,7 @@ REAL_RESUMED_SCALARS = """\
 
 
 def test_real_resumed_session_adds_its_epoch_after_the_kept_one(tmp_path: Path):
-    from bespoke_kohya.engines.kohya import loss_rows, merge_validation, parse_scalars, validation_rows
+    from bespoke_kohya.engines.kohya.tensorboard import loss_rows, merge_validation, parse_scalars, validation_rows
     from bespoke_kohya.runfolder.records import write_validation
 
     first = [ValidationRow(epoch=1, step=2, loss=1.143686056137085)]  # what the first session wrote before Ctrl-C

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bespoke_kohya import pixel24
+from bespoke_kohya.engines.pixel24 import api as pixel24
 from bespoke_kohya.errors import UserError
-from bespoke_kohya.presets import Preset
+from bespoke_kohya.presets import validate_preset, Preset
 from bespoke_kohya.runfolder.records import read_validation
 
 from tests.helpers.punks import copy_punks
@@ -26,7 +26,7 @@ TINY = {"block_out_channels": [16, 32], "layers_per_block": 1, "text_dim": 16, "
 
 def tiny_preset(repeats: int = 1, **pixel24_overrides: object) -> Preset:
     """A pixel24 preset with a ~0.2 M-parameter U-Net, trained from scratch (no base) for 4 steps."""
-    return Preset.model_validate({"name": "tiny", "description": "test", "engine": "pixel24", "dataset": {"num_repeats": repeats}, "pixel24": {**TINY, **pixel24_overrides}})
+    return validate_preset({"name": "tiny", "description": "test", "engine": "pixel24", "dataset": {"num_repeats": repeats}, "pixel24": {**TINY, **pixel24_overrides}}, "test preset")
 
 
 @pytest.fixture(scope="module")
@@ -248,8 +248,8 @@ def _with_marked_heldout(sixteen: Path, out: Path, held: list[str]) -> Path:
 def test_heldout_images_are_not_trained_on_and_scored_after_every_epoch(sixteen: Path, tmp_path: Path) -> None:
     """dataset.heldout: trained on the other 13 only; each epoch's held-out loss is the saved (EMA) checkpoint's, on fixed draws."""
     from bespoke_kohya.dataset import split_heldout
-    from bespoke_kohya.pixel24.training import heldout_loss, hold_out, load_training_set
-    from bespoke_kohya.pixel24.text import encode_caption
+    from bespoke_kohya.engines.pixel24.training import heldout_loss, hold_out, load_training_set
+    from bespoke_kohya.engines.pixel24.text import encode_caption
 
     names = sorted(p.name for p in sixteen.glob("*.png"))
     held = split_heldout(names, 0.2, 42)[1]
@@ -316,11 +316,13 @@ def test_a_base_with_another_architecture_or_missing_is_refused(trained: tuple[P
 
 def test_the_standin_base_is_trained_once_and_reused(sixteen: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """base = "standin": trained on the stand-in into the cache on first use, with progress and a time estimate; reused after."""
-    from bespoke_kohya.standin import build_standin, default_standin_dir
+    from bespoke_kohya.engines.pixel24.standin import build_standin, default_standin_dir
 
     monkeypatch.setenv("BESPOKE_CACHE", str(tmp_path / "cache"))
     build_standin(default_standin_dir(), limit=24)
-    monkeypatch.setattr(pixel24.training, "ESTIMATE_AFTER_STEPS", 1)
+    from bespoke_kohya.engines.pixel24 import training
+
+    monkeypatch.setattr(training, "ESTIMATE_AFTER_STEPS", 1)
     preset = tiny_preset(base="standin", base_steps=2, base_batch_size=4, steps=1, epochs=1)
     events: list[dict] = []
     pixel24.train(preset, sixteen, tmp_path / "one", device="cpu", on_step=events.append)
@@ -337,7 +339,7 @@ def test_the_standin_base_is_trained_once_and_reused(sixteen: Path, tmp_path: Pa
 
 
 def test_checkpoints_are_spread_over_the_steps_one_per_step_at_most() -> None:
-    from bespoke_kohya.pixel24.training import _epoch_ends
+    from bespoke_kohya.engines.pixel24.training import _epoch_ends
 
     assert _epoch_ends(2000, 5) == [400, 800, 1200, 1600, 2000]
     assert _epoch_ends(7, 3) == [2, 5, 7]
@@ -413,7 +415,7 @@ def test_conditioning_steers_the_background(tmp_path: Path, punks_dir: Path) -> 
 
     # Refinement's critic: a blue pixel planted in a red background must be among the tenth of pixels it re-draws.
     import torch
-    from bespoke_kohya.pixel24.sampling import _scores
+    from bespoke_kohya.engines.pixel24.sampling import _scores
 
     img = out[0][0]
     row, col = next((r, c) for r in range(1, 4) for c in range(1, 23) if (img[r - 1 : r + 2, c - 1 : c + 2] == colours["red"]).all())

@@ -14,19 +14,19 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from bespoke_kohya import preflight
+from bespoke_kohya.engines.kohya import preflight
 from bespoke_kohya.errors import UserError
-from bespoke_kohya.preflight import GIB, Check, Gpu, GpuProbe, HubAnswer, Level, Plan, Probes
-from bespoke_kohya.presets import PRESETS_DIR, Preset, available_presets, load_preset, read_preset_data
-from bespoke_kohya.vendor import SD_SCRIPTS_TAG, SdScripts, find_sd_scripts
+from bespoke_kohya.engines.kohya.preflight import GIB, Check, Gpu, GpuProbe, HubAnswer, Level, RunNeeds, Probes
+from bespoke_kohya.presets import validate_preset, PRESETS_DIR, Preset, available_presets, load_preset, read_preset_data
+from bespoke_kohya.engines.kohya.vendor import SD_SCRIPTS_TAG, SdScripts, find_sd_scripts
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 NO_GPU = GpuProbe((), "nvidia-smi not found")
 H100 = GpuProbe((Gpu("NVIDIA H100 80GB HBM3", 80 * GIB, 79 * GIB),), "nvidia-smi")
 
 
-def plan(preset: str = "sd15_512", *sets: str) -> Plan:
-    made = Plan.from_resolved(load_preset(preset, list(sets)).model_dump(mode="json"))
+def plan(preset: str = "sd15_512", *sets: str) -> RunNeeds:
+    made = RunNeeds.from_resolved(load_preset(preset, list(sets)).model_dump(mode="json"))
     assert made is not None
     return made
 
@@ -50,7 +50,7 @@ def fakes(**overrides: object) -> Probes:
 
 
 def test_every_kohya_preset_has_a_plan_and_pixel24_none():
-    plans = {name: Plan.from_resolved(Preset.model_validate(read_preset_data(PRESETS_DIR / f"{name}.toml")).model_dump(mode="json"))
+    plans = {name: RunNeeds.from_resolved(validate_preset(read_preset_data(PRESETS_DIR / f"{name}.toml"), "test preset").model_dump(mode="json"))
              for name in available_presets(PRESETS_DIR)}
     assert plans.pop("pixel24") is None
     assert len(plans) >= 5 and all(p is not None and p.family in ("sd15", "sdxl") and p.samples_per_epoch > 0 for p in plans.values())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bespoke_kohya import standin
+from bespoke_kohya.engines.pixel24 import standin
 from bespoke_kohya.errors import UserError
 
 
