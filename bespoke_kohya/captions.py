@@ -236,7 +236,7 @@ class CaptionReport:
 
     def images_with(self, category: str) -> int:
         """How many images carry at least one trait of ``category``."""
-        return sum(any(_category(p) == category for p in {q.lower() for q in split_phrases(c)} - _BARE) for c in self.fixed.values())
+        return sum(any(phrase_category(p) == category for p in {q.lower() for q in split_phrases(c)} - _BARE) for c in self.fixed.values())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -251,7 +251,8 @@ class CaptionReport:
         }
 
 
-def _category(phrase: str) -> str | None:
+def phrase_category(phrase: str) -> str | None:
+    """The trait category a caption phrase describes (one of CATEGORIES), or None (e.g. clothing, the trigger)."""
     words = phrase.lower().split()
     if words[:1] == ["wearing"] and len(words) > 1:
         words = words[1:] + ["wearing"]  # "wearing brown cowboy hat": the hat says what it is
@@ -263,7 +264,7 @@ def trait_vocabulary(fixed: dict[str, str]) -> dict[str, Counter[str]]:
     traits: dict[str, Counter[str]] = {cat: Counter() for cat in CATEGORIES}
     for caption in fixed.values():
         for phrase in {p.lower() for p in split_phrases(caption)} - _BARE:
-            cat = _category(phrase)
+            cat = phrase_category(phrase)
             if cat:
                 traits[cat][phrase] += 1
     return traits
@@ -276,7 +277,7 @@ def _contradictions(caption: str) -> list[tuple[str, str]]:
     if {"lad", "lady"} <= words:
         found.append(("lad / lady", "says both lad and lady; keep the one that is true"))
     for cat in ("background", "expression"):
-        distinct = sorted({p for p in phrases if _category(p) == cat})
+        distinct = sorted({p for p in phrases if phrase_category(p) == cat})
         if len(distinct) > 1:
             found.append((" / ".join(distinct), f"{len(distinct)} different {cat} phrases; keep one"))
     return found

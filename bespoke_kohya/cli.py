@@ -341,6 +341,24 @@ def cmd_report_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Make a collection of new punks from a run's chosen epoch: the best of several candidates each, with metadata."""
+    from .generate.collection import GenerateOptions, generate
+
+    options = GenerateOptions(
+        run=Path(args.run), out=Path(args.out), count=args.count, epoch=args.epoch, seed=args.seed, candidates=args.candidates, rounds=args.rounds,
+        traits=Path(args.traits) if args.traits else None, name=args.name, description=args.description, base_uri=args.base_uri,
+        resume=args.resume, device=args.device,
+    )
+    result = generate(options, console=console)
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(result.rejections.items())) or "none"
+    resumed = f" (continued after token {result.resumed_from})" if result.resumed_from else ""
+    console.print(f"[green]collection[/] {result.out}: {result.tokens} punks{resumed}, {result.candidates} candidates drawn in {result.seconds:.0f} s; left out: {rejected}", soft_wrap=True)
+    if result.page:
+        console.print(f"page {result.page}", soft_wrap=True)
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Run the documented six-step checklist and print a pass/fail table."""
     from .reproduce import ReproduceOptions, format_table, run_checklist
@@ -471,6 +489,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sample", action="store_true", help="compare only what is already sampled (default: first draw every epoch that has no samples yet)")
     p.add_argument("--device", choices=["cuda", "mps", "cpu"], help="device for that sampling (default: cuda, else mps, else cpu)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("generate", help="make a collection of new punks from a run's chosen epoch (images, ERC-721 metadata, a page)")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--out", required=True, help="new folder for the collection (refused if it exists, unless --resume)")
+    p.add_argument("--count", type=_at_least(1, int, "a whole number"), required=True, help="punks in the collection")
+    p.add_argument("--epoch", type=_at_least(1, int, "a whole number"), default=None, help="epoch to draw from (default: the one the run's report recommends)")
+    p.add_argument("--seed", type=_at_least(0, int, "a whole number"), default=0, help="the collection's seed (token n depends only on it, n, the run, the epoch and the settings)")
+    p.add_argument("--candidates", type=_at_least(1, int, "a whole number"), default=4, help="candidates drawn per token per round; the best is kept (default 4)")
+    p.add_argument("--rounds", type=_at_least(1, int, "a whole number"), default=3, help="rounds of candidates a token gets before generate stops (default 3)")
+    p.add_argument("--traits", default=None, help="TOML file of trait weights, forbidden values and combinations (see docs in README: Make a collection)")
+    p.add_argument("--name", default="New Bespoke Punks", help="collection name: each token is \"<name> #<n>\"")
+    p.add_argument("--description", default="New punks drawn in the style of the Bespoke Punks.", help="description in each token's metadata")
+    p.add_argument("--base-uri", default=None, help="where the images will live (e.g. ipfs://CID): metadata image = <base-uri>/<n>-480.png")
+    p.add_argument("--resume", action="store_true", help="continue a collection after its last finished token (same settings)")
+    p.add_argument("--device", choices=["cuda", "mps", "cpu"], help="default: cuda, else mps, else cpu")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("reproduce", help="the documented six-step checklist with a pass/fail table")
     p.add_argument("--preset", default="sd15_512", help="preset to check (default sd15_512, the documented recipe)")

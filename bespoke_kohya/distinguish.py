@@ -57,12 +57,12 @@ def _tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def _fold_accuracy(x: torch.Tensor, y: torch.Tensor, train: np.ndarray, test: np.ndarray, seed: int) -> float:
+def _fit(xt: torch.Tensor, yt: torch.Tensor, seed: int) -> nn.Module:
+    """The classifier trained on ``xt`` (labels ``yt``: 1 real, 0 generated), the same way for every use."""
     torch.manual_seed(seed)
     model = _classifier()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(seed)
-    xt, yt = x[train], y[train]
     model.train()
     for _ in range(EPOCHS):
         order = torch.randperm(len(xt), generator=gen)
@@ -72,10 +72,42 @@ def _fold_accuracy(x: torch.Tensor, y: torch.Tensor, train: np.ndarray, test: np
             opt.zero_grad()
             loss.backward()
             opt.step()
-    model.eval()
+    return model.eval()
+
+
+def _fold_accuracy(x: torch.Tensor, y: torch.Tensor, train: np.ndarray, test: np.ndarray, seed: int) -> float:
+    model = _fit(x[train], y[train], seed)
     with torch.no_grad():
         pred = model(x[test])[:, 0] > 0
     return float((pred == (y[test] > 0.5)).float().mean())
+
+
+def train_critic(real: np.ndarray, generated: np.ndarray, seed: int = 0) -> nn.Module:
+    """The two-sample test's classifier trained once on all of ``real`` (and its mirror images) against ``generated``:
+    a critic whose logit says how real a new image looks (discriminator rejection sampling, Azadi et al. 2019).
+
+    One thread, so the same inputs give the same weights on every machine (the collection depends on them).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        real = np.concatenate([real, real[:, :, ::-1]])  # punks face the viewer: a mirrored punk is still real
+        x = _tensor(np.concatenate([real, generated]))
+        y = torch.cat([torch.ones(len(real)), torch.zeros(len(generated))])
+        return _fit(x, y, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def critic_scores(critic: nn.Module, images: np.ndarray) -> np.ndarray:
+    """The critic's logit per image (higher: more like the real set)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return critic(_tensor(images))[:, 0].numpy().astype(np.float64)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _group_folds(groups: Sequence[str] | None, picked: np.ndarray, folds: int, rng: np.random.Generator) -> np.ndarray:

@@ -111,6 +111,29 @@ def save_png(array_or_image: np.ndarray | Image.Image, path: Path) -> None:
     im.save(path, format="PNG", optimize=False, compress_level=6)
 
 
+def save_png_atomic(array_or_image: np.ndarray | Image.Image, path: Path) -> None:
+    """:func:`save_png` under a temporary name, renamed into place: a crash never leaves half an image."""
+    from .atomic import write_atomic
+
+    write_atomic(path, lambda tmp: save_png(array_or_image, tmp))
+
+
 def enlarge(im: Image.Image, factor: int = 8) -> Image.Image:
     """A pixel-exact NEAREST enlargement for previews."""
     return im.resize((im.width * factor, im.height * factor), Image.NEAREST)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """An RGB array as PNG file bytes."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_uri(payload: bytes, mime: str = "image/png") -> str:
+    """Embed bytes in a page: no file or network is needed to show them."""
+    import base64
+
+    return f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"

@@ -449,6 +449,11 @@ def _split_glued(word: str) -> list[str] | None:
     return None
 
 
+def colour_names_in(phrase: str) -> list[frozenset[str]]:
+    """The colour names of each colour word of ``phrase``, in order ("light blue hair and pink bow" -> [{blue}, {pink}])."""
+    return [_WORD_NAMES[w] for w in _caption_words(phrase) if w in _WORD_NAMES]
+
+
 def background_colour_names(caption: str) -> frozenset[str] | None:
     """The colour names a caption gives its background, or None when it names no single colour.
 
@@ -705,8 +710,13 @@ class Reference:
         return float(lo), float(hi)
 
 
-def _style_values(img: np.ndarray) -> dict[str, float]:
+def style_values(img: np.ndarray) -> dict[str, float]:
     """The style metrics that need nothing but the image itself (palette adherence aside)."""
+    return _style_values(_check_art(img, "image"))
+
+
+def _style_values(img: np.ndarray) -> dict[str, float]:
+    """:func:`style_values` of an image already checked."""
     mask = background_mask(img)
     return {
         "distinct_colours": float(colour_count(img)),

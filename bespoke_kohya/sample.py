@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -33,7 +32,7 @@ from .atomic import staged_folder
 from .engines import get_engine
 from .engines.protocol import EpochSampler, SampleJob, SampleOptions, prompt_ids
 from .errors import UserError
-from .images import enlarge, save_png
+from .images import enlarge, save_png_atomic
 from .progress import counter
 from .runfolder import ADHOC, ANY, RUN_JSON, SAMPLES, epoch_drawn, epoch_folder, file_sha256, inside_run
 from .runfolder.data import training_colours
@@ -82,13 +81,6 @@ def heldout_prompts(run: RunHandle) -> tuple[list[HeldoutPrompt], list[str]]:
     return prompts, warnings
 
 
-def _save_png_atomic(im: Image.Image, path: Path) -> None:
-    """Write a PNG beside its final name and rename it, so a crash never leaves half an image."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_png(im, tmp)
-    os.replace(tmp, path)
-
-
 def _rel(path: Path, root: Path) -> str:
     """``path`` relative to the run folder when it lies inside it, else absolute (POSIX separators)."""
     try:
@@ -122,9 +114,9 @@ def _write_sample(full: Image.Image, staging: Path, final_rel: str, pid: str, pr
 
     art, grid = postprocess(full, options)
     stem = f"{pid}-s{seed}"
-    _save_png_atomic(full, staging / f"{stem}.png")
-    _save_png_atomic(art, staging / f"{stem}.24.png")
-    _save_png_atomic(enlarge(art, PREVIEW_FACTOR), staging / f"{stem}.x8.png")
+    save_png_atomic(full, staging / f"{stem}.png")
+    save_png_atomic(art, staging / f"{stem}.24.png")
+    save_png_atomic(enlarge(art, PREVIEW_FACTOR), staging / f"{stem}.x8.png")
     return {
         "prompt_id": pid, "prompt": prompt, "seed": seed,
         "full": f"{final_rel}/{stem}.png", "art": f"{final_rel}/{stem}.24.png", "preview": f"{final_rel}/{stem}.x8.png",

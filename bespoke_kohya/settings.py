@@ -107,9 +107,13 @@ class SampleSettings(_Strict):
 
     def full_prompts(self) -> list[str]:
         """The prompt suite as sent to the model."""
+        return [self.full_prompt(body) for body in self.prompts]
+
+    def full_prompt(self, body: str) -> str:
+        """One prompt as sent to the model: the trigger, ``body`` (e.g. "lady, blonde hair, purple background"), the suffix."""
         from .captions import normalise_caption  # glued words in a prompt reach the model as words
 
-        return [f"{self.trigger} {normalise_caption(body)}" + (f", {self.suffix}" if self.suffix else "") for body in self.prompts]
+        return f"{self.trigger} {normalise_caption(body)}" + (f", {self.suffix}" if self.suffix else "")
 
 
 

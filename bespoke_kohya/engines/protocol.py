@@ -275,6 +275,19 @@ def prompt_ids(prompts: list[str]) -> list[str]:
     return [f"p{i + 1:0{width}d}" for i in range(len(prompts))]
 
 
+def draw_pairs(sampler: EpochSampler, job: SampleJob, pairs: list[tuple[str, int]], write: ImageWriter) -> None:
+    """Draw each (prompt, seed) of ``pairs`` with ``job``'s checkpoint (a collection's candidates: every token its own prompt).
+
+    A sampler that can batch arbitrary pairs has ``draw_pairs(job, pairs, write)``; otherwise each pair is one ``draw``.
+    """
+    own = getattr(sampler, "draw_pairs", None)
+    if own is not None:
+        own(job, pairs, write)
+        return
+    for prompt, seed in pairs:
+        sampler.draw(job, [prompt], [seed], write)
+
+
 def check_suite(prompts: list[str], seeds: list[int], size: tuple[int, int], factor: int = 8) -> None:
     """Refuse an empty or ambiguous suite before any model time is spent (``factor``: what width and height must divide by)."""
     from ..errors import UserError

@@ -32,7 +32,7 @@ from .page import render_html
 from .plot import heldout_plot_png, loss_plot_png
 from .score import metrics_document
 
-__all__ = ["REPORT_DIR", "best_epoch", "build", "report_summary", "write_report"]
+__all__ = ["REPORT_DIR", "best_epoch", "build", "read_recommended_epoch", "report_summary", "write_report"]
 
 REPORT_DIR = "report"
 
@@ -68,6 +68,15 @@ def best_epoch(doc: dict[str, Any]) -> int | None:
     """The epoch to show for a run (`report --compare`): the recommended one, else the least bad when none is good."""
     rec = doc.get("recommendation") or {}
     return rec.get("epoch") if rec.get("epoch") is not None else rec.get("least_bad")
+
+
+def read_recommended_epoch(run_dir: Path) -> int | None:
+    """The epoch the run's last written report recommends (report/metrics.json), or None (no report, or no epoch is good)."""
+    from .collect import read_previous_metrics
+
+    doc = read_previous_metrics(Path(run_dir)) or {}
+    epoch = (doc.get("recommendation") or {}).get("epoch")
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > 0 else None
 
 
 def report_summary(run_dir: Path) -> dict[str, Any]:

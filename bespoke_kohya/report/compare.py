@@ -37,7 +37,8 @@ from ..errors import UserError
 from ..paths import ART
 from . import build
 from .collect import BASE_EPOCH, Cell, EpochSamples, RunData, epoch_label, run_command
-from .page import BETTER_SHORT, SCALE, SMALL_FULL, _environment, data_uri, full_preview, png_bytes
+from ..images import data_uri, png_bytes
+from .page import BETTER_SHORT, SCALE, SMALL_FULL, _environment, full_preview
 
 INDEX = "index.html"
 COMPARE_JSON = "compare.json"

@@ -8,7 +8,6 @@ script and nothing fetched, so it opens from disk and can be mailed.
 
 from __future__ import annotations
 
-import base64
 import io
 from dataclasses import dataclass
 from functools import cache
@@ -16,12 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import numpy as np
-from PIL import Image
 
 from .. import __version__
 from ..errors import UserError
-from ..images import open_image
+from ..images import data_uri, open_image, png_bytes
 from ..paths import ART
 from .collect import BASE_EPOCH, EpochSamples, RunData, epoch_label, run_command
 from .recommend import LOSS_MARGIN, PART_LABELS, WEIGHTS
@@ -47,18 +44,6 @@ def fmt(value: float | None) -> str:
     if value is None:
         return "–"
     return format(value, ".6g")
-
-
-def data_uri(payload: bytes, mime: str = "image/png") -> str:
-    """Embed bytes in the page: no file or network is needed to show them."""
-    return f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """An RGB array as PNG file bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def full_preview(run_dir: Path, rel: str | None) -> tuple[str, str, int] | None:

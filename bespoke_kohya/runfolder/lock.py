@@ -28,8 +28,9 @@ from ..errors import UserError
 
 TRAIN = "train"
 SAMPLE = "sample"
-LOCK_FILES = {TRAIN: ".train.lock", SAMPLE: ".sample.lock"}
-_DOING = {TRAIN: "trained", SAMPLE: "sampled"}
+GENERATE = "generate"  # held in a collection folder (not a run) while `generate` writes it
+LOCK_FILES = {TRAIN: ".train.lock", SAMPLE: ".sample.lock", GENERATE: ".generate.lock"}
+_DOING = {TRAIN: "trained", SAMPLE: "sampled", GENERATE: "written by generate"}
 # A probe (holder()) takes the lock for microseconds; an acquirer retries this long before refusing.
 _RETRY_S = 0.5
 
@@ -85,6 +86,9 @@ def busy_message(run_dir: Path, role: str, who: Holder) -> str:
     host = f" on {who.host}" if who.host and who.host != socket.gethostname() else ""
     if role == TRAIN:
         then = f"wait for it to finish, or stop it{f' (kill {who.pid})' if who.pid else ''} and run `bespoke-kohya train --resume {run_dir}`"
+    elif role == GENERATE:
+        return (f"collection {run_dir} is being written by generate ({pid}{host}{since}); wait for it to finish"
+                f"{f' (or stop it: kill {who.pid})' if who.pid else ''}, then run generate again with --resume")
     else:
         then = f"wait for it to finish{f' (or stop it: kill {who.pid})' if who.pid else ''}, then sample again"
     return f"run {run_dir} is being {_DOING[role]} by {pid}{host}{since}; {then}"

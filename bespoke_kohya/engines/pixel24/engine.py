@@ -119,16 +119,30 @@ class Pixel24Sampler:
                         postprocess_options=options_record)
         return recorded
 
-    def draw(self, job: SampleJob, prompts: list[str], seeds: list[int], write: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-        from PIL import Image
-
+    def _model(self, job: SampleJob) -> Any:
         from .model import load_checkpoint
-        from .sampling import encode_prompt, sample
 
         assert job.checkpoint is not None
         if self._loaded is None or self._loaded[0] != job.checkpoint:
             self._loaded = (job.checkpoint, load_checkpoint(job.checkpoint, self.device))
-        model = self._loaded[1]
+        return self._loaded[1]
+
+    def draw_pairs(self, job: SampleJob, pairs: list[tuple[str, int]], write: Callable[..., Any]) -> None:
+        """Each (prompt, seed) pair, batched whatever the prompts (a collection's candidates: every token its own prompt)."""
+        from PIL import Image
+
+        from .sampling import sample_pairs
+
+        ids = dict(zip(dict.fromkeys(p for p, _ in pairs), prompt_ids(list(dict.fromkeys(p for p, _ in pairs)))))
+        for (prompt, seed), pixels in zip(pairs, sample_pairs(self._model(job), pairs, **self.preset.pixel24.sampler_options())):
+            write(Image.fromarray(pixels), ids[prompt], prompt, seed)
+
+    def draw(self, job: SampleJob, prompts: list[str], seeds: list[int], write: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+        from PIL import Image
+
+        from .sampling import encode_prompt, sample
+
+        model = self._model(job)
         if not self._words_checked:  # the suite, drawn first; held-out captions may well hold words training never saw
             self._words_checked = True
             for prompt in prompts:

@@ -117,31 +117,35 @@ def _unmask(model: Pixel24Model, conditions: torch.Tensor, generators: list[torc
     return x
 
 
-@torch.no_grad()
-def sample(model: Pixel24Model, prompts: list[str], seeds: list[int], *, steps: int, guidance_scale: float, temperature: float,
-           refine_rounds: int = 0, refine_share: float = 0.1, refine_steps: int = 4, refine_temperature: float = 0.3) -> list[list[np.ndarray]]:
+def sample(model: Pixel24Model, prompts: list[str], seeds: list[int], **options: float) -> list[list[np.ndarray]]:
     """``images[prompt][seed]`` as (24, 24, 3) uint8 palette colours; a (prompt, seed) pair always gives the same image.
 
     ``refine_rounds`` rounds each re-draw the ``refine_share`` least likely pixels (0: plain MaskGIT).
     """
+    flat = sample_pairs(model, [(p, s) for p in prompts for s in seeds], **options)
+    return [flat[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(prompts))]
+
+
+@torch.no_grad()
+def sample_pairs(model: Pixel24Model, pairs: list[tuple[str, int]], *, steps: int, guidance_scale: float, temperature: float,
+                 refine_rounds: int = 0, refine_share: float = 0.1, refine_steps: int = 4, refine_temperature: float = 0.3) -> list[np.ndarray]:
+    """The image of each (prompt, seed) pair, in order, drawn SAMPLE_BATCH at a time whatever their prompts."""
     if steps < 1:
         raise UserError(f"sample: steps must be at least 1, got {steps}")
-    if not prompts or not seeds:
-        return [[] for _ in prompts]
+    if not pairs:
+        return []
     model.eval()
-    jobs = [(p, s) for p in range(len(prompts)) for s in range(len(seeds))]
-    encoded = [encode_prompt(model, prompt)[0] for prompt in prompts]
-    out: list[list[np.ndarray]] = [[np.zeros(0, np.uint8)] * len(seeds) for _ in prompts]
-    for start in range(0, len(jobs), SAMPLE_BATCH):
-        chunk = jobs[start : start + SAMPLE_BATCH]
+    encoded = {prompt: encode_prompt(model, prompt)[0] for prompt in dict.fromkeys(p for p, _ in pairs)}
+    out: list[np.ndarray] = []
+    for start in range(0, len(pairs), SAMPLE_BATCH):
+        chunk = pairs[start : start + SAMPLE_BATCH]
         padded = chunk + [chunk[0]] * (SAMPLE_BATCH - len(chunk))
-        generators = [torch.Generator().manual_seed(int(seeds[s])) for _, s in padded]
-        conds = [encoded[p] for p, _ in padded]
+        generators = [torch.Generator().manual_seed(int(seed)) for _, seed in padded]
+        conds = [encoded[prompt] for prompt, _ in padded]
         if guidance_scale != 1.0:
             conds = conds + [[] for _ in padded]
         conditions = model.net.text(conds)
         indices = _unmask(model, conditions, generators, steps, guidance_scale, temperature, refine_rounds=refine_rounds, refine_share=refine_share,
                           refine_steps=refine_steps, refine_temperature=refine_temperature)
-        for (p, s), idx in zip(chunk, indices):
-            out[p][s] = model.palette[idx.numpy()]
+        out += [model.palette[idx.numpy()] for idx in indices[: len(chunk)]]
     return out

@@ -771,3 +771,33 @@ def test_report_and_train_sampling_add_a_missing_base(tiny, tmp_path: Path, punk
     doc = json.loads((run / "samples" / "samples.json").read_text(encoding="utf-8"))
     assert list(doc["epochs"]) == ["0", "1", "2"] and doc["epochs"]["0"]["base_only"]
     assert sample_unsampled(run, out, out, "no samples yet", device="cpu") == []
+
+
+def test_generate_makes_a_kohya_collection_through_the_diffusers_sampler(tiny, tmp_path: Path, punks_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`generate` on a kohya run: each token drawn by the LoRA on the base through diffusers, then post-processed as `sample` does."""
+    from bespoke_kohya.generate import collection, select
+    from bespoke_kohya.generate.collection import GenerateOptions, generate
+    from bespoke_kohya.postprocess import postprocess
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "bespoke-000001.safetensors").write_bytes(tiny["lora1"].read_bytes())
+    small = copy_punks(punks_dir, tmp_path / "punks", every=15, count=12)
+    write_run(run, tiny["base"], small, {"1": "checkpoints/bespoke-000001.safetensors"}, palette=None)
+    # A random-weight model draws noise, which every style rule rightly rejects: keep each candidate to test the drawing itself.
+    monkeypatch.setattr(select.Judge, "_first_reason", lambda self, *args: (None, ""))
+    monkeypatch.setattr(collection, "PILOT", 8)  # the critic is not what this test is about
+    out = tmp_path / "collection"
+    result = generate(GenerateOptions(run=run, out=out, count=2, epoch=1, candidates=2, progress=False, device="cpu"))
+    assert result.tokens == 2 and (out / "index.html").is_file()
+    meta = json.loads((out / "metadata" / "1.json").read_text(encoding="utf-8"))
+    preset = tiny_preset(tiny["base"], seeds=[5], postprocess="grid", palette_max_delta_e=None)
+    p = kohya.load_base(preset, device="cpu")
+    p.scheduler = kohya.scheduler_for("euler_a", p.scheduler.config)
+    with kohya.lora_applied(p, run / "checkpoints" / "bespoke-000001.safetensors"):
+        full = kohya.draw_image(p, meta["generator"]["prompt"], meta["generator"]["seed"], preset.sample, SIZE, preset.sample.negative_prompt)
+    from bespoke_kohya.sample import postprocess_options_for
+    from bespoke_kohya.runfolder.records import RunHandle
+
+    expected = np.asarray(postprocess(full, postprocess_options_for(preset.sample, RunHandle.open(run), None))[0].convert("RGB"))
+    assert np.array_equal(np.asarray(Image.open(out / "images" / "1.png").convert("RGB")), expected)

@@ -12,6 +12,7 @@ from safetensors.numpy import load_file, save_file
 
 from bespoke_kohya.engines.protocol import BaseEngine, Outcome, Progress, SampleJob, SampleOptions, TrainOptions, TrainSession, check_suite, prompt_ids
 from bespoke_kohya.images import load_rgb
+from bespoke_kohya.metrics import background_colour_names
 from bespoke_kohya.runfolder import CHECKPOINTS, Status
 from bespoke_kohya.runfolder.records import RunHandle
 
@@ -22,6 +23,18 @@ def _common_colours(folder: Path, n: int) -> np.ndarray:
     pixels = np.concatenate([load_rgb(p).reshape(-1, 3) for p in sorted(folder.glob("*.png"))])
     colours, counts = np.unique(pixels, axis=0, return_counts=True)
     return colours[np.argsort(-counts)[:n]].astype(np.uint8)
+
+
+# One sRGB colour per name of bespoke_kohya.metrics' colour table (checked: each answers to its name).
+NAMED = {"purple": (128, 0, 128), "green": (0, 160, 0), "blue": (30, 60, 220), "red": (220, 30, 30), "pink": (255, 105, 180), "grey": (128, 128, 128),
+         "orange": (255, 140, 0), "yellow": (240, 220, 0), "brown": (120, 70, 20), "black": (0, 0, 0), "white": (255, 255, 255), "teal": (0, 128, 128),
+         "beige": (230, 215, 180)}
+
+
+def _named(prompt: str, rng: np.random.Generator) -> np.ndarray | None:
+    """The background colour the prompt names, or None: the toy follows a caption's background."""
+    wanted = sorted(background_colour_names(prompt) or ())
+    return np.array(NAMED[wanted[0]], np.uint8) if wanted and wanted[0] in NAMED else None
 
 
 class ToyEngine(BaseEngine[ToyPreset]):
@@ -62,6 +75,8 @@ class ToySampler:
             for seed in seeds:
                 rng = np.random.default_rng(int(hashlib.sha256(f"{prompt}|{seed}".encode()).hexdigest()[:8], 16))
                 bg, head, eye = (colours[i] for i in rng.choice(len(colours), 3, replace=len(colours) < 3))
+                named = _named(prompt, rng)
+                bg = bg if named is None else named
                 art = np.empty((24, 24, 3), np.uint8)
                 art[:] = bg
                 top = int(rng.integers(4, 8))

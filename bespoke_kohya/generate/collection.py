@@ -1,0 +1,334 @@
+"""`generate`: a collection of new punks from one epoch of a run, each the best of several candidates, with its metadata.
+
+In order: the epoch (the report's recommendation unless ``--epoch``), the trait vocabulary of
+the run's own captions, every token's traits (unique, deterministic, `--traits` rules), a
+critic trained on the training images against pilot draws of the engine's sampler, then per
+token K candidates drawn with seeds of its own, post-processed to 24×24 exactly as `sample`
+does, judged (select.py) and the best kept; tokens whose candidates are all rejected get
+K more, up to ``rounds`` times.
+
+Token n depends only on the seed, n, the run, the epoch and the settings: its traits come from
+its own random stream and the earlier tokens' DNAs, its candidates' seeds from (seed, n, k), and
+the critic from fixed pilot draws, so `--count 8` is the first 8 tokens of `--count 100`.
+
+The folder (layout.py) is written token by token, each token's files atomically and its
+metadata last, so Ctrl-C or a full disk leaves every finished token whole; `--resume`
+continues after the last one. collection.json and index.html are written when all are done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from ..engines import get_engine
+from ..engines.protocol import SampleJob, SampleOptions, draw_pairs
+from ..errors import UserError
+from ..metrics import Reference
+from ..runfolder import RUN_JSON, file_sha256, inside_run
+from ..runfolder.data import art_of, training_images
+from ..runfolder.lock import GENERATE, run_lock
+from ..runfolder.records import RunHandle
+from ..settings import MAX_SEED
+from . import layout
+from .select import REASONS, Judge, Verdict, best
+from .traits import TokenTraits, TraitRules, Vocabulary, attributes, collection_traits, draw_traits, read_rules, vocabulary
+
+FORMAT = 1
+PILOT = 48  # pilot draws the critic learns "what the model draws" from (a fixed set: the collection depends on it)
+MAX_COUNT = 10_000
+MAX_CANDIDATES = 16
+MAX_REFERENCE = 500  # style ranges from an evenly spaced 500 of a larger training set (leave-one-out costs n²)
+UPSCALE = 20  # 24 × 20 = 480 px: marketplaces show small images blurred
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """`bespoke-kohya generate` as typed values."""
+
+    run: Path
+    out: Path
+    count: int
+    epoch: int | None = None
+    seed: int = 0
+    candidates: int = 4
+    rounds: int = 3
+    traits: Path | None = None
+    name: str = "New Bespoke Punks"
+    description: str = "New punks drawn in the style of the Bespoke Punks."
+    base_uri: str | None = None
+    resume: bool = False
+    device: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class Token:
+    """One finished token: what it was drawn with and the candidate kept."""
+
+    n: int
+    traits: TokenTraits
+    prompt: str
+    seed: int
+    art: np.ndarray
+    verdict: Verdict
+    drawn: int  # candidates drawn for it
+
+
+@dataclass
+class Result:
+    """What `generate` made (for the CLI's summary)."""
+
+    out: Path
+    tokens: int
+    candidates: int
+    rejections: dict[str, int]
+    seconds: float
+    page: Path | None = None
+    resumed_from: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def _check_options(o: GenerateOptions) -> None:
+    if not 1 <= o.count <= MAX_COUNT:
+        raise UserError(f"--count {o.count}: give a whole number from 1 to {MAX_COUNT}")
+    if not 1 <= o.candidates <= MAX_CANDIDATES:
+        raise UserError(f"--candidates {o.candidates}: give a whole number from 1 to {MAX_CANDIDATES} (candidates drawn per token per round)")
+    if not 1 <= o.rounds <= 10:
+        raise UserError(f"--rounds {o.rounds}: give a whole number from 1 to 10")
+    if not 0 <= o.seed <= MAX_SEED:
+        raise UserError(f"--seed {o.seed}: give a whole number from 0 to {MAX_SEED}")
+    if o.base_uri is not None and (not o.base_uri.strip() or any(c.isspace() for c in o.base_uri)):
+        raise UserError(f"--base-uri {o.base_uri!r}: give a URI without spaces, e.g. ipfs://<CID> or https://example.com/punks")
+
+
+def choose_epoch(run: RunHandle, epoch: int | None) -> tuple[int, Path]:
+    """The epoch to draw from (``--epoch``, else the one the run's report recommends) and its checkpoint, inside the run."""
+    recorded = run.record.checkpoints()
+    if epoch is None:
+        from ..report import read_recommended_epoch
+
+        epoch = read_recommended_epoch(run.dir)
+        if epoch is None:
+            have = ", ".join(map(str, sorted(recorded))) or "none"
+            raise UserError(f"{run.dir}: its report recommends no epoch (run `bespoke-kohya report --run {run.dir}` first); "
+                            f"or choose one with --epoch (recorded: {have})")
+    if epoch not in recorded:
+        have = ", ".join(map(str, sorted(recorded))) or "none"
+        raise UserError(f"--epoch {epoch}: not in {run.dir / RUN_JSON} (recorded epochs: {have})")
+    if inside_run(run.dir, recorded[epoch]) is None:
+        raise UserError(f"{run.dir / RUN_JSON}: epochs.{epoch}: {recorded[epoch]} is outside the run folder; checkpoints are read from the run's own checkpoints/ only")
+    return epoch, run.dir / recorded[epoch]
+
+
+def training_set(run: RunHandle) -> tuple[list[str], np.ndarray, list[str]]:
+    """(names, 24×24 arts, captions) of the run's prepared training images (data/), the originals of everything here."""
+    paths = training_images(run.dir, run.record.resolved)
+    if not paths:
+        raise UserError(f"{run.training_folder}: the run's prepared training images are missing; restore data/ from a copy of the run")
+    captions = []
+    for path in paths:
+        caption = path.with_suffix(run.record.preset_model(run.dir).dataset.caption_extension)
+        try:
+            captions.append(caption.read_text(encoding="utf-8").strip() if caption.is_file() else "")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{caption}: cannot read this caption as UTF-8 text ({exc}); restore data/ from a copy of the run") from None
+    return [p.stem for p in paths], np.stack([art_of(p) for p in paths]), captions
+
+
+def candidate_seed(seed: int, n: int, k: int) -> int:
+    """Candidate ``k`` of token ``n``: a seed of its own (n = 0 is the pilot), the same in every collection with this seed."""
+    return int.from_bytes(hashlib.sha256(f"bespoke-kohya generate {seed} {n} {k}".encode()).digest()[:4], "big")
+
+
+# ------------------------------------------------------------------ drawing
+
+
+class Drawer:
+    """The engine's sampler with the epoch loaded, turning (prompt, seed) pairs into 24×24 art as `sample` does."""
+
+    def __init__(self, run: RunHandle, checkpoint: Path, device: str | None) -> None:
+        from ..sample import postprocess_options_for
+
+        self.preset = run.record.preset_model(run.dir)
+        self.engine = get_engine(run.record.engine)
+        self.sampler = self.engine.sampler(run, SampleOptions(device=device, seeds=[0]))
+        self.job = SampleJob(1, checkpoint)
+        self.post = postprocess_options_for(self.preset.sample, run, None)
+        self.sampler.check(["punk"], [0], [self.job])  # refuses a checkpoint it cannot draw, then loads the model once
+        self.drawn = 0
+
+    def settings(self) -> dict[str, Any]:
+        from ..sample import _options_record
+
+        return self.sampler.settings(["x"], [0], _options_record(self.post))
+
+    def draw(self, pairs: list[tuple[str, int]], tick: Callable[[], None] = lambda: None) -> list[np.ndarray]:
+        """The 24×24 art of each (prompt, seed), in order."""
+        from ..postprocess import postprocess
+
+        out: dict[tuple[str, int], np.ndarray] = {}
+
+        def write(full: Image.Image, _pid: str, prompt: str, seed: int) -> None:
+            out[(prompt, seed)] = np.asarray(postprocess(full, self.post)[0].convert("RGB"))
+            self.drawn += 1
+            tick()
+
+        draw_pairs(self.sampler, self.job, pairs, write)
+        return [out[pair] for pair in pairs]
+
+
+# ------------------------------------------------------------------ the collection
+
+
+def settings_record(o: GenerateOptions, run: RunHandle, epoch: int, checkpoint_sha: str, rules: TraitRules, sampler: dict[str, Any]) -> dict[str, Any]:
+    """Everything a token depends on (a --resume with other settings is refused)."""
+    return {"format": FORMAT, "run": run.record.id, "run_created": run.record.created, "epoch": epoch, "checkpoint_sha256": checkpoint_sha,
+            "seed": o.seed, "candidates": o.candidates, "rounds": o.rounds, "pilot": PILOT, "traits": rules.model_dump(mode="json"),
+            "sampler": sampler, "name": o.name, "description": o.description, "base_uri": o.base_uri}
+
+
+def plan_tokens(vocab: Vocabulary, rules: TraitRules, seed: int, count: int, full_prompt: Callable[[str], str]) -> list[tuple[TokenTraits, str]]:
+    """Every token's traits and prompt, 1..count (each DNA once)."""
+    return [(traits, full_prompt(traits.body())) for traits in collection_traits(vocab, rules, seed, count)]
+
+
+def _critic(out: Path, drawer: Drawer, vocab: Vocabulary, rules: TraitRules, o: GenerateOptions, real: np.ndarray, full_prompt: Callable[[str], str],
+            progress: Callable[[str], None]) -> tuple[Any, np.ndarray]:
+    """The critic and the pilot draws it learned from; made once per collection and kept in its folder for --resume."""
+    from ..distinguish import train_critic
+
+    pilot_path = out / layout.PILOT
+    if pilot_path.is_file():
+        pilot = layout.read_pilot(pilot_path)
+    else:
+        progress(f"pilot: {PILOT} draws of the model, for the critic to learn what it draws")
+        rng = np.random.default_rng([o.seed, 0])
+        pairs = []
+        for i in range(PILOT):
+            traits = None
+            while traits is None:
+                traits = draw_traits(vocab, rules, rng)
+            pairs.append((full_prompt(traits.body()), candidate_seed(o.seed, 0, i)))
+        pilot = np.stack(drawer.draw(pairs))
+        layout.write_pilot(pilot_path, pilot)
+    return train_critic(real, pilot, seed=o.seed), pilot
+
+
+def generate(o: GenerateOptions, console: Any = None) -> Result:
+    """Make (or, with --resume, finish) the collection ``o.out`` from run ``o.run``."""
+    from ..console import console as default_console
+
+    console = console or default_console
+    started = time.perf_counter()
+    _check_options(o)
+    run = RunHandle.open(Path(o.run))
+    epoch, checkpoint = choose_epoch(run, o.epoch)
+    names, arts, captions = training_set(run)
+    preset = run.record.preset_model(run.dir)
+    vocab = vocabulary([c for c in captions if c], preset.sample.trigger)
+    rules = read_rules(o.traits, vocab) if o.traits else TraitRules()
+    out = layout.open_folder(Path(o.out), o.resume)
+    with run_lock(out, GENERATE):
+        drawer = Drawer(run, checkpoint, o.device)
+        settings = settings_record(o, run, epoch, file_sha256(checkpoint), rules, drawer.settings())
+        layout.check_settings(out, settings, o.resume)
+        plan = plan_tokens(vocab, rules, o.seed, o.count, preset.sample.full_prompt)
+        done = layout.finished_tokens(out, o.count)
+        say = (lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)) if o.progress else (lambda line: None)
+        pick = np.linspace(0, len(names) - 1, min(len(names), MAX_REFERENCE)).round().astype(int)
+        critic, pilot = _critic(out, drawer, vocab, rules, o, arts[pick], preset.sample.full_prompt, say)
+        judge = Judge.make(names, arts, Reference.from_images([names[i] for i in pick], arts[pick]), critic, pilot)
+        for n in range(1, done + 1):  # the finished tokens stand against the rest exactly as when they were made
+            judge.accept(n, layout.read_token_art(out, n))
+        rejections = layout.rejection_counts(out, done)
+        tokens = _draw_tokens(out, plan, done, drawer, judge, o, rejections, run, epoch, settings, say)
+        result = Result(out, o.count, drawer.drawn, rejections, time.perf_counter() - started, resumed_from=done)
+        result.page = layout.write_collection(out, settings, plan, vocab, names, arts, judge, tokens, rejections)
+    return result
+
+
+def _draw_tokens(out: Path, plan: list[tuple[TokenTraits, str]], done: int, drawer: Drawer, judge: Judge, o: GenerateOptions,
+                 rejections: dict[str, int], run: RunHandle, epoch: int, settings: dict[str, Any], say: Callable[[str], None]) -> list[Token]:
+    """Tokens done+1..count, in order, written as each is chosen; the candidates of the next few tokens are drawn together."""
+    from ..progress import counter
+
+    batch = max(1, 16 // o.candidates)  # tokens whose first candidates share one draw call (pixel24 draws 16 at a time)
+    pending = list(range(done + 1, len(plan) + 1))
+    drawn: dict[int, list[tuple[int, np.ndarray]]] = {}  # token -> [(candidate k, art)]
+    tokens: list[Token] = []
+    with counter(f"tokens ({o.candidates} candidates each)", len(pending), o.progress) as tick:
+        for n in pending:
+            if n not in drawn:
+                ahead = [m for m in pending if m >= n][:batch]
+                pairs = [(plan[m - 1][1], candidate_seed(o.seed, m, k)) for m in ahead for k in range(o.candidates)]
+                for (m, k), art in zip([(m, k) for m in ahead for k in range(o.candidates)], drawer.draw(pairs)):
+                    drawn.setdefault(m, []).append((k, art))
+            token = _choose(n, plan[n - 1], drawn.pop(n), drawer, judge, o, rejections, out)
+            judge.accept(n, token.art)
+            layout.write_token(out, token, _metadata(token, o, run, epoch, settings))
+            tokens.append(token)
+            tick()
+    return tokens
+
+
+def _choose(n: int, planned: tuple[TokenTraits, str], candidates: list[tuple[int, np.ndarray]], drawer: Drawer, judge: Judge,
+            o: GenerateOptions, rejections: dict[str, int], out: Path) -> Token:
+    """Token ``n``: judge its candidates, drawing K more each round until one is kept.
+
+    The critic's verdict is the one soft rule: when every candidate of every round is left out and some only by
+    the critic, the one it scores highest is kept (a prompt the model draws poorly still gets its best try); a
+    near-copy, a duplicate, a wrong background or an off-style image never is.
+    """
+    traits, prompt = planned
+    records: list[dict[str, Any]] = []
+    judged: list[tuple[int, np.ndarray, Verdict]] = []
+    for round_ in range(o.rounds):
+        if round_:
+            ks = range(round_ * o.candidates, (round_ + 1) * o.candidates)
+            candidates = list(zip(ks, drawer.draw([(prompt, candidate_seed(o.seed, n, k)) for k in ks])))
+        verdicts = judge.judge([art for _, art in candidates], prompt)
+        judged += [(k, art, v) for (k, art), v in zip(candidates, verdicts)]
+        if best(verdicts) is not None:
+            break
+    chosen = best([v for _, _, v in judged])
+    if chosen is None:
+        soft = [i for i, (_, _, v) in enumerate(judged) if v.reason == "critic"]
+        if not soft:
+            why = ", ".join(f"{reason} {sum(v.reason == reason for _, _, v in judged)}" for reason in REASONS if any(v.reason == reason for _, _, v in judged))
+            raise UserError(f"token {n}: none of its {len(judged)} candidates passed ({why}); the finished tokens are kept. "
+                            f"Try another epoch (--epoch), more candidates (--candidates, --rounds), or train longer; then run again with --resume")
+        chosen = max(soft, key=lambda i: (judged[i][2].score, -i))
+    for i, (k, art, v) in enumerate(judged):
+        kept = i == chosen
+        records.append({"k": k, "seed": candidate_seed(o.seed, n, k), "kept": kept, "reason": None if kept else v.reason, "detail": v.detail,
+                        "critic": round(v.score, 4), "nearest": v.nearest, "nearest_distance": round(v.nearest_distance, 4), "art": art})
+        if not kept and v.reason:
+            rejections[v.reason] = rejections.get(v.reason, 0) + 1
+    layout.write_candidates(out, n, records)
+    k, art, verdict = judged[chosen]
+    return Token(n, traits, prompt, candidate_seed(o.seed, n, k), art, verdict, len(judged))
+
+
+def _metadata(token: Token, o: GenerateOptions, run: RunHandle, epoch: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """ERC-721 metadata with OpenSea's attributes, and what made the image (`generator`)."""
+    image = layout.image_name(token.n, UPSCALE)
+    return {
+        "name": f"{o.name} #{token.n}",
+        "description": o.description,
+        "image": f"{o.base_uri.rstrip('/')}/{image}" if o.base_uri else f"{layout.IMAGES}/{image}",
+        "attributes": attributes(token.traits),
+        "generator": {"run": run.record.id, "epoch": epoch, "checkpoint_sha256": settings["checkpoint_sha256"], "prompt": token.prompt,
+                      "seed": token.seed, "critic_score": round(token.verdict.score, 4), "candidates_drawn": token.drawn,
+                      "nearest_training_punk": token.verdict.nearest, "nearest_distance": round(token.verdict.nearest_distance, 4),
+                      "image_24": f"{layout.IMAGES}/{layout.image_name(token.n)}"},
+    }

@@ -1,0 +1,109 @@
+"""Choosing a token's punk among its candidates: the rejections, in the order they are checked, then the best by the critic.
+
+1. ``near-copy``: fewer than 10% of its pixels more than ΔE 3 from a training image (the real set
+   has 7% such pairs among its own 184, a collection must have none). First, because a critic
+   tends to like copies.
+2. ``duplicate``: the same test against every earlier token of the collection.
+3. ``background``: the prompt names one background colour and the most common colour of the
+   outer ring of pixels does not answer to it (metrics.caption_adherence's test).
+4. ``off-style``: a style metric outside the training images' 5–95% range where the real punks
+   are never found: too many colours in the outer ring (a patchy background), too many colours
+   in all, too many orphan pixels (speckle).
+5. ``critic``: the critic (the two-sample test's CNN trained on the training images against the
+   engine's own pilot draws) scores the candidate below all but the worst CRITIC_QUANTILE of the
+   pilot draws: it looks most like what the model draws and least like what the artist draws
+   (discriminator rejection sampling, Azadi et al. 2019).
+
+Of the candidates left the one the critic scores highest is the token's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..distinguish import NEAR_COPY_DELTA_E, NEAR_COPY_SHARE, critic_scores
+from ..metrics import Reference, _labs, background_colour_names, border_colour, colour_names, difference_matrix, style_values
+
+REASONS = ("near-copy", "duplicate", "background", "off-style", "critic")
+CRITIC_QUANTILE = 0.2  # candidates the critic scores below this share of the pilot draws are left out
+# Style metrics whose values beyond the real set's 95th percentile are flaws a person sees at once.
+UPPER_LIMITS = ("ring_colours", "distinct_colours", "orphan_pixels")
+
+
+@dataclass
+class Verdict:
+    """One candidate judged: rejected with the first reason that applies (None: kept), and its critic score."""
+
+    reason: str | None
+    detail: str
+    score: float
+    nearest: str  # the most similar training punk
+    nearest_distance: float  # share of pixels more than ΔE 3 from it
+
+
+@dataclass
+class Judge:
+    """Everything a candidate is held against: the training set, its style ranges, the critic, the earlier tokens."""
+
+    names: list[str]  # every training image (near-copies are checked against all of them)
+    labs: np.ndarray
+    critic: object
+    critic_floor: float  # the pilot draws' CRITIC_QUANTILE critic score
+    limits: dict[str, float] = field(default_factory=dict)  # style metric -> the training set's 95th percentile
+    tokens: list[np.ndarray] = field(default_factory=list)  # accepted tokens' 24×24 art, in order
+    token_ids: list[int] = field(default_factory=list)
+
+    @classmethod
+    def make(cls, names: list[str], arts: np.ndarray, ranges: Reference, critic: object, pilot: np.ndarray) -> "Judge":
+        """``ranges``: the training set (or an even sample of a large one) whose 95th percentiles bound the style metrics."""
+        floor = float(np.quantile(critic_scores(critic, pilot), CRITIC_QUANTILE)) if len(pilot) else -np.inf
+        limits = {key: span[1] for key in UPPER_LIMITS if (span := ranges.range_of(key)) is not None}
+        return cls(list(names), _labs(arts), critic, floor, limits)
+
+    def accept(self, n: int, art: np.ndarray) -> None:
+        self.tokens.append(art)
+        self.token_ids.append(n)
+
+    def judge(self, arts: list[np.ndarray], prompt: str) -> list[Verdict]:
+        """A verdict for each candidate of one token (all judged, so the page can show why each was left out)."""
+        stack = np.stack(arts)
+        labs = _labs(stack)
+        to_training = difference_matrix(labs, self.labs, threshold=NEAR_COPY_DELTA_E)
+        to_tokens = difference_matrix(labs, _labs(np.stack(self.tokens)), threshold=NEAR_COPY_DELTA_E) if self.tokens else None
+        scores = critic_scores(self.critic, stack)
+        wanted = background_colour_names(prompt)
+        out = []
+        for i, art in enumerate(arts):
+            j = int(to_training[i].argmin())
+            nearest, distance = self.names[j], float(to_training[i, j])
+            reason, detail = self._first_reason(i, art, distance, nearest, to_tokens, wanted, scores[i])
+            out.append(Verdict(reason, detail, float(scores[i]), nearest, distance))
+        return out
+
+    def _first_reason(self, i: int, art: np.ndarray, distance: float, nearest: str, to_tokens: np.ndarray | None,
+                      wanted: frozenset[str] | None, score: float) -> tuple[str | None, str]:
+        if distance < NEAR_COPY_SHARE:
+            return "near-copy", f"{distance:.0%} of its pixels differ from {nearest} (a copy differs in under {NEAR_COPY_SHARE:.0%})"
+        if to_tokens is not None:
+            k = int(to_tokens[i].argmin())
+            if to_tokens[i, k] < NEAR_COPY_SHARE:
+                return "duplicate", f"{to_tokens[i, k]:.0%} of its pixels differ from token #{self.token_ids[k]}"
+        if wanted:
+            seen = colour_names(border_colour(art))
+            if not wanted & seen:
+                return "background", f"the prompt asks for a {'/'.join(sorted(wanted))} background, the border is {'/'.join(sorted(seen))}"
+        values = style_values(art)
+        for key, limit in self.limits.items():
+            if values[key] > limit:
+                return "off-style", f"{key.replace('_', ' ')} {values[key]:.3g} above the training punks' 95th percentile {limit:.3g}"
+        if score < self.critic_floor:
+            return "critic", f"the critic scores it {score:.2f}, below {CRITIC_QUANTILE:.0%} of the model's pilot draws ({self.critic_floor:.2f})"
+        return None, ""
+
+
+def best(verdicts: list[Verdict]) -> int | None:
+    """The kept candidate the critic likes best (the earlier one on a tie), or None when every one was rejected."""
+    kept = [i for i, v in enumerate(verdicts) if v.reason is None]
+    return max(kept, key=lambda i: (verdicts[i].score, -i)) if kept else None

