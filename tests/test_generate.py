@@ -209,3 +209,11 @@ def test_the_cli_makes_a_collection_from_the_reports_epoch(toy_run: Path, tmp_pa
     assert main(["generate", "--run", str(toy_run), "--count", "3", "--candidates", "2", "--out", str(tmp_path / "cli")]) == 0
     assert "collection" in capsys.readouterr().out
     assert json.loads((tmp_path / "cli" / "metadata" / "1.json").read_text())["generator"]["epoch"] == rec
+
+
+def test_two_processes_make_the_same_collection_as_one(toy_run: Path, tmp_path: Path) -> None:
+    """--num-gpus N splits the candidates over N processes (accelerate; gloo on this CPU): the collection is the same."""
+    generate(options(toy_run, tmp_path / "one", count=4))
+    generate(options(toy_run, tmp_path / "two", count=4, num_gpus=2))
+    assert shas(tmp_path / "two", 4) == shas(tmp_path / "one", 4)
+    assert not (tmp_path / "two" / "work").exists()

@@ -65,6 +65,7 @@ class GenerateOptions:
     base_uri: str | None = None
     resume: bool = False
     device: str | None = None
+    num_gpus: int = 1  # processes drawing candidates at once (one per GPU; accelerate)
     progress: bool = True
 
 
@@ -103,6 +104,8 @@ def _check_options(o: GenerateOptions) -> None:
         raise UserError(f"--count {o.count}: give a whole number from 1 to {MAX_COUNT}")
     if not 1 <= o.candidates <= MAX_CANDIDATES:
         raise UserError(f"--candidates {o.candidates}: give a whole number from 1 to {MAX_CANDIDATES} (candidates drawn per token per round)")
+    if not 1 <= o.num_gpus <= 64:
+        raise UserError(f"--num-gpus {o.num_gpus}: give a whole number from 1 to 64")
     if not 1 <= o.rounds <= 10:
         raise UserError(f"--rounds {o.rounds}: give a whole number from 1 to 10")
     if not 0 <= o.seed <= MAX_SEED:
@@ -154,52 +157,71 @@ def candidate_seed(seed: int, n: int, k: int) -> int:
 
 
 class Drawer:
-    """The engine's sampler with the epoch loaded, turning (prompt, seed) pairs into 24×24 art as `sample` does."""
+    """The engine's sampler with the epoch loaded (on first use), turning (prompt, seed) pairs into 24×24 art as `sample` does.
+
+    ``ready``: art drawn already (by `--num-gpus` processes), taken instead of drawing again.
+    """
 
     def __init__(self, run: RunHandle, checkpoint: Path, device: str | None) -> None:
         from ..sample import postprocess_options_for
 
+        self.run, self.device = run, device
         self.preset = run.record.preset_model(run.dir)
-        self.engine = get_engine(run.record.engine)
-        self.sampler = self.engine.sampler(run, SampleOptions(device=device, seeds=[0]))
         self.job = SampleJob(1, checkpoint)
         self.post = postprocess_options_for(self.preset.sample, run, None)
-        self.sampler.check(["punk"], [0], [self.job])  # refuses a checkpoint it cannot draw, then loads the model once
+        self.sampler: Any = None
+        self.ready: dict[tuple[str, int], np.ndarray] = {}
         self.drawn = 0
 
-    def settings(self) -> dict[str, Any]:
-        from ..sample import _options_record
-
-        return self.sampler.settings(["x"], [0], _options_record(self.post))
+    def _loaded(self) -> Any:
+        if self.sampler is None:
+            self.sampler = get_engine(self.run.record.engine).sampler(self.run, SampleOptions(device=self.device, seeds=[0]))
+            self.sampler.check(["punk"], [0], [self.job])  # refuses a checkpoint it cannot draw, then loads the model once
+        return self.sampler
 
     def draw(self, pairs: list[tuple[str, int]], tick: Callable[[], None] = lambda: None) -> list[np.ndarray]:
         """The 24×24 art of each (prompt, seed), in order."""
         from ..postprocess import postprocess
 
-        out: dict[tuple[str, int], np.ndarray] = {}
+        out = {pair: self.ready.pop(pair) for pair in pairs if pair in self.ready}
+        self.drawn += len(out)
 
         def write(full: Image.Image, _pid: str, prompt: str, seed: int) -> None:
             out[(prompt, seed)] = np.asarray(postprocess(full, self.post)[0].convert("RGB"))
             self.drawn += 1
             tick()
 
-        draw_pairs(self.sampler, self.job, pairs, write)
+        todo = [pair for pair in dict.fromkeys(pairs) if pair not in out]
+        if todo:
+            draw_pairs(self._loaded(), self.job, todo, write)
         return [out[pair] for pair in pairs]
 
 
 # ------------------------------------------------------------------ the collection
 
 
-def settings_record(o: GenerateOptions, run: RunHandle, epoch: int, checkpoint_sha: str, rules: TraitRules, sampler: dict[str, Any]) -> dict[str, Any]:
-    """Everything a token depends on (a --resume with other settings is refused)."""
+def settings_record(o: GenerateOptions, run: RunHandle, epoch: int, checkpoint_sha: str, rules: TraitRules) -> dict[str, Any]:
+    """Everything a token depends on (a --resume with other settings is refused); the run's resolved preset holds how it samples."""
     return {"format": FORMAT, "run": run.record.id, "run_created": run.record.created, "epoch": epoch, "checkpoint_sha256": checkpoint_sha,
             "seed": o.seed, "candidates": o.candidates, "rounds": o.rounds, "pilot": PILOT, "traits": rules.model_dump(mode="json"),
-            "sampler": sampler, "name": o.name, "description": o.description, "base_uri": o.base_uri}
+            "preset": run.record.resolved, "name": o.name, "description": o.description, "base_uri": o.base_uri}
 
 
 def plan_tokens(vocab: Vocabulary, rules: TraitRules, seed: int, count: int, full_prompt: Callable[[str], str]) -> list[tuple[TokenTraits, str]]:
     """Every token's traits and prompt, 1..count (each DNA once)."""
     return [(traits, full_prompt(traits.body())) for traits in collection_traits(vocab, rules, seed, count)]
+
+
+def pilot_pairs(vocab: Vocabulary, rules: TraitRules, o: GenerateOptions, full_prompt: Callable[[str], str]) -> list[tuple[str, int]]:
+    """The pilot draws' (prompt, seed): traits drawn as tokens' are (rules included), from a stream of their own (n = 0)."""
+    rng = np.random.default_rng([o.seed, 0])
+    pairs = []
+    for i in range(PILOT):
+        traits = None
+        while traits is None:
+            traits = draw_traits(vocab, rules, rng)
+        pairs.append((full_prompt(traits.body()), candidate_seed(o.seed, 0, i)))
+    return pairs
 
 
 def _critic(out: Path, drawer: Drawer, vocab: Vocabulary, rules: TraitRules, o: GenerateOptions, real: np.ndarray, full_prompt: Callable[[str], str],
@@ -212,14 +234,7 @@ def _critic(out: Path, drawer: Drawer, vocab: Vocabulary, rules: TraitRules, o: 
         pilot = layout.read_pilot(pilot_path)
     else:
         progress(f"pilot: {PILOT} draws of the model, for the critic to learn what it draws")
-        rng = np.random.default_rng([o.seed, 0])
-        pairs = []
-        for i in range(PILOT):
-            traits = None
-            while traits is None:
-                traits = draw_traits(vocab, rules, rng)
-            pairs.append((full_prompt(traits.body()), candidate_seed(o.seed, 0, i)))
-        pilot = np.stack(drawer.draw(pairs))
+        pilot = np.stack(drawer.draw(pilot_pairs(vocab, rules, o, full_prompt)))
         layout.write_pilot(pilot_path, pilot)
     return train_critic(real, pilot, seed=o.seed), pilot
 
@@ -240,11 +255,18 @@ def generate(o: GenerateOptions, console: Any = None) -> Result:
     out = layout.open_folder(Path(o.out), o.resume)
     with run_lock(out, GENERATE):
         drawer = Drawer(run, checkpoint, o.device)
-        settings = settings_record(o, run, epoch, file_sha256(checkpoint), rules, drawer.settings())
+        settings = settings_record(o, run, epoch, file_sha256(checkpoint), rules)
         layout.check_settings(out, settings, o.resume)
         plan = plan_tokens(vocab, rules, o.seed, o.count, preset.sample.full_prompt)
         done = layout.finished_tokens(out, o.count)
         say = (lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)) if o.progress else (lambda line: None)
+        if o.num_gpus > 1:
+            from .parallel import draw_in_parallel
+
+            first = [(plan[n - 1][1], candidate_seed(o.seed, n, k)) for n in range(done + 1, o.count + 1) for k in range(o.candidates)]
+            wanted = ([] if (out / layout.PILOT).is_file() else pilot_pairs(vocab, rules, o, preset.sample.full_prompt)) + first
+            say(f"drawing {len(wanted)} candidates with {o.num_gpus} processes")
+            drawer.ready = draw_in_parallel(run.dir, epoch, o.device, wanted, out, o.num_gpus)
         pick = np.linspace(0, len(names) - 1, min(len(names), MAX_REFERENCE)).round().astype(int)
         critic, pilot = _critic(out, drawer, vocab, rules, o, arts[pick], preset.sample.full_prompt, say)
         judge = Judge.make(names, arts, Reference.from_images([names[i] for i in pick], arts[pick]), critic, pilot)
