@@ -91,11 +91,16 @@ def counter(label: str, total: int, enabled: bool = True, console: Console | Non
         return
     console = console or Console(stderr=True)
     if not console.is_terminal:
-        plain, done = _Plain(console), [0]
+        plain, done, started = _Plain(console), [0], time.monotonic()
+
+        def line() -> str:
+            elapsed = time.monotonic() - started
+            left = elapsed / done[0] * (total - done[0]) if done[0] and total > done[0] else 0.0
+            return f"{label} {done[0]}/{total}" + (f", about {left / 60:.1f} min left" if left else f" in {elapsed / 60:.1f} min")
 
         def tick() -> None:
             done[0] += 1
-            plain.maybe(lambda: f"{label} {done[0]}/{total}", force=done[0] == total)
+            plain.maybe(line, force=done[0] == total)
 
         yield tick
         return

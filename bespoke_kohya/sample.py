@@ -68,10 +68,19 @@ def heldout_id(file: str) -> str:
     return f"heldout-{slug}~{hashlib.sha256(file.encode('utf-8')).hexdigest()[:8]}"
 
 
-def heldout_prompts(run: RunHandle) -> tuple[list[HeldoutPrompt], list[str]]:
-    """The held-out images' captions to draw, and a warning for those whose caption is not in the run's data/."""
+def heldout_subset(files: list[str], limit: int) -> list[str]:
+    """At most ``limit`` of the held-out ``files``, evenly spread over them in their order: the same ones every time."""
+    if len(files) <= limit:
+        return list(files)
+    if limit <= 0:
+        return []
+    return [files[i] for i in dict.fromkeys(np.linspace(0, len(files) - 1, limit).round().astype(int).tolist())]
+
+
+def heldout_prompts(run: RunHandle, limit: int) -> tuple[list[HeldoutPrompt], list[str]]:
+    """The captions of up to ``limit`` held-out images to draw, and a warning for those whose caption is not in the run's data/."""
     prompts, missing = [], []
-    for file, caption in run.heldout_captions():
+    for file, caption in run.heldout_captions(heldout_subset(run.record.dataset.heldout or [], limit)):
         if caption is None:
             missing.append(file)
         else:
@@ -164,6 +173,7 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
             # How many held-out seeds is part of the suite only when held-out captions are drawn (below), so the
             # suite of a run without held-out images keeps the id it had before held-out draws existed.
             settings.pop("heldout_seeds", None)
+            settings.pop("heldout_captions", None)  # the chosen held-out captions themselves are hashed below
             suite = {"settings": settings, "prompts": [{"id": pid, "prompt": p} for pid, p in zip(ids, prompts)], "seeds": list(seeds)}
             hashed = {**suite, "heldout": {"prompts": [asdict(h) for h in heldout], "seeds": heldout_seeds}} if heldout else suite
             sid = suite_id(hashed)
@@ -172,7 +182,10 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
         folder = out_dir / ADHOC if adhoc else out_dir
         folder.mkdir(exist_ok=True)
         rel_folder = f"{SAMPLES}/{ADHOC}" if adhoc else SAMPLES
-        with counter("sampling", len(jobs) * (len(prompts) * len(seeds) + len(heldout) * len(heldout_seeds)), progress) as tick:
+        total = len(jobs) * (len(prompts) * len(seeds) + len(heldout) * len(heldout_seeds))
+        if progress and total:
+            _announce(jobs, prompts, seeds, heldout, heldout_seeds, doc, total)
+        with counter("sampling", total, progress) as tick:
             for job in jobs:
                 name = epoch_folder(job.epoch)
                 with staged_folder(folder / name, "replace", start_from_target=adhoc) as staging:
@@ -205,6 +218,21 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
                     doc.epochs = dict(sorted(doc.epochs.items(), key=lambda kv: int(kv[0])))
                 write_samples(run_dir, doc)
     return doc
+
+
+def _announce(jobs: list[SampleJob], prompts: list[str], seeds: list[int], heldout: list[HeldoutPrompt], heldout_seeds: list[int], doc: Samples, total: int) -> None:
+    """Before drawing: how many images, what they are, and how long they should take at the speed of earlier epochs."""
+    from rich.console import Console
+
+    parts = f"{len(prompts)} prompt(s) × {len(seeds)} seed(s)" + (f" + {len(heldout)} held-out caption(s) × {len(heldout_seeds)} seed(s)" if heldout else "")
+    timed = [(e.seconds, len(e.images)) for e in doc.epochs.values() if getattr(e, "seconds", None) and e.images]
+    rate = sum(n for _, n in timed) / sum(t for t, _ in timed) if timed else None
+    guess = f", about {_duration(total / rate)} at the speed of the epochs drawn before" if rate else ""
+    Console(stderr=True, highlight=False).print(f"sampling {total} image(s): {len(jobs)} epoch(s) × ({parts}){guess}", markup=False, soft_wrap=True)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _draw_heldout(sampler: EpochSampler, job: SampleJob, heldout: list[HeldoutPrompt], seeds: list[int],
@@ -304,32 +332,61 @@ def select_jobs(run: RunHandle, epochs: list[int] | None, include_base: bool | N
     return jobs + [SampleJob(e, run.dir / recorded[e]) for e in wanted]
 
 
+@dataclass
+class SamplingPlan:
+    """What one `sample` call draws: the epochs, the suite, the held-out captions; ``images`` is how many in all."""
+
+    jobs: list[SampleJob]
+    prompts: list[str]
+    seeds: list[int]
+    heldout: list[HeldoutPrompt]
+    heldout_seeds: list[int]
+    adhoc: bool
+    notes: list[str]
+
+    @property
+    def images(self) -> int:
+        """Images drawn if no epoch is skipped (the default base is skipped when already drawn)."""
+        return len(self.jobs) * (len(self.prompts) * len(self.seeds) + len(self.heldout) * len(self.heldout_seeds))
+
+
+def sampling_plan(run: RunHandle, *, epochs: list[int] | None = None, prompts_file: Path | None = None, prompts: list[str] | None = None,
+                  seeds: list[int] | None = None, include_base: bool | None = None) -> SamplingPlan:
+    """What `sample --run RUN` with these options draws, decided before any model is loaded.
+
+    The suite is the preset's prompts, or ``prompts_file`` in their place; ``prompts`` (``--prompt``)
+    are ad-hoc: drawn beside the suite into ``samples/adhoc/``, never over it. ``include_base``
+    None: epoch 0 (the base alone) when the engine has one (`samples_base`) and it is not drawn yet.
+    Held-out captions go with the suite (the preset's, or --prompts FILE), never with ad-hoc draws,
+    at most ``sample.heldout_captions`` of them.
+    """
+    preset = run.record.preset_model(run.dir)
+    if prompts is None and prompts_file is None:
+        suite = preset.sample.full_prompts()
+    else:
+        suite = list(prompts or []) + (read_prompts_file(prompts_file) if prompts_file else [])
+    jobs = select_jobs(run, epochs, include_base, get_engine(run.record.engine).samples_base)
+    seeds = list(seeds) if seeds else list(preset.sample.seeds)
+    heldout, notes = ([], []) if prompts or not preset.sample.heldout_seeds else heldout_prompts(run, preset.sample.heldout_captions)
+    return SamplingPlan(jobs, suite, seeds, heldout, seeds[: preset.sample.heldout_seeds] if heldout else [], bool(prompts), notes)
+
+
 def sample_run(run_dir: Path, *, epochs: list[int] | None = None, prompts_file: Path | None = None, prompts: list[str] | None = None,
                seeds: list[int] | None = None, device: str | None = None, include_base: bool | None = None, base_override: str | None = None,
                dataset_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """`bespoke-kohya sample --run RUN`: draw the run's epochs with its engine into ``RUN/samples``; returns samples.json (+ warnings).
 
-    The suite is the preset's prompts, or ``prompts_file`` in their place; ``prompts`` (``--prompt``)
-    are ad-hoc: drawn beside the suite into ``samples/adhoc/``, never over it. ``include_base``
-    None: epoch 0 (the base alone) when the engine has one (`samples_base`) and it is not drawn yet.
+    What is drawn: :func:`sampling_plan`.
     """
     run = RunHandle.open(Path(run_dir))
     with run_lock(run.dir, SAMPLE):  # taken before the model loads: a second sampler is refused at once
         preset = run.record.preset_model(run.dir)
-        if prompts is None and prompts_file is None:
-            suite = preset.sample.full_prompts()
-        else:
-            suite = list(prompts or []) + (read_prompts_file(prompts_file) if prompts_file else [])
-        engine = get_engine(run.record.engine)
-        jobs = select_jobs(run, epochs, include_base, engine.samples_base)
-        options = SampleOptions(epochs=epochs, prompts=suite, seeds=list(seeds) if seeds else list(preset.sample.seeds), device=device,
-                                include_base=any(job.checkpoint is None for job in jobs), base_override=base_override, progress=progress)
-        sampler = engine.sampler(run, options)
+        plan = sampling_plan(run, epochs=epochs, prompts_file=prompts_file, prompts=prompts, seeds=seeds, include_base=include_base)
+        options = SampleOptions(epochs=epochs, prompts=plan.prompts, seeds=plan.seeds, device=device,
+                                include_base=any(job.checkpoint is None for job in plan.jobs), base_override=base_override, progress=progress)
+        sampler = get_engine(run.record.engine).sampler(run, options)
         post = postprocess_options_for(preset.sample, run, dataset_dir)
-        # Held-out captions go with the suite (the preset's, or --prompts FILE), never with ad-hoc --prompt draws.
-        heldout, notes = ([], []) if prompts or not preset.sample.heldout_seeds else heldout_prompts(run)
-        seeds_used = options.seeds or []
-        doc = draw_epochs(run.dir, sampler, jobs, options.prompts or [], seeds_used, post, progress, adhoc=bool(prompts),
-                          heldout=heldout, heldout_seeds=seeds_used[: preset.sample.heldout_seeds]).as_dict()
-    doc["warnings"] = notes + list(sampler.warnings)
+        doc = draw_epochs(run.dir, sampler, plan.jobs, plan.prompts, plan.seeds, post, progress, adhoc=plan.adhoc,
+                          heldout=plan.heldout, heldout_seeds=plan.heldout_seeds).as_dict()
+    doc["warnings"] = plan.notes + list(sampler.warnings)
     return doc

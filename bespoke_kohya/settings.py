@@ -95,6 +95,7 @@ class SampleSettings(_Strict):
     negative_prompt: str = Field("blurry, anti-aliasing, gradient, body, torso, text, watermark", description="Negative prompt (diffusion presets).")
     seeds: list[Seed] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1, description="Seeds (0 to 2**32-1); every epoch uses the same ones so epochs are comparable.")
     heldout_seeds: int = Field(2, ge=0, le=16, description="Also draw each held-out image's own caption (dataset.validation_split) with the first this-many `seeds`, so the report can set each sample beside the real image its caption describes. 0: don't.")
+    heldout_captions: int = Field(20, ge=0, le=500, description="At most this many held-out images' captions are drawn each epoch (evenly spread over the held-out files, the same ones every time); the held-out loss still uses every held-out image. A large dataset holds out many (the 10,000-image stand-in: 1,000, which would be 2,000 extra images an epoch); 20 × 2 seeds keep the report's pairs and two-sample test meaningful at a minute of drawing.")
     steps: int = Field(30, ge=1, le=500, description="Denoising steps (documented: 30). pixel24 uses pixel24.sample_steps instead.")
     guidance_scale: float = Field(7.5, ge=0, le=30, description="Classifier-free guidance scale (documented: 7.5). pixel24 uses pixel24.guidance_scale instead.")
     scheduler: Literal["euler_a", "euler", "ddim", "dpmsolver++", "pndm"] = Field("euler_a", description="Sampler/scheduler.")

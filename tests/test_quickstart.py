@@ -138,3 +138,33 @@ def test_report_samples_what_train_left_unsampled_and_refuses_an_empty_compariso
     total = images_per_epoch(run_dir) * EPOCHS
     assert f"sampling {total}/{total}" in drawn.stdout + drawn.stderr  # its progress, held-out captions included
     assert_every_epoch_and_seed_pictured(run_dir)
+
+
+def test_make_trains_defaults_draw_a_bounded_suite_for_the_10000_punk_standin(tmp_path: Path) -> None:
+    """Issue 27: the stand-in holds out 1,000 images for the held-out loss; sampling draws only sample.heldout_captions
+    of their captions (spread over them), so `make train`'s sampling stays a few hundred images. Counted, not drawn."""
+    from bespoke_kohya.dataset import split_heldout
+    from bespoke_kohya.presets import load_preset
+    from bespoke_kohya.runfolder.records import RunHandle
+    from bespoke_kohya.sample import sampling_plan
+
+    from tests.helpers.runs import write_record
+
+    preset = load_preset("pixel24")  # what `make train` trains (its stand-in demo keeps the suite and the split)
+    names = [f"punk-{i:05d}.png" for i in range(10_000)]
+    _, heldout = split_heldout(names, preset.dataset.validation_split, preset.dataset.validation_seed)
+    assert len(heldout) == 1000
+    run = tmp_path / "standin run"
+    epochs = {str(e): f"checkpoints/pixel24-{e:06d}.safetensors" for e in range(1, preset.pixel24.epochs + 1)}
+    write_record(run, preset, tmp_path / "standin", epochs, heldout=heldout)
+    folder = run / "data" / f"{preset.dataset.num_repeats}_{preset.dataset.concept}"
+    folder.mkdir(parents=True)
+    for name in heldout:
+        (folder / Path(name).with_suffix(".txt").name).write_text(f"pixel art, 24x24, portrait of bespoke punk, {name}", encoding="utf-8")
+    plan = sampling_plan(RunHandle.open(run))
+    per_epoch = len(preset.sample.prompts) * len(preset.sample.seeds) + preset.sample.heldout_captions * preset.sample.heldout_seeds
+    assert len(plan.heldout) == preset.sample.heldout_captions == 20
+    assert plan.images == preset.pixel24.epochs * per_epoch == 5 * (16 + 40)  # was 5 × (16 + 2,000) = 10,080
+    chosen = [h.file for h in plan.heldout]
+    assert chosen[0] == heldout[0] and chosen[-1] == heldout[-1] and len(set(chosen)) == 20  # spread over the set
+    assert [h.file for h in sampling_plan(RunHandle.open(run)).heldout] == chosen  # the same ones every time

@@ -222,14 +222,14 @@ class RunHandle:
 
         return training_folder(self.dir, self.record.resolved)
 
-    def heldout_captions(self) -> list[tuple[str, str | None]]:
-        """(file, caption as trained) of each held-out image (run.json dataset.heldout), in that order.
+    def heldout_captions(self, files: list[str] | None = None) -> list[tuple[str, str | None]]:
+        """(file, caption as trained) of each held-out image (run.json dataset.heldout, or ``files`` of them), in that order.
 
         The caption is the prepared ``data/<repeats>_<concept>/<stem><caption_extension>``, the
         text training would have seen. None when that file is not there (a run brought home
         without its data/, or a name that is not a plain file name) or is empty.
         """
-        files = self.record.dataset.heldout or []
+        files = self.record.dataset.heldout or [] if files is None else files
         if not files:
             return []
         d = self.record.preset_model(self.dir).dataset
