@@ -343,8 +343,18 @@ def cmd_report_compare(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Make a collection of new punks from a run's chosen epoch: the best of several candidates each, with metadata."""
-    from .generate.collection import GenerateOptions, generate
+    from .generate.collection import GenerateOptions, generate, run_vocabulary
 
+    if args.list_traits:
+        table = Table(title=f"Traits of {args.run}'s captions (images with each value)")
+        for col in ("trait", "values"):
+            table.add_column(col, overflow="fold")
+        for trait, values in run_vocabulary(Path(args.run)).table().items():
+            table.add_row(trait, ", ".join(f"{v} ×{n}" for v, n in values.items()))
+        console.print(table)
+        return 0
+    if args.out is None or args.count is None:
+        raise UserError("generate needs --count N and --out DIR (or --list-traits to see the run's trait values)")
     options = GenerateOptions(
         run=Path(args.run), out=Path(args.out), count=args.count, epoch=args.epoch, seed=args.seed, candidates=args.candidates, rounds=args.rounds,
         traits=Path(args.traits) if args.traits else None, name=args.name, description=args.description, base_uri=args.base_uri,
@@ -492,8 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="make a collection of new punks from a run's chosen epoch (images, ERC-721 metadata, a page)")
     p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--out", required=True, help="new folder for the collection (refused if it exists, unless --resume)")
-    p.add_argument("--count", type=_at_least(1, int, "a whole number"), required=True, help="punks in the collection")
+    p.add_argument("--out", default=None, help="new folder for the collection (refused if it exists, unless --resume)")
+    p.add_argument("--count", type=_at_least(1, int, "a whole number"), default=None, help="punks in the collection")
+    p.add_argument("--list-traits", action="store_true", help="print the trait values of the run's captions (for a --traits file) and stop")
     p.add_argument("--epoch", type=_at_least(1, int, "a whole number"), default=None, help="epoch to draw from (default: the one the run's report recommends)")
     p.add_argument("--seed", type=_at_least(0, int, "a whole number"), default=0, help="the collection's seed (token n depends only on it, n, the run, the epoch and the settings)")
     p.add_argument("--candidates", type=_at_least(1, int, "a whole number"), default=4, help="candidates drawn per token per round; the best is kept (default 4)")

@@ -148,6 +148,13 @@ def training_set(run: RunHandle) -> tuple[list[str], np.ndarray, list[str]]:
     return [p.stem for p in paths], np.stack([art_of(p) for p in paths]), captions
 
 
+def run_vocabulary(run_dir: Path) -> Vocabulary:
+    """The trait vocabulary of a run's training captions (what `generate --list-traits` prints)."""
+    run = RunHandle.open(Path(run_dir))
+    _, _, captions = training_set(run)
+    return vocabulary([c for c in captions if c], run.record.preset_model(run.dir).sample.trigger)
+
+
 def candidate_seed(seed: int, n: int, k: int) -> int:
     """Candidate ``k`` of token ``n``: a seed of its own (n = 0 is the pilot), the same in every collection with this seed."""
     return int.from_bytes(hashlib.sha256(f"bespoke-kohya generate {seed} {n} {k}".encode()).digest()[:4], "big")
