@@ -8,9 +8,9 @@ manual (``bespoke-kohya presets --explain``).
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .paths import ART
 
@@ -131,6 +131,17 @@ class Preset(_Strict):
 
     # The name of the engine's own section (its table in the preset file); set by each engine's subclass.
     section: ClassVar[str] = ""
+
+    @model_validator(mode="after")
+    def _needs_its_table(self) -> "Preset":
+        if self.section and getattr(self, self.section, None) is None:
+            raise ValueError(f"engine {self.engine!r} needs a [{self.section}] table")
+        return self
+
+    @property
+    def settings(self) -> Any:
+        """The engine's own table (always present once validated)."""
+        return getattr(self, self.section)
 
     @property
     def resolution(self) -> int:

@@ -18,25 +18,23 @@ continues after the last one. collection.json and index.html are written when al
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image
 
-from ..engines import get_engine
-from ..engines.protocol import SampleJob, SampleOptions, draw_pairs
 from ..errors import UserError
 from ..metrics import Reference
-from ..runfolder import RUN_JSON, file_sha256, inside_run
+from ..runfolder import file_sha256
 from ..runfolder.data import art_of, training_images
 from ..runfolder.lock import GENERATE, run_lock
 from ..runfolder.records import RunHandle
 from ..settings import MAX_SEED
 from . import layout
+from .draw import Drawer, candidate_seed, choose_epoch
+from .page import render_page
 from .select import REASONS, Judge, Verdict, best
 from .traits import TokenTraits, TraitRules, Vocabulary, attributes, collection_traits, draw_traits, read_rules, vocabulary
 
@@ -114,25 +112,6 @@ def _check_options(o: GenerateOptions) -> None:
         raise UserError(f"--base-uri {o.base_uri!r}: give a URI without spaces, e.g. ipfs://<CID> or https://example.com/punks")
 
 
-def choose_epoch(run: RunHandle, epoch: int | None) -> tuple[int, Path]:
-    """The epoch to draw from (``--epoch``, else the one the run's report recommends) and its checkpoint, inside the run."""
-    recorded = run.record.checkpoints()
-    if epoch is None:
-        from ..report import read_recommended_epoch
-
-        epoch = read_recommended_epoch(run.dir)
-        if epoch is None:
-            have = ", ".join(map(str, sorted(recorded))) or "none"
-            raise UserError(f"{run.dir}: its report recommends no epoch (run `bespoke-kohya report --run {run.dir}` first); "
-                            f"or choose one with --epoch (recorded: {have})")
-    if epoch not in recorded:
-        have = ", ".join(map(str, sorted(recorded))) or "none"
-        raise UserError(f"--epoch {epoch}: not in {run.dir / RUN_JSON} (recorded epochs: {have})")
-    if inside_run(run.dir, recorded[epoch]) is None:
-        raise UserError(f"{run.dir / RUN_JSON}: epochs.{epoch}: {recorded[epoch]} is outside the run folder; checkpoints are read from the run's own checkpoints/ only")
-    return epoch, run.dir / recorded[epoch]
-
-
 def training_set(run: RunHandle) -> tuple[list[str], np.ndarray, list[str]]:
     """(names, 24×24 arts, captions) of the run's prepared training images (data/), the originals of everything here."""
     paths = training_images(run.dir, run.record.resolved)
@@ -153,55 +132,6 @@ def run_vocabulary(run_dir: Path) -> Vocabulary:
     run = RunHandle.open(Path(run_dir))
     _, _, captions = training_set(run)
     return vocabulary([c for c in captions if c], run.record.preset_model(run.dir).sample.trigger)
-
-
-def candidate_seed(seed: int, n: int, k: int) -> int:
-    """Candidate ``k`` of token ``n``: a seed of its own (n = 0 is the pilot), the same in every collection with this seed."""
-    return int.from_bytes(hashlib.sha256(f"bespoke-kohya generate {seed} {n} {k}".encode()).digest()[:4], "big")
-
-
-# ------------------------------------------------------------------ drawing
-
-
-class Drawer:
-    """The engine's sampler with the epoch loaded (on first use), turning (prompt, seed) pairs into 24×24 art as `sample` does.
-
-    ``ready``: art drawn already (by `--num-gpus` processes), taken instead of drawing again.
-    """
-
-    def __init__(self, run: RunHandle, checkpoint: Path, device: str | None) -> None:
-        from ..sample import postprocess_options_for
-
-        self.run, self.device = run, device
-        self.preset = run.record.preset_model(run.dir)
-        self.job = SampleJob(1, checkpoint)
-        self.post = postprocess_options_for(self.preset.sample, run, None)
-        self.sampler: Any = None
-        self.ready: dict[tuple[str, int], np.ndarray] = {}
-        self.drawn = 0
-
-    def _loaded(self) -> Any:
-        if self.sampler is None:
-            self.sampler = get_engine(self.run.record.engine).sampler(self.run, SampleOptions(device=self.device, seeds=[0]))
-            self.sampler.check(["punk"], [0], [self.job])  # refuses a checkpoint it cannot draw, then loads the model once
-        return self.sampler
-
-    def draw(self, pairs: list[tuple[str, int]], tick: Callable[[], None] = lambda: None) -> list[np.ndarray]:
-        """The 24×24 art of each (prompt, seed), in order."""
-        from ..postprocess import postprocess
-
-        out = {pair: self.ready.pop(pair) for pair in pairs if pair in self.ready}
-        self.drawn += len(out)
-
-        def write(full: Image.Image, _pid: str, prompt: str, seed: int) -> None:
-            out[(prompt, seed)] = np.asarray(postprocess(full, self.post)[0].convert("RGB"))
-            self.drawn += 1
-            tick()
-
-        todo = [pair for pair in dict.fromkeys(pairs) if pair not in out]
-        if todo:
-            draw_pairs(self._loaded(), self.job, todo, write)
-        return [out[pair] for pair in pairs]
 
 
 # ------------------------------------------------------------------ the collection
@@ -280,21 +210,21 @@ def generate(o: GenerateOptions, console: Any = None) -> Result:
         for n in range(1, done + 1):  # the finished tokens stand against the rest exactly as when they were made
             judge.accept(n, layout.read_token_art(out, n))
         rejections = layout.rejection_counts(out, done)
-        tokens = _draw_tokens(out, plan, done, drawer, judge, o, rejections, run, epoch, settings, say)
+        _draw_tokens(out, plan, done, drawer, judge, o, rejections, run, epoch, settings, say)
         result = Result(out, o.count, drawer.drawn, rejections, time.perf_counter() - started, resumed_from=done)
-        result.page = layout.write_collection(out, settings, plan, vocab, names, arts, judge, tokens, rejections)
+        doc = layout.write_collection(out, settings, o.count, vocab.table(), rejections)
+        result.page = layout.write_page(out, render_page(out, doc, names, arts))
     return result
 
 
 def _draw_tokens(out: Path, plan: list[tuple[TokenTraits, str]], done: int, drawer: Drawer, judge: Judge, o: GenerateOptions,
-                 rejections: dict[str, int], run: RunHandle, epoch: int, settings: dict[str, Any], say: Callable[[str], None]) -> list[Token]:
+                 rejections: dict[str, int], run: RunHandle, epoch: int, settings: dict[str, Any], say: Callable[[str], None]) -> None:
     """Tokens done+1..count, in order, written as each is chosen; the candidates of the next few tokens are drawn together."""
     from ..progress import counter
 
     batch = max(1, 16 // o.candidates)  # tokens whose first candidates share one draw call (pixel24 draws 16 at a time)
     pending = list(range(done + 1, len(plan) + 1))
     drawn: dict[int, list[tuple[int, np.ndarray]]] = {}  # token -> [(candidate k, art)]
-    tokens: list[Token] = []
     with counter(f"tokens ({o.candidates} candidates each)", len(pending), o.progress) as tick:
         for n in pending:
             if n not in drawn:
@@ -305,9 +235,7 @@ def _draw_tokens(out: Path, plan: list[tuple[TokenTraits, str]], done: int, draw
             token = _choose(n, plan[n - 1], drawn.pop(n), drawer, judge, o, rejections, out)
             judge.accept(n, token.art)
             layout.write_token(out, token, _metadata(token, o, run, epoch, settings))
-            tokens.append(token)
             tick()
-    return tokens
 
 
 def _choose(n: int, planned: tuple[TokenTraits, str], candidates: list[tuple[int, np.ndarray]], drawer: Drawer, judge: Judge,

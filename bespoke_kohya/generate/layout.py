@@ -166,12 +166,8 @@ def rarity(tokens: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]
     return out
 
 
-def write_collection(out: Path, settings: dict[str, Any], plan: list[Any], vocab: Any, names: list[str], arts: np.ndarray, judge: Any,
-                     tokens: list[Any], rejections: dict[str, int]) -> Path:
-    """collection.json and index.html, once every token is finished."""
-    from .page import render_page
-
-    count = len(plan)
+def write_collection(out: Path, settings: dict[str, Any], count: int, vocabulary: dict[str, dict[str, int]], rejections: dict[str, int]) -> dict[str, Any]:
+    """collection.json, once every token is finished; returns it."""
     metas = [read_metadata(out, n) for n in range(1, count + 1)]
     proof, shas = provenance(out, count)
     listed = [{"token": n, "name": m.get("name"), "image": m.get("image"), "sha256": sha, "attributes": m.get("attributes", []),
@@ -179,9 +175,12 @@ def write_collection(out: Path, settings: dict[str, Any], plan: list[Any], vocab
               for n, (m, sha) in enumerate(zip(metas, shas), start=1)]
     doc = {"version": 1, "settings": settings, "count": count, "provenance_sha256": proof, "tokens": listed, "rarity": rarity(listed),
            "rejections": dict(sorted(rejections.items())), "candidates_drawn": sum(t["candidates_drawn"] or 0 for t in listed),
-           "vocabulary": vocab.table()}
+           "vocabulary": vocabulary}
     write_json_atomic(out / COLLECTION, doc)
+    return doc
+
+
+def write_page(out: Path, html: str) -> Path:
     page = out / PAGE
-    html = render_page(out, doc, names, arts)
     write_atomic(page, lambda tmp: tmp.write_text(html, encoding="utf-8"))
     return page

@@ -32,7 +32,7 @@ def _worker(run_dir: str, epoch: int, device: str | None, cpu: bool, pairs: list
     from safetensors.numpy import save_file
 
     from ..runfolder.records import RunHandle
-    from .collection import Drawer, choose_epoch
+    from .draw import Drawer, choose_epoch
 
     state = PartialState(cpu=cpu)
     run = RunHandle.open(Path(run_dir))

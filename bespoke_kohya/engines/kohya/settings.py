@@ -62,9 +62,7 @@ class KohyaPreset(Preset):
     kohya: KohyaSettings | None = Field(None, description="sd-scripts arguments (kohya presets only).")
 
     @model_validator(mode="after")
-    def _needs_its_table(self) -> "KohyaPreset":
-        if self.kohya is None:
-            raise ValueError("engine 'kohya' needs a [kohya] table")
+    def _needs_a_family(self) -> "KohyaPreset":
         if self.family is None:
             raise ValueError("engine 'kohya' needs `family = \"sd15\"` or `\"sdxl\"`")
         return self
@@ -72,8 +70,7 @@ class KohyaPreset(Preset):
     @property
     def settings(self) -> KohyaSettings:
         """The [kohya] table (always present once validated)."""
-        assert self.kohya is not None
-        return self.kohya
+        return self.kohya  # type: ignore[return-value]
 
     @property
     def script(self) -> str:

@@ -121,14 +121,7 @@ class Pixel24Preset(Preset):
     engine: Literal["pixel24"] = Field(description="`pixel24`: the native 24×24 model (CPU).")
     pixel24: Pixel24Settings | None = Field(None, description="Native model settings (pixel24 presets only).")
 
-    @model_validator(mode="after")
-    def _needs_its_table(self) -> "Pixel24Preset":
-        if self.pixel24 is None:
-            raise ValueError("engine 'pixel24' needs a [pixel24] table")
-        return self
-
     @property
     def settings(self) -> Pixel24Settings:
         """The [pixel24] table (always present once validated)."""
-        assert self.pixel24 is not None
-        return self.pixel24
+        return self.pixel24  # type: ignore[return-value]
