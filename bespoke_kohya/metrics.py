@@ -109,12 +109,13 @@ METRICS: dict[str, MetricInfo] = {
         MetricInfo("nearest_distance", "nearest training punk", "Share of pixels more than ΔE 5 off the most similar training image (originals: itself excluded).", "closer_to_reference"),
         MetricInfo("near_copies", "near-copies", "Number of outputs closer to a training image than 95% of training punks are to their nearest other punk.", "lower"),
         MetricInfo("seed_diversity", "seed diversity", "Mean share of pixels (ΔE > 5) that differ between seeds of the same prompt; 0 = identical.", "higher"),
+        MetricInfo("caption_adherence", "caption adherence", "Of the outputs whose prompt names one background colour, the share whose border colour has that name (the real punks: 0.92).", "higher"),
         MetricInfo("grid_alignment", "grid alignment", "Full-size render: share of colour-edge strength lying on the art-pixel grid (1 = clean pixel art, low = blurred or off-grid).", "higher"),
         MetricInfo("cell_flatness", "cell flatness", "Full-size render: share of art cells whose interior is one flat colour (mean ΔE to the cell's median < 5).", "higher"),
     ]
 }
 STYLE_KEYS = [k for k, m in METRICS.items() if m.style]
-IMAGE_KEYS = [k for k in METRICS if k not in ("near_copies", "seed_diversity")]
+IMAGE_KEYS = [k for k in METRICS if k not in ("near_copies", "seed_diversity", "caption_adherence")]
 
 
 # --------------------------------------------------------------------------- per-image metrics
@@ -830,10 +831,11 @@ def epoch_metrics(
     groups: Sequence[str] | None = None,
     fulls: Sequence[np.ndarray | None] | None = None,
     grids: Sequence[Mapping[str, float] | Any | None] | None = None,
+    prompts: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Score one epoch's outputs against the reference (JSON-ready).
 
-    ``groups``: the prompt id of each image (for seed diversity); ``fulls``/``grids``:
+    ``prompts``: the prompt of each image (for caption adherence); ``groups``: the prompt id of each image (for seed diversity); ``fulls``/``grids``:
     the full-size render and its grid per image (None entries allowed). Returns ``n``,
     ``values`` (one number per :data:`METRICS` key: medians of the per-image values,
     near-copy count, seed diversity), ``images`` (per-image dicts), ``copies``,
@@ -842,7 +844,7 @@ def epoch_metrics(
     No images gives ``n = 0`` and None everywhere.
     """
     n = len(images)
-    for name, seq in (("groups", groups), ("fulls", fulls), ("grids", grids)):
+    for name, seq in (("groups", groups), ("fulls", fulls), ("grids", grids), ("prompts", prompts)):
         if seq is not None and len(seq) != n:
             raise UserError(f"epoch metrics: {len(seq)} {name} for {n} images; give one per image (None where unknown)")
     result: dict[str, Any] = {"n": n, "values": {k: None for k in METRICS}, "images": [], "copies": [], "typicality": {}, "in_range": {}, "percentile": {}, "ranges": {}}
@@ -859,6 +861,7 @@ def epoch_metrics(
     result["copies"] = [{"index": i, "nearest": p["nearest_name"], "distance": p["nearest_distance"]} for i, p in enumerate(per) if p["near_copy"]]
     values["near_copies"] = float(len(result["copies"]))
     values["seed_diversity"] = _grouped_diversity(labs, groups)
+    values["caption_adherence"] = caption_adherence(list(prompts), list(arts))[0] if prompts is not None else None
     result["diversity_overall"] = _mean_pairwise(labs)
     _judge(result, per, ref)
     return result

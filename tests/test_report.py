@@ -621,12 +621,14 @@ def test_failed_write_keeps_previous_report(small_run: FakeRun, tmp_path: Path, 
 
 @pytest.mark.slow
 def test_report_of_a_run_sampled_by_the_real_sampler(tmp_path: Path, punks_dir: Path) -> None:
-    """Tiny random-weight SD1.5 + two kohya LoRAs → `sample.sample_epochs` → report: the real samples.json format."""
+    """Tiny random-weight SD1.5 + two kohya LoRAs → the kohya sampler's `sample_epochs` → report: the real samples.json format."""
     import torch
 
-    from bespoke_kohya import sample
+    from bespoke_kohya.engines.kohya import sampler as kohya
+    from bespoke_kohya.engines.protocol import SampleJob
     from bespoke_kohya.postprocess import PostprocessOptions
-    from bespoke_kohya.presets import Preset
+
+    from tests.helpers.runs import write_training_images
 
     from tests.helpers.tiny_sd import build_tiny_sd15, write_kohya_lora
 
@@ -641,12 +643,13 @@ def test_report_of_a_run_sampled_by_the_real_sampler(tmp_path: Path, punks_dir: 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the tiny model gains nothing from two threads on a shared CPU
     try:
-        pipe = sample.load_base(preset, device="cpu")
-        sample.sample_epochs(pipe, [sample.SampleJob(e, p) for e, p in loras.items()], preset.sample.full_prompts(), [1, 2], preset.sample, run / "samples",
+        pipe = kohya.load_base(preset, device="cpu")
+        kohya.sample_epochs(pipe, [SampleJob(e, p) for e, p in loras.items()], preset.sample.full_prompts(), [1, 2], preset.sample, run / "samples",
                              size=(64, 64), negative_prompt="", postprocess_options=PostprocessOptions(method="grid"), progress=False)
     finally:
         torch.set_num_threads(threads)
     write_record(run, preset, punks_dir, {str(e): f"checkpoints/{p.name}" for e, p in loras.items()})
+    write_training_images(run, preset, punks_dir)
 
     page = report.write_report(run).read_text(encoding="utf-8")
     doc = json.loads((run / "report" / "metrics.json").read_text(encoding="utf-8"))

@@ -162,7 +162,8 @@ def _score_epoch(M: Any, run_dir: Path, ep: EpochSamples, ref: Any) -> dict[str,
     """metrics.epoch_metrics on an epoch's 24×24 results, with full-size renders and grids where recorded."""
     cells = ep.images
     fulls = [load_full(run_dir, c) for c in cells]
-    return M.epoch_metrics([c.art for c in cells], ref, groups=[c.prompt_id for c in cells], fulls=fulls, grids=[c.grid for c in cells])
+    return M.epoch_metrics([c.art for c in cells], ref, groups=[c.prompt_id for c in cells], fulls=fulls, grids=[c.grid for c in cells],
+                           prompts=[c.prompt for c in cells])
 
 
 def _cell_key(cell: Cell) -> str:
