@@ -221,3 +221,25 @@ def test_two_processes_make_the_same_collection_as_one(toy_run: Path, tmp_path: 
     generate(options(toy_run, tmp_path / "two", count=4, num_gpus=2))
     assert shas(tmp_path / "two", 4) == shas(tmp_path / "one", 4)
     assert not (tmp_path / "two" / "work").exists()
+
+
+def test_a_token_whose_every_candidate_misses_the_background_keeps_its_best_try_named_by_its_image(toy_run: Path, tmp_path: Path,
+                                                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The background colour is a soft rule: when no candidate shows the prompt's colour the best try is kept, and its
+    Background attribute is the colour its border shows (the traits are its attributes unless its image contradicts them)."""
+    real_draw = collection.Drawer.draw
+
+    def always_grey(self, pairs, tick=lambda: None):
+        arts = [a.copy() for a in real_draw(self, pairs, tick)]
+        for art in arts:
+            art[[0, -1], :] = art[:, [0, -1]] = (128, 128, 128)  # the whole border grey, whatever the prompt asked for
+        return arts
+
+    monkeypatch.setattr(collection.Drawer, "draw", always_grey)
+    out = tmp_path / "grey"
+    generate(options(toy_run, out, count=4))
+    metas = [json.loads((out / "metadata" / f"{n}.json").read_text()) for n in range(1, 5)]
+    asked = [m for m in metas if select.background_colour_names(m["generator"]["prompt"]) and "grey" not in select.background_colour_names(m["generator"]["prompt"])]
+    for m in asked:
+        assert {a["trait_type"]: a["value"] for a in m["attributes"]}["Background"] == "grey"
+    assert any(c["reason"] == "background" for n in range(1, 5) for c in layout.read_candidates(out, n)) == bool(asked)

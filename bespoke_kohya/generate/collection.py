@@ -35,7 +35,7 @@ from ..settings import MAX_SEED
 from . import layout
 from .draw import Drawer, candidate_seed, choose_epoch
 from .page import render_page
-from .select import REASONS, Judge, Verdict, best
+from .select import REASONS, Judge, Verdict, best, best_try
 from .traits import TokenTraits, TraitRules, Vocabulary, attributes, collection_traits, draw_traits, read_rules, vocabulary
 
 FORMAT = 1
@@ -242,9 +242,10 @@ def _choose(n: int, planned: tuple[TokenTraits, str], candidates: list[tuple[int
             o: GenerateOptions, rejections: dict[str, int], out: Path) -> Token:
     """Token ``n``: judge its candidates, drawing K more each round until one is kept.
 
-    The critic's verdict is the one soft rule: when every candidate of every round is left out and some only by
-    the critic, the one it scores highest is kept (a prompt the model draws poorly still gets its best try); a
-    near-copy, a duplicate, a wrong background or an off-style image never is.
+    The critic and the background colour are soft rules: when every candidate of every round is left out and some
+    only by those, the best of them is kept (a prompt the model draws poorly still gets its best try), and a
+    background the image contradicts becomes the colour it shows in the token's attributes; a near-copy, a
+    duplicate or an off-style image never is kept.
     """
     traits, prompt = planned
     records: list[dict[str, Any]] = []
@@ -259,15 +260,17 @@ def _choose(n: int, planned: tuple[TokenTraits, str], candidates: list[tuple[int
             break
     chosen = best([v for _, _, v in judged])
     if chosen is None:
-        soft = [i for i, (_, _, v) in enumerate(judged) if v.reason == "critic"]
-        if not soft:
+        chosen = best_try([v for _, _, v in judged])
+        if chosen is None:
             why = ", ".join(f"{reason} {sum(v.reason == reason for _, _, v in judged)}" for reason in REASONS if any(v.reason == reason for _, _, v in judged))
             raise UserError(f"token {n}: none of its {len(judged)} candidates passed ({why}); the finished tokens are kept. "
                             f"Try another epoch (--epoch), more candidates (--candidates, --rounds), or train longer; then run again with --resume")
-        chosen = max(soft, key=lambda i: (judged[i][2].score, -i))
+        if "background" in {r for r, _ in judged[chosen][2].reasons}:  # the traits are its attributes unless its image contradicts them
+            traits = TokenTraits({**traits.values, "background": judged[chosen][2].border}, traits.phrases)
     for i, (k, art, v) in enumerate(judged):
         kept = i == chosen
         records.append({"k": k, "seed": candidate_seed(o.seed, n, k), "kept": kept, "reason": None if kept else v.reason, "detail": v.detail,
+                        "broke": [r for r, _ in v.reasons],
                         "critic": round(v.score, 4), "nearest": v.nearest, "nearest_distance": round(v.nearest_distance, 4), "art": art})
         if not kept and v.reason:
             rejections[v.reason] = rejections.get(v.reason, 0) + 1

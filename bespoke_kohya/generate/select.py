@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..distinguish import NEAR_COPY_DELTA_E, NEAR_COPY_SHARE, critic_scores
-from ..metrics import Reference, _labs, background_colour_names, border_colour, colour_names, difference_matrix, style_values
+from ..metrics import Reference, _labs, background_colour_names, border_colour, colour_name, colour_names, difference_matrix, style_values
 
 REASONS = ("near-copy", "duplicate", "background", "off-style", "critic")
 CRITIC_QUANTILE = 0.2  # candidates the critic scores below this share of the pilot draws are left out
@@ -32,15 +32,31 @@ CRITIC_QUANTILE = 0.2  # candidates the critic scores below this share of the pi
 UPPER_LIMITS = ("ring_colours", "distinct_colours", "orphan_pixels")
 
 
+SOFT = ("background", "critic")  # a token whose candidates all fail keeps its best try when only these objected
+
+
 @dataclass
 class Verdict:
-    """One candidate judged: rejected with the first reason that applies (None: kept), and its critic score."""
+    """One candidate judged: every rule it breaks (the first is its reason; none: kept), and its critic score."""
 
-    reason: str | None
-    detail: str
+    reasons: list[tuple[str, str]]  # (reason, detail), in REASONS order
     score: float
     nearest: str  # the most similar training punk
     nearest_distance: float  # share of pixels more than ΔE 3 from it
+    border: str  # the name of its most common border colour (its background, as the image tells it)
+
+    @property
+    def reason(self) -> str | None:
+        return self.reasons[0][0] if self.reasons else None
+
+    @property
+    def detail(self) -> str:
+        return self.reasons[0][1] if self.reasons else ""
+
+    @property
+    def soft(self) -> bool:
+        """Only the soft rules object (a wrong background colour, the critic)."""
+        return bool(self.reasons) and all(r in SOFT for r, _ in self.reasons)
 
 
 @dataclass
@@ -78,32 +94,41 @@ class Judge:
         for i, art in enumerate(arts):
             j = int(to_training[i].argmin())
             nearest, distance = self.names[j], float(to_training[i, j])
-            reason, detail = self._first_reason(i, art, distance, nearest, to_tokens, wanted, scores[i])
-            out.append(Verdict(reason, detail, float(scores[i]), nearest, distance))
+            reasons = self._reasons(i, art, distance, nearest, to_tokens, wanted, scores[i])
+            out.append(Verdict(reasons, float(scores[i]), nearest, distance, colour_name(border_colour(art))))
         return out
 
-    def _first_reason(self, i: int, art: np.ndarray, distance: float, nearest: str, to_tokens: np.ndarray | None,
-                      wanted: frozenset[str] | None, score: float) -> tuple[str | None, str]:
+    def _reasons(self, i: int, art: np.ndarray, distance: float, nearest: str, to_tokens: np.ndarray | None,
+                 wanted: frozenset[str] | None, score: float) -> list[tuple[str, str]]:
+        found = []
         if distance < NEAR_COPY_SHARE:
-            return "near-copy", f"{distance:.0%} of its pixels differ from {nearest} (a copy differs in under {NEAR_COPY_SHARE:.0%})"
+            found.append(("near-copy", f"{distance:.0%} of its pixels differ from {nearest} (a copy differs in under {NEAR_COPY_SHARE:.0%})"))
         if to_tokens is not None:
             k = int(to_tokens[i].argmin())
             if to_tokens[i, k] < NEAR_COPY_SHARE:
-                return "duplicate", f"{to_tokens[i, k]:.0%} of its pixels differ from token #{self.token_ids[k]}"
+                found.append(("duplicate", f"{to_tokens[i, k]:.0%} of its pixels differ from token #{self.token_ids[k]}"))
         if wanted:
             seen = colour_names(border_colour(art))
             if not wanted & seen:
-                return "background", f"the prompt asks for a {'/'.join(sorted(wanted))} background, the border is {'/'.join(sorted(seen))}"
+                found.append(("background", f"the prompt asks for a {'/'.join(sorted(wanted))} background, the border is {'/'.join(sorted(seen))}"))
         values = style_values(art)
         for key, limit in self.limits.items():
             if values[key] > limit:
-                return "off-style", f"{key.replace('_', ' ')} {values[key]:.3g} above the training punks' 95th percentile {limit:.3g}"
+                found.append(("off-style", f"{key.replace('_', ' ')} {values[key]:.3g} above the training punks' 95th percentile {limit:.3g}"))
+                break
         if score < self.critic_floor:
-            return "critic", f"the critic scores it {score:.2f}, below {CRITIC_QUANTILE:.0%} of the model's pilot draws ({self.critic_floor:.2f})"
-        return None, ""
+            found.append(("critic", f"the critic scores it {score:.2f}, below {CRITIC_QUANTILE:.0%} of the model's pilot draws ({self.critic_floor:.2f})"))
+        return found
 
 
 def best(verdicts: list[Verdict]) -> int | None:
     """The kept candidate the critic likes best (the earlier one on a tie), or None when every one was rejected."""
     kept = [i for i, v in enumerate(verdicts) if v.reason is None]
     return max(kept, key=lambda i: (verdicts[i].score, -i)) if kept else None
+
+
+def best_try(verdicts: list[Verdict]) -> int | None:
+    """When every candidate was left out: the best of those only the soft rules objected to (the critic's alone first,
+    then the critic's score), or None when each breaks a hard rule (a copy, a duplicate, off-style)."""
+    soft = [i for i, v in enumerate(verdicts) if v.soft]
+    return max(soft, key=lambda i: ("background" not in {r for r, _ in verdicts[i].reasons}, verdicts[i].score, -i)) if soft else None

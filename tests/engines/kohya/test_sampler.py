@@ -785,7 +785,7 @@ def test_generate_makes_a_kohya_collection_through_the_diffusers_sampler(tiny, t
     small = copy_punks(punks_dir, tmp_path / "punks", every=15, count=12)
     write_run(run, tiny["base"], small, {"1": "checkpoints/bespoke-000001.safetensors"}, palette=None)
     # A random-weight model draws noise, which every style rule rightly rejects: keep each candidate to test the drawing itself.
-    monkeypatch.setattr(select.Judge, "_first_reason", lambda self, *args: (None, ""))
+    monkeypatch.setattr(select.Judge, "_reasons", lambda self, *args: [])
     monkeypatch.setattr(collection, "PILOT", 8)  # the critic is not what this test is about
     out = tmp_path / "collection"
     result = generate(GenerateOptions(run=run, out=out, count=2, epoch=1, candidates=2, progress=False, device="cpu"))
