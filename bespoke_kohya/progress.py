@@ -84,19 +84,25 @@ class TrainProgress:
 
 
 @contextmanager
-def counter(label: str, total: int, enabled: bool = True, console: Console | None = None) -> Iterator[Callable[[], None]]:
-    """Yields a function to call per item done: a bar on a terminal, a line every few seconds elsewhere (stderr)."""
+def counter(label: str, total: int, enabled: bool = True, console: Console | None = None,
+            status: Callable[[], str] | None = None) -> Iterator[Callable[[], None]]:
+    """Yields a function to call per item done: a bar on a terminal, a line every few seconds elsewhere (stderr).
+
+    ``status``: a short text shown after the count (e.g. what was left out so far), read at each item.
+    """
     if not enabled:
         yield lambda: None
         return
     console = console or Console(stderr=True)
+    said = status or (lambda: "")
     if not console.is_terminal:
         plain, done, started = _Plain(console), [0], time.monotonic()
 
         def line() -> str:
             elapsed = time.monotonic() - started
             left = elapsed / done[0] * (total - done[0]) if done[0] and total > done[0] else 0.0
-            return f"{label} {done[0]}/{total}" + (f", about {left / 60:.1f} min left" if left else f" in {elapsed / 60:.1f} min")
+            extra = f"; {said()}" if said() else ""
+            return f"{label} {done[0]}/{total}" + (f", about {left / 60:.1f} min left" if left else f" in {elapsed / 60:.1f} min") + extra
 
         def tick() -> None:
             done[0] += 1
@@ -104,6 +110,7 @@ def counter(label: str, total: int, enabled: bool = True, console: Console | Non
 
         yield tick
         return
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda: bar.advance(task)
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                  console=console) as bar:
+        task = bar.add_task(label, total=total, status=said())
+        yield lambda: bar.update(task, advance=1, status=said())

@@ -225,7 +225,11 @@ def _draw_tokens(out: Path, plan: list[tuple[TokenTraits, str]], done: int, draw
     batch = max(1, 16 // o.candidates)  # tokens whose first candidates share one draw call (pixel24 draws 16 at a time)
     pending = list(range(done + 1, len(plan) + 1))
     drawn: dict[int, list[tuple[int, np.ndarray]]] = {}  # token -> [(candidate k, art)]
-    with counter(f"tokens ({o.candidates} candidates each)", len(pending), o.progress) as tick:
+    def status() -> str:
+        left_out = ", ".join(f"{k} {v}" for k, v in sorted(rejections.items()))
+        return f"{drawer.drawn} candidates drawn" + (f", left out: {left_out}" if left_out else "")
+
+    with counter("tokens", len(pending), o.progress, status=status) as tick:
         for n in pending:
             if n not in drawn:
                 ahead = [m for m in pending if m >= n][:batch]
