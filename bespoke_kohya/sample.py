@@ -39,7 +39,8 @@ from .runfolder import ADHOC, ANY, RUN_JSON, SAMPLES, epoch_drawn, epoch_folder,
 from .runfolder.data import training_colours
 from .runfolder.lock import SAMPLE, run_lock
 from .runfolder.records import RunHandle, SampledEpoch, Samples, read_samples, write_samples
-from .settings import SampleSettings
+from .regular import read_text
+from .settings import MAX_PROMPTS, SampleSettings
 
 PREVIEW_FACTOR = 8
 
@@ -137,7 +138,8 @@ def _write_sample(full: Image.Image, staging: Path, final_rel: str, pid: str, pr
 
 
 def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], prompts: list[str], seeds: list[int], options: Any,
-                progress: bool = True, adhoc: bool = False, heldout: list[HeldoutPrompt] | None = None, heldout_seeds: list[int] | None = None) -> Samples:
+                progress: bool = True, adhoc: bool = False, heldout: list[HeldoutPrompt] | None = None, heldout_seeds: list[int] | None = None,
+                drawn: list[int] | None = None) -> Samples:
     """Draw every job's prompts × seeds into ``RUN/samples`` with ``sampler`` and return the merged samples.json.
 
     Writes ``epoch-NNN/<prompt-id>-s<seed>.png`` (full size), ``.24.png`` (24×24 result)
@@ -152,6 +154,10 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
 
     ``heldout``: held-out images' captions, each drawn with ``heldout_seeds`` into the same epoch
     folders and records as the suite (``SampleImage.heldout`` names the image); not with ``adhoc``.
+
+    ``drawn``: the epochs this call drew are appended to it (epochs already drawn with this suite are skipped).
+    The progress line counts every image as it is written; a record lists an epoch's images in suite
+    order (prompt, then seed; held-out draws last), however the engine batches them.
     """
     epochs = [job.epoch for job in jobs]
     if len(set(epochs)) != len(epochs):
@@ -177,6 +183,8 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
             sid = suite_id(hashed)
             doc.settings, doc.prompts, doc.seeds, doc.suite_id = suite["settings"], suite["prompts"], suite["seeds"], sid
         jobs = [job for job in jobs if not (job.if_missing and _drawn(doc, job.epoch, sid, ids, seeds, adhoc))]
+        id_of = {p: ids[i] for i, p in reversed(list(enumerate(prompts)))}  # the first prompt of a repeated text, as list.index gave
+        rank = {(pid, seed): i for i, (pid, seed) in enumerate((pid, seed) for pid in ids for seed in seeds)}
         folder = out_dir / ADHOC if adhoc else out_dir
         folder.mkdir(exist_ok=True)
         rel_folder = f"{SAMPLES}/{ADHOC}" if adhoc else SAMPLES
@@ -192,7 +200,7 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
 
                     def write(full: Image.Image, pid: str, prompt: str, seed: int) -> None:
                         # The sampler numbers prompts in call order; ad-hoc files are named by the text instead.
-                        images.append(_write_sample(full, staging, f"{rel_folder}/{name}", ids[prompts.index(prompt)] if adhoc else pid, prompt, seed, options))
+                        images.append(_write_sample(full, staging, f"{rel_folder}/{name}", id_of[prompt] if adhoc else pid, prompt, seed, options))
                         tick()
 
                     def write_heldout(full: Image.Image, h: HeldoutPrompt, seed: int) -> None:
@@ -202,6 +210,7 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
                     extra = sampler.draw(job, prompts, seeds, write)
                     if heldout:
                         extra.update(_draw_heldout(sampler, job, heldout, heldout_seeds, write_heldout))
+                    images.sort(key=lambda img: (img.get("heldout") is not None, rank.get((img["prompt_id"], img["seed"]), 0)))  # stable: held-out in draw order
                 entry.update(extra, suite_id=sid, sampled=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              seconds=round(time.perf_counter() - started, 3), images=images)
                 if adhoc:
@@ -212,6 +221,8 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
                     doc.epochs[str(job.epoch)] = SampledEpoch.model_validate(entry)
                     doc.epochs = dict(sorted(doc.epochs.items(), key=lambda kv: int(kv[0])))
                 write_samples(run_dir, doc)
+                if drawn is not None:
+                    drawn.append(job.epoch)
     return doc
 
 
@@ -263,15 +274,14 @@ def _remove_leftovers(out_dir: Path) -> None:
 
 def read_prompts_file(path: Path) -> list[str]:
     """Prompts from a text file: one full prompt per line; blank lines and ``#`` comments are skipped."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"--prompts {path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"--prompts {path}: cannot read it as UTF-8 text ({exc})") from None
-    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    text = read_text(path, what="prompt list", fix="give a UTF-8 text file with one prompt per line")
+    if text is None:
+        raise UserError(f"--prompts {path}: file not found")
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise UserError(f"--prompts {path}: no prompts in it (one prompt per line; # starts a comment)")
+    if len(prompts) > MAX_PROMPTS:
+        raise UserError(f"--prompts {path}: {len(prompts):,} prompts, at most {MAX_PROMPTS:,} are drawn per epoch; give fewer")
     return prompts
 
 
@@ -315,7 +325,7 @@ def select_jobs(run: RunHandle, epochs: list[int] | None, include_base: bool | N
 def sample_run(run_dir: Path, *, epochs: list[int] | None = None, prompts_file: Path | None = None, prompts: list[str] | None = None,
                seeds: list[int] | None = None, device: str | None = None, include_base: bool | None = None, base_override: str | None = None,
                dataset_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """`bespoke-kohya sample --run RUN`: draw the run's epochs with its engine into ``RUN/samples``; returns samples.json (+ warnings).
+    """`bespoke-kohya sample --run RUN`: draw the run's epochs with its engine into ``RUN/samples``; returns samples.json (+ warnings, drawn).
 
     The suite is the preset's prompts, or ``prompts_file`` in their place; ``prompts`` (``--prompt``)
     are ad-hoc: drawn beside the suite into ``samples/adhoc/``, never over it. ``include_base``
@@ -337,7 +347,9 @@ def sample_run(run_dir: Path, *, epochs: list[int] | None = None, prompts_file: 
         # Held-out captions go with the suite (the preset's, or --prompts FILE), never with ad-hoc --prompt draws.
         heldout, notes = ([], []) if prompts or not preset.sample.heldout_seeds else heldout_prompts(run)
         seeds_used = options.seeds or []
+        drawn: list[int] = []
         doc = draw_epochs(run.dir, sampler, jobs, options.prompts or [], seeds_used, post, progress, adhoc=bool(prompts),
-                          heldout=heldout, heldout_seeds=seeds_used[: preset.sample.heldout_seeds]).as_dict()
+                          heldout=heldout, heldout_seeds=seeds_used[: preset.sample.heldout_seeds], drawn=drawn).as_dict()
     doc["warnings"] = notes + list(sampler.warnings)
+    doc["drawn"] = drawn  # the epochs this call drew (not written to samples.json)
     return doc

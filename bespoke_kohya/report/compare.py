@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..atomic import staged_folder
+from ..atomic import read_only, staged_folder
 from ..errors import UserError
 from ..paths import ART
 from . import build
@@ -331,9 +331,14 @@ def create_dir(target: Path, files: dict[str, bytes]) -> None:
     """Make ``target`` holding ``files``: written in a hidden folder beside it, then renamed; never over an existing one."""
     if target.exists():
         raise UserError(f"{target} already exists; give a new folder with --out (a comparison never overwrites one)")
-    with staged_folder(target, refusal="give a new folder with --out (a comparison never overwrites one)") as tmp:
-        for name, payload in files.items():
-            (tmp / name).write_bytes(payload)
+    try:
+        with staged_folder(target, refusal="give a new folder with --out (a comparison never overwrites one)") as tmp:
+            for name, payload in files.items():
+                (tmp / name).write_bytes(payload)
+    except OSError as exc:
+        if not read_only(exc):
+            raise
+        raise UserError(f"{target.parent}: cannot write the comparison there ({exc.strerror}); give a writable new folder with --out DIR") from None
 
 
 @dataclass

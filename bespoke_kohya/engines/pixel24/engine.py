@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ...errors import UserError
+from ...interrupts import termination_as_interrupt
 from ...runfolder import Status
 from ...runfolder.records import RunHandle
 from ..protocol import BaseEngine, BaseRef, CommandGroups, Outcome, Progress, SampleJob, SampleOptions, TrainOptions, TrainSession, check_suite, prompt_ids
@@ -56,8 +57,9 @@ class Pixel24Engine(BaseEngine[Pixel24Preset]):
         # A run with a saved state (an earlier session of it) continues from there.
         preset = self._demo_settings(run, note)
         try:
-            result = train(preset, run.training_folder, run.dir, device="cpu" if options.cpu else None,
-                           on_step=progress, on_epoch=run.record_epoch, on_note=note, heldout=run.record.dataset.heldout)
+            with termination_as_interrupt():  # `kill PID` or a closed SSH session stops it like Ctrl-C, as kohya runs do
+                result = train(preset, run.training_folder, run.dir, device="cpu" if options.cpu else None,
+                               on_step=progress, on_epoch=run.record_epoch, on_note=note, heldout=run.record.dataset.heldout)
         except KeyboardInterrupt:  # the epochs that finished before Ctrl-C are already in run.json
             return Outcome(Status.INTERRUPTED, 130)
         for warning in result["warnings"]:
@@ -135,11 +137,24 @@ class Pixel24Sampler:
                 if unknown := encode_prompt(model, prompt)[1]:
                     self.warnings.append(f"prompt {prompt!r}: the model never saw these words, they have no effect: {', '.join(unknown)}")
         p = self.preset.pixel24
-        drawn = sample(model, prompts, seeds, **p.sampler_options())
-        for pid, prompt, row in zip(prompt_ids(prompts), prompts, drawn):
-            for seed, pixels in zip(seeds, row):
-                write(Image.fromarray(pixels), pid, prompt, seed)
+        # A few seeds at a time, so each image is written (and counted by the progress line) as soon as it is drawn,
+        # not after the whole epoch; every image has its own generator in fixed-size batches, so the pixels are the same.
+        for chunk in seed_chunks(len(prompts), seeds):
+            drawn = sample(model, prompts, chunk, **p.sampler_options())
+            for pid, prompt, row in zip(prompt_ids(prompts), prompts, drawn):
+                for seed, pixels in zip(chunk, row):
+                    write(Image.fromarray(pixels), pid, prompt, seed)
         return {}
+
+
+# Images per sample() call: a few model batches, so progress moves every few seconds on a CPU.
+DRAW_CHUNK = 64
+
+
+def seed_chunks(prompts: int, seeds: list[int]) -> list[list[int]]:
+    """``seeds`` in runs of about DRAW_CHUNK / ``prompts`` (at least one), the order kept."""
+    size = max(1, DRAW_CHUNK // max(prompts, 1))
+    return [seeds[i : i + size] for i in range(0, len(seeds), size)]
 
 
 ENGINE = Pixel24Engine()
