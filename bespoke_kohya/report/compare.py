@@ -41,7 +41,7 @@ from .page import BETTER_SHORT, SCALE, SMALL_FULL, _environment, data_uri, full_
 
 INDEX = "index.html"
 COMPARE_JSON = "compare.json"
-EPOCH_SUFFIX = re.compile(r"^(.+):(\d+)$")  # RUN:EPOCH; the greedy run part keeps earlier colons
+EPOCH_SUFFIX = re.compile(r"^(.+):(\d{1,9})$")  # RUN:EPOCH; the greedy run part keeps earlier colons
 RUN_COL = 150  # CSS px per run column in the grid: the ×SCALE image and a little air
 PROMPT_COL, SEED_COL = 250, 64
 

@@ -31,8 +31,8 @@ from ..errors import UserError
 from ..atomic import umask, write_atomic, write_json_atomic
 from ..regular import no_links_below, read_regular, read_text
 from ..settings import MAX_SEED
-from . import (DATA, LAYOUT_FIX, LOSS_CSV, MAX_CSV_BYTES, MAX_EPOCH, VALIDATION_CSV, NOT_TRAINED, RUN_JSON, RUN_VERSION, SAMPLES_JSON, SAMPLES_VERSION, Status,
-               epoch_number, lock, run_document, samples_document, write_run_document)
+from . import (DATA, LAYOUT_FIX, LOSS_CSV, MAX_CSV_BYTES, MAX_EPOCH, VALIDATION_CSV, NOT_TRAINED, REPRODUCE_JSON, RUN_JSON, RUN_VERSION, SAMPLES_JSON, SAMPLES_VERSION, Status,
+               epoch_number, lock, reproduce_document, run_document, samples_document, write_run_document)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -48,7 +48,7 @@ def package_versions() -> dict[str, str | None]:
 def _problem(path: Path, exc: ValidationError, fix: str) -> UserError:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    return UserError(f"{path}: {where}: {first['msg']}; {fix}")
+    return UserError(f"{path}: {where}: {first['msg'].removeprefix('Value error, ')}; {fix}")
 
 
 class _Open(BaseModel):
@@ -123,6 +123,15 @@ class RunRecord(_Open):
     @classmethod
     def _epoch_keys(cls, value: dict[str, str]) -> dict[str, str]:
         return _epoch_table(value, low=1)
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        from ..engines import engine_names
+
+        if value not in engine_names():
+            raise ValueError(f"{value[:40]!r} is not an engine this bespoke-kohya has ({', '.join(engine_names())})")
+        return value
 
     def checkpoints(self) -> dict[int, str]:
         """{epoch: checkpoint path relative to the run}, by epoch."""
@@ -206,6 +215,7 @@ class RunHandle:
     def check_trainable(self) -> None:
         """What training needs besides run.json: a valid resolved preset and the prepared images in data/ (one line if not)."""
         self.record.preset_model(self.dir)
+        no_links_below(self.dir, self.training_folder, LAYOUT_FIX)  # training reads every file in it: none may lead out of the run
         data = self.dir / DATA
         folders = [p for p in sorted(data.iterdir()) if p.is_dir()] if data.is_dir() else []
         if not any(any(folder.iterdir()) for folder in folders):
@@ -352,6 +362,37 @@ def read_samples(run_dir: Path) -> Samples | None:
 
 def write_samples(run_dir: Path, samples: Samples) -> None:
     write_json_atomic(Path(run_dir) / SAMPLES_JSON, samples.as_dict())
+
+
+# ------------------------------------------------------------------ reproduce.json
+
+
+class ReproduceStep(_Open):
+    """One row of the `reproduce` checklist (reproduce.Step)."""
+
+    step: Annotated[int, Field(ge=0, le=100)]
+    name: Name = ""
+    check: Name = ""
+    status: Annotated[str, Field(max_length=40)]
+    evidence: Name = ""
+    reason: Name = ""
+    command: Name = ""
+
+
+class ReproduceTable(_Open):
+    steps: Annotated[list[ReproduceStep], Field(max_length=100)] = Field(default_factory=list)
+    exit_code: int | None = None
+
+
+def read_reproduce(run_dir: Path) -> ReproduceTable | None:
+    """reproduce.json (the checklist table) if the run has one; a damaged one is one line naming the field."""
+    doc = reproduce_document(run_dir)
+    if doc is None:
+        return None
+    try:
+        return ReproduceTable.model_validate(doc)
+    except ValidationError as exc:
+        raise _problem(Path(run_dir) / REPRODUCE_JSON, exc, "delete it, or run `bespoke-kohya reproduce` again") from None
 
 
 # ------------------------------------------------------------------ logs/loss.csv

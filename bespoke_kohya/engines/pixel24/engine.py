@@ -46,6 +46,11 @@ class Pixel24Engine(BaseEngine[Pixel24Preset]):
         p.add_argument("--limit", type=int, default=None, help="only the first N punks")
         p.set_defaults(func=_cmd_dataset_standin)
 
+    def start_session(self, run: RunHandle, options: TrainOptions) -> TrainSession:
+        session = super().start_session(run, options)
+        _check_run_files(run)
+        return session
+
     def train(self, run: RunHandle, session: TrainSession, options: TrainOptions, progress: Progress) -> Outcome:
         from .training import train
 
@@ -76,7 +81,7 @@ class Pixel24Engine(BaseEngine[Pixel24Preset]):
 
         preset = run.record.preset_model(run.dir)
         p = preset.pixel24
-        if p.base != "standin" or Path(run.record.dataset.path).resolve() != default_standin_dir().resolve():
+        if p.base != "standin" or not _same_folder(run.record.dataset.path, default_standin_dir()):
             return preset
         demo = p.model_copy(update={"base": "none", "batch_size": p.base_batch_size, "learning_rate": p.base_learning_rate, "ema_decay": p.base_ema_decay})
         preset = preset.model_copy(update={"pixel24": demo})
@@ -87,6 +92,38 @@ class Pixel24Engine(BaseEngine[Pixel24Preset]):
 
     def sampler(self, run: RunHandle, options: SampleOptions) -> "Pixel24Sampler":
         return Pixel24Sampler(run.record.preset_model(run.dir), options)
+
+
+def _same_folder(recorded: str, folder: Path) -> bool:
+    """Whether run.json's dataset.path (a text from the machine that made the run, never opened) names ``folder``."""
+    try:
+        return bool(recorded) and Path(recorded).resolve() == folder.resolve()
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
+def _check_run_files(run: RunHandle) -> None:
+    """Read back what a (resumed) training will read, before run.json says `running`: a damaged or tampered
+    pixel24.json, resume state, loss or validation log or training caption is one line, and the run is left as it was.
+
+    (Whether the saved tensors fit the model is only known once it is built; training says that in one line too.)
+    """
+    from ...runfolder import CHECKPOINTS
+    from ...runfolder.records import read_loss, read_validation
+    from . import files
+    from .model import CONFIG_NAME, read_config
+    from .training import STATE_JSON, STATE_NAME
+
+    ckpt = run.dir / CHECKPOINTS
+    if files.read_state(ckpt, STATE_JSON, STATE_NAME, lambda path: None) is not None:
+        read_config(ckpt / CONFIG_NAME)
+        read_loss(run.dir)
+        read_validation(run.dir)
+    extension = run.record.preset_model(run.dir).dataset.caption_extension
+    if run.training_folder.is_dir():
+        for png in files.training_pngs(run.training_folder):
+            if png.with_suffix(extension).exists() or png.with_suffix(extension).is_symlink():
+                files.read_caption(png.with_suffix(extension))
 
 
 def _cmd_dataset_standin(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import stat
 from pathlib import Path
 from typing import Annotated, Any, Callable
@@ -49,7 +50,7 @@ def _first(exc: ValidationError, prefix: str = "") -> str:
     """``field.path: message`` of a validation error's first problem."""
     first = exc.errors()[0]
     where = ".".join(str(p) for p in (prefix, *first["loc"]) if p != "") or "(top level)"
-    return f"{where}: {first['msg']}"
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}"
 
 
 def read_json(path: Path, what: str, fix: str) -> Any:
@@ -123,10 +124,10 @@ def check_config(path: Path, config: dict[str, Any], unet_of: Callable[[Pixel24S
     except ValidationError as exc:
         where = {v: k for k, v in _FROM_SETTINGS.items()} | {"text_dim": "text.dim"}
         first = exc.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else ""
+        name = str(first["loc"][0]) if first["loc"] else "block_out_channels"  # the model-wide check: the parameter cap
         field = where.get(name, name)
-        field = field if field.startswith("text.") or not field else f"unet.{field}"
-        raise UserError(f"{path}: {field or 'unet'}: {first['msg']}; {CONFIG_FIX}") from None
+        field = field if field.startswith("text.") else f"unet.{field}"
+        raise UserError(f"{path}: {field}: {first['msg'].removeprefix('Value error, ')}; {CONFIG_FIX}") from None
     expected = unet_of(built)
     for key in list(parsed.unet) + [k for k in expected if k not in parsed.unet]:
         if key not in expected:
@@ -266,12 +267,20 @@ def save_tensors(tensors: dict[str, Any], path: Path, metadata: dict[str, str] |
 
 
 def training_pngs(folder: Path) -> list[Path]:
-    """Every ``*.png`` under ``folder`` (sorted), each a regular file: a link or a FIFO there is refused, never read."""
+    """Every ``*.png`` under ``folder`` (sorted), each a regular file: a link (to a file or a folder) or a FIFO there
+    is refused, never followed or read."""
     fix = "the training folder holds only the prepared PNGs and captions: remove it, or render the run again"
-    paths = sorted(folder.rglob("*.png"))
-    for path in paths:
-        _regular_or_absent(path, fix)
-    return paths
+    if folder.is_symlink():
+        raise link_refused(folder, fix)
+    paths = []
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        for name in dirs:
+            if (Path(root) / name).is_symlink():
+                raise link_refused(Path(root) / name, fix)
+        for name in names:
+            if name.endswith(".png") and _regular_or_absent(Path(root) / name, fix):
+                paths.append(Path(root) / name)
+    return sorted(paths)
 
 
 def read_caption(path: Path) -> str:
