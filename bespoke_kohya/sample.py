@@ -315,9 +315,14 @@ def select_jobs(run: RunHandle, epochs: list[int] | None, include_base: bool | N
     if missing:
         have = ", ".join(map(str, sorted(recorded))) or "none"
         raise UserError(f"--epochs: {', '.join(map(str, missing))} not in {run.dir / RUN_JSON} (recorded epochs: {have})")
-    outside = [f"epochs.{e}: {recorded[e]}" for e in wanted if inside_run(run.dir, recorded[e]) is None]
-    if outside:
-        raise UserError(f"{run.dir / RUN_JSON}: {outside[0]} is outside the run folder; checkpoints are read from the run's own checkpoints/ only")
+    for e in wanted:
+        rel = recorded[e]
+        if inside_run(run.dir, rel) is not None:
+            continue
+        if not Path(rel).is_absolute() and ".." not in Path(rel).parts:  # named inside the run, so a link leads out
+            raise UserError(f"{run.dir / rel}: a symbolic link leading out of the run folder; checkpoints are read from the run's own "
+                            "checkpoints/ only: replace it by the file itself")
+        raise UserError(f"{run.dir / RUN_JSON}: epochs.{e}: {rel} is outside the run folder; checkpoints are read from the run's own checkpoints/ only")
     base = engine_default if include_base is None else include_base
     jobs = [SampleJob(0, None, if_missing=include_base is None)] if base else []
     return jobs + [SampleJob(e, run.dir / recorded[e]) for e in wanted]

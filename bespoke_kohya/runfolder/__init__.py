@@ -187,9 +187,11 @@ def samples_document(run_dir: Path) -> dict[str, Any] | None:
     doc = load_object(path, fix, newest=SAMPLES_VERSION, root=run_dir)
     if doc is None:
         return None
+    if not isinstance(doc.get("epochs"), dict):
+        raise UserError(f"{path}: has no 'epochs' table, so it was not written by `sample`; {fix}")
     for table in ("epochs", "adhoc"):
-        if table == "epochs" and not isinstance(doc.get("epochs"), dict):
-            raise UserError(f"{path}: has no 'epochs' table, so it was not written by `sample`; {fix}")
+        if not isinstance(doc.get(table) or {}, dict):
+            raise UserError(f"{path}: {table}: expected a table of epoch → images, found {type(doc[table]).__name__}; {fix}")
         for key in doc.get(table) or {}:
             try:
                 epoch_number(key, low=0)

@@ -144,7 +144,9 @@ class RunRecord(_Open):
         try:
             return validate_preset(self.resolved, "resolved")
         except UserError as exc:
-            raise UserError(f"{Path(run_dir) / RUN_JSON}: {exc}; restore run.json from a copy of the run, or train a new run") from None
+            lines = str(exc).splitlines()  # a preset file lists every problem; a run file says the first in one line
+            more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+            raise UserError(f"{Path(run_dir) / RUN_JSON}: {lines[0]}{more}; restore run.json from a copy of the run, or train a new run") from None
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
