@@ -115,11 +115,13 @@ def no_links_below(root: Path, path: Path, fix: str = "") -> None:
             raise not_regular(current, mode, fix)
 
 
-def create_regular(path: Path, fix: str = "") -> int:
-    """A read-write descriptor of ``path``, created if missing, never through a link and never of a special file."""
+def create_regular(path: Path, fix: str = "", *, append: bool = False) -> int:
+    """A read-write (``append``: append-only) descriptor of ``path``, created if missing, never through a link and never
+    of a special file: a lock or log in a run from elsewhere may be a link to any file the user can write."""
     _no_nul(path)
+    mode = os.O_WRONLY | os.O_APPEND if append else os.O_RDWR
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+        fd = os.open(path, mode | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # the name is a link
             raise link_refused(path, fix) from None

@@ -427,3 +427,32 @@ def test_a_run_folder_that_is_a_link_is_refused_before_anything_is_read_or_writt
     (run / rel).symlink_to(target)
     for args in (["sample", "--run", str(run), "--epochs", "1"], ["report", "--run", str(run), "--no-sample"]):
         refused(run, args, capsys, rel, "symbolic link")
+
+
+# ------------------------------------------------------------------ the one helper every reader and writer of run files uses
+
+
+def test_regular_files_only_links_never_followed_sizes_bounded(tmp_path: Path) -> None:
+    from bespoke_kohya.regular import create_regular, no_links_below, read_regular
+
+    (tmp_path / "f").write_bytes(b"12345")
+    (tmp_path / "link").symlink_to(tmp_path / "f")
+    os.mkfifo(tmp_path / "pipe")
+    assert read_regular(tmp_path / "f", limit=5) == b"12345" and read_regular(tmp_path / "missing", limit=5) is None
+    assert read_regular(tmp_path / "link", limit=5, follow=True) == b"12345"
+    for path, message in [(tmp_path / "link", "is a symbolic link"), (tmp_path / "pipe", "is a FIFO"), (tmp_path, "is a folder")]:
+        with pytest.raises(UserError, match=message):
+            read_regular(path, limit=5)
+    with pytest.raises(UserError, match="larger than 4 bytes"):
+        read_regular(tmp_path / "f", limit=4)
+    for append in (False, True):  # a lock (read-write) and a log (append): never through a link, never a FIFO
+        with pytest.raises(UserError, match="is a symbolic link"):
+            create_regular(tmp_path / "link", append=append)
+        with pytest.raises(UserError, match="is a FIFO"):
+            create_regular(tmp_path / "pipe", append=append)
+    assert (tmp_path / "f").read_bytes() == b"12345"
+    (tmp_path / "run" / "real").mkdir(parents=True)
+    (tmp_path / "run" / "logs").symlink_to(tmp_path / "run" / "real")
+    with pytest.raises(UserError, match=r"run/logs: is a symbolic link"):
+        no_links_below(tmp_path / "run", tmp_path / "run" / "logs" / "loss.csv")
+    no_links_below(tmp_path / "run", tmp_path / "run" / "real" / "not-yet")  # what does not exist yet is fine

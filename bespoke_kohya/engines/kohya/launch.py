@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from ...interrupts import termination_as_interrupt
+from ...regular import create_regular
 from ...presets import Preset
 
 EPOCH_RE = re.compile(r"^\s*epoch (\d+)/(\d+)\s*$")
@@ -266,7 +267,8 @@ def run_streaming(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     parsed = _Parsed(tail=deque(maxlen=tail_lines))
     interrupted = False
-    with open(log_path, "ab") as log:
+    fd = create_regular(log_path, "remove it (the log is recreated; a run folder from elsewhere holds no links)", append=True)
+    with os.fdopen(fd, "ab") as log:
         log.write(f"$ {' '.join(command)}\n# cwd: {cwd}\n# started {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         log.flush()
         proc = subprocess.Popen(

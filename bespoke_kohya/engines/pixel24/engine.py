@@ -188,9 +188,9 @@ class Pixel24Sampler:
 DRAW_CHUNK = 64
 
 
-def seed_chunks(prompts: int, seeds: list[int]) -> list[list[int]]:
-    """``seeds`` in runs of about DRAW_CHUNK / ``prompts`` (at least one), the order kept."""
-    size = max(1, DRAW_CHUNK // max(prompts, 1))
+def seed_chunks(prompts: int, seeds: list[int], chunk: int = DRAW_CHUNK) -> list[list[int]]:
+    """``seeds`` in runs of about ``chunk`` / ``prompts`` (at least one), the order kept."""
+    size = max(1, chunk // max(prompts, 1))
     return [seeds[i : i + size] for i in range(0, len(seeds), size)]
 
 
