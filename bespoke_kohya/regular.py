@@ -127,6 +127,8 @@ def create_regular(path: Path, fix: str = "", *, append: bool = False) -> int:
             raise link_refused(path, fix) from None
         if exc.errno == errno.EISDIR:
             raise UserError(f"{path}: is a folder, not a regular file; {fix or 'remove it'}") from None
+        if exc.errno == errno.ENXIO:  # a FIFO opened write-only with no reader (or a socket)
+            raise not_regular(path, os.lstat(path).st_mode, fix) from None
         raise
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
