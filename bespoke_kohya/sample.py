@@ -38,7 +38,7 @@ from .progress import counter
 from .runfolder import ADHOC, ANY, RUN_JSON, SAMPLES, epoch_drawn, epoch_folder, file_sha256, inside_run
 from .runfolder.data import training_colours
 from .runfolder.lock import SAMPLE, run_lock
-from .runfolder.records import RunHandle, SampledEpoch, Samples, SuitePrompt, read_samples, write_samples
+from .runfolder.records import RunHandle, SampledEpoch, Samples, read_samples, write_samples
 from .regular import read_text
 from .settings import MAX_PROMPTS, SampleSettings
 
@@ -181,8 +181,7 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
             suite = {"settings": settings, "prompts": [{"id": pid, "prompt": p} for pid, p in zip(ids, prompts)], "seeds": list(seeds)}
             hashed = {**suite, "heldout": {"prompts": [asdict(h) for h in heldout], "seeds": heldout_seeds}} if heldout else suite
             sid = suite_id(hashed)
-            doc.settings, doc.seeds, doc.suite_id = suite["settings"], suite["seeds"], sid
-            doc.prompts = [SuitePrompt.model_validate(p) for p in suite["prompts"]]
+            doc.settings, doc.prompts, doc.seeds, doc.suite_id = suite["settings"], suite["prompts"], suite["seeds"], sid
         jobs = [job for job in jobs if not (job.if_missing and _drawn(doc, job.epoch, sid, ids, seeds, adhoc))]
         id_of = {p: ids[i] for i, p in reversed(list(enumerate(prompts)))}  # the first prompt of a repeated text, as list.index gave
         rank = {(pid, seed): i for i, (pid, seed) in enumerate((pid, seed) for pid in ids for seed in seeds)}

@@ -16,9 +16,9 @@ import csv
 import hashlib
 import io
 import json
-import shlex
 import os
 import platform
+import shlex
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -320,6 +320,8 @@ class SampledEpoch(_Open):
 
 
 class SuitePrompt(_Open):
+    """One prompt of the suite (checked, then kept as the plain {id, prompt} table samples.json holds)."""
+
     id: Annotated[str, Field(min_length=1, max_length=200)]
     prompt: Name = ""
 
@@ -330,7 +332,7 @@ class Samples(_Open):
     version: int = SAMPLES_VERSION
     epochs: dict[str, SampledEpoch] = Field(default_factory=dict)
     settings: dict[str, Any] | None = None
-    prompts: list[SuitePrompt] | None = None
+    prompts: list[dict[str, Any]] | None = None  # each a SuitePrompt
     seeds: list[Seed] | None = None
     suite_id: Name | None = None
     # `sample --prompt`: prompts tried beside the suite (samples/adhoc/), never compared by the report.
@@ -342,6 +344,11 @@ class Samples(_Open):
     @classmethod
     def _epoch_keys(cls, value: dict[str, SampledEpoch]) -> dict[str, SampledEpoch]:
         return _epoch_table(value, low=0)
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        return None if value is None else [SuitePrompt.model_validate(p).model_dump() for p in value]
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=False, exclude={"digest"})

@@ -502,10 +502,10 @@ def train(
                 if held.names:  # with the weights just saved, before the resume state: a saved state always has its row
                     validation.append(ValidationRow(epoch=epoch, step=loop.step, loss=heldout_loss(model, held_indices, held_captions, settings.label_smoothing)))
                     write_validation(run_dir, validation)
-            _write_state(loop, ckpt_dir, epoch)
             epochs[epoch] = f"{CHECKPOINTS}/{checkpoint_name(epoch)}"
-            if on_epoch is not None:
+            if on_epoch is not None:  # listed before the resume state is: a state never runs ahead of run.json (a Ctrl-C between the two retrains the epoch)
                 on_epoch(epoch, epochs[epoch])
+            _write_state(loop, ckpt_dir, epoch)
     elapsed = time.perf_counter() - started
     return {"epochs": epochs, "steps": loop.step, "stopped": stopped, "seconds": round(elapsed, 2), "batch_size": settings.batch_size,
             "images_per_s": round((loop.step - start_step) * settings.batch_size / max(elapsed, 1e-9), 1),
