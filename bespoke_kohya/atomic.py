@@ -7,6 +7,7 @@ half a folder where a reader could find it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -39,6 +40,11 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # say which file the disk filled on, not its temporary name
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -47,6 +53,15 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON (indented, trailing newline) atomically."""
     write_atomic(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
+
+
+# Why a folder cannot be written: a read-only mount, or no permission (a run folder from elsewhere, unpacked read-only).
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def read_only(exc: BaseException) -> bool:
+    """Whether ``exc`` says the place cannot be written (not that the disk is full, or a bug)."""
+    return isinstance(exc, OSError) and exc.errno in READ_ONLY_ERRNOS
 
 
 # What to do when the target folder exists when the staged one is ready:

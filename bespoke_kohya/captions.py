@@ -332,7 +332,7 @@ def lint_captions(captions: dict[str, str | None], caption_extension: str = ".tx
     fixed: dict[str, str] = {}
     for name, caption in captions.items():
         if caption is None:
-            problems.append(Problem(f"{name}.png", "missing", f"{name}{caption_extension}", "no caption file; training uses the preset's default_caption, so write one"))
+            problems.append(Problem(f"{name}.png", "missing", f"{name}{caption_extension}", "no caption (no file, or one without a single word); training uses the preset's default_caption, so write one"))
             continue
         fixed[name] = _normalise(caption, protected, known)
         problems += _caption_problems(f"{name}{caption_extension}", caption, fixed[name], counts, protected, known)

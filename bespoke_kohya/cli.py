@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import math
+import shlex
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
+from .atomic import read_only
 from .console import console, err_console, warn
 from .engines import engine_names, get_engine
 from .errors import UserError
@@ -197,25 +199,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train(options, console=console, err_console=err_console)
 
 
-def _int_list(text: str | None, flag: str, high: int | None = None) -> list[int] | None:
-    """Comma-separated whole numbers from 0 to ``high``; empty items and repeats are refused."""
+def _int_list(text: str | None, flag: str, high: int | None = None, most: int | None = None) -> list[int] | None:
+    """Comma-separated whole numbers from 0 to ``high``, at most ``most`` of them; empty items and repeats are refused.
+
+    Checked in one pass (a list of thousands of seeds is parsed at once), each item first as plain
+    digits, so a 100,000-digit "number" is refused before int() spends time on it.
+    """
     if not text:
         return None
     example = f"e.g. {flag} 1,2,3"
     items = [x.strip() for x in text.split(",")]
+    if most is not None and len(items) > most:
+        raise UserError(f"{flag}: {len(items):,} values given, at most {most:,} are accepted; give fewer")
     if "" in items:
-        raise UserError(f"{flag} {text!r}: empty item; expected comma-separated whole numbers, {example}")
-    try:
-        values = [int(x) for x in items]
-    except ValueError:
-        raise UserError(f"{flag} {text!r}: expected comma-separated whole numbers, {example}") from None
+        raise UserError(f"{flag} {_shown(text)}: empty item; expected comma-separated whole numbers, {example}")
+    bad = next((x for x in items if not (x.removeprefix("-").isascii() and x.removeprefix("-").isdigit() and len(x) <= 21)), None)
+    if bad is not None:
+        raise UserError(f"{flag} {_shown(text)}: {_shown(bad)} is not a whole number; expected comma-separated whole numbers, {example}")
+    values = [int(x) for x in items]
     out_of_range = [v for v in values if v < 0 or (high is not None and v > high)]
     if out_of_range:
-        raise UserError(f"{flag} {text!r}: {out_of_range[0]} is out of range; use whole numbers from 0" + (f" to {high}" if high is not None else ""))
-    repeated = sorted({v for v in values if values.count(v) > 1})
+        raise UserError(f"{flag} {_shown(text)}: {out_of_range[0]} is out of range; use whole numbers from 0" + (f" to {high}" if high is not None else ""))
+    seen: set[int] = set()
+    repeated = sorted({v for v in values if v in seen or seen.add(v)})
     if repeated:
-        raise UserError(f"{flag} {text!r}: {', '.join(map(str, repeated))} given more than once; list each once")
+        raise UserError(f"{flag} {_shown(text)}: {', '.join(map(str, repeated[:5]))} given more than once; list each once")
     return values
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """A value as an error line quotes it: repr, cut short (a flag may carry thousands of items)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "…"
 
 
 def _at_least(minimum: int, convert: Callable[[str], float], what: str) -> Callable[[str], float]:
@@ -254,15 +268,16 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Sample every epoch (or --epochs) of a run with the fixed prompt suite and seeds."""
-    from .settings import MAX_SEED
+    from .runfolder import MAX_EPOCH
+    from .settings import MAX_SEED, MAX_SEEDS
     from .sample import sample_run
 
     doc = sample_run(
         Path(args.run),
-        epochs=_int_list(args.epochs, "--epochs"),
+        epochs=_int_list(args.epochs, "--epochs", high=MAX_EPOCH, most=MAX_EPOCH + 1),
         prompts_file=Path(args.prompts) if args.prompts else None,
         prompts=args.prompt or None,
-        seeds=_int_list(args.seeds, "--seeds", high=MAX_SEED),
+        seeds=_int_list(args.seeds, "--seeds", high=MAX_SEED, most=MAX_SEEDS),
         device=args.device,
         include_base=args.include_base,
         base_override=args.base_model,
@@ -270,9 +285,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     )
     for line in doc.get("warnings", []):
         warn([line])
-    epochs = sorted(int(e) for e in doc.get("epochs", {}))
-    console.print(f"[green]sampled[/] epochs {', '.join(map(str, epochs))} → {Path(args.run) / 'samples'}")
-    console.print(f"next: bespoke-kohya report --run {args.run}")
+    drawn, where = doc["drawn"], Path(args.run) / "samples" / ("adhoc" if args.prompt else "")
+    if drawn:
+        console.print(Text.assemble(("sampled", "green"), f" epoch(s) {', '.join(map(str, drawn))} → {where}"), soft_wrap=True)
+    else:
+        console.print(Text(f"nothing new to draw: every epoch asked for already has these samples in {where}"), soft_wrap=True)
+    console.print(Text(f"next: bespoke-kohya report --run {shlex.quote(str(args.run))}"), soft_wrap=True)
     return 0
 
 
@@ -548,6 +566,10 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print("[red]interrupted[/]")
         return 130
     except OSError as exc:
+        if read_only(exc):  # a read-only mount or a folder without write permission: the user's to fix, not a bug
+            err_console.print(Text.assemble(("error: ", "red"), f"{exc.filename or 'a file'}: cannot write it ({exc.strerror}); make the folder writable "
+                                            "or work on a copy of it (for a run: cp -r RUN COPY)"), soft_wrap=True)
+            return 2
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         # Every file is written to a temporary name and renamed into place, so what existed before is intact.

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import UserError
+from .regular import read_text
 from .images import IMAGE_SUFFIXES, PICTURE_SUFFIXES, flatten_alpha, open_image, parse_hex_colour, save_png
 from .paths import ART as ART_SIZE
 from .runfolder import training_folder_name
@@ -142,13 +143,16 @@ def caption_path(image: Path, caption_extension: str) -> Path | None:
 
 
 def _read_caption(path: Path | None) -> str | None:
+    """A caption's text, whitespace collapsed; None when there is none or it holds no phrase (only commas and spaces).
+
+    A caption of only commas says nothing, exactly like an empty file: both are a missing caption
+    (the lint says so, training uses the preset's default_caption), never an empty one.
+    """
     if path is None:
         return None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: caption is not UTF-8 text; re-save it as UTF-8") from None
-    return re.sub(r"\s+", " ", text).strip() or None
+    text = read_text(path, what="caption", fix="re-save it as UTF-8 text")
+    text = re.sub(r"\s+", " ", text or "").strip()
+    return text if split_phrases(text) else None
 
 
 def check_caption_extension(caption_extension: str) -> None:

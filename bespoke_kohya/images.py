@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -10,6 +11,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
+from .regular import open_regular
 
 IMAGE_SUFFIXES = (".png",)
 # Suffixes of picture files: never valid as a caption extension.
@@ -51,13 +53,17 @@ def open_image(path: Path, *, formats: tuple[str, ...] | None = None, check: Cal
 
     Only the header is read before the checks: the file's real format must be one of
     ``formats`` (when given), its size at most MAX_PIXELS, and ``check`` (e.g. an exact
-    size) must pass, so an oversized file is refused before it is decoded.
+    size) must pass, so an oversized file is refused before it is decoded. Only a regular
+    file is opened: a FIFO or device named ``*.png`` is refused at once, never waited on.
     """
+    fd = open_regular(Path(path), follow=True, fix="remove it from the folder")
+    if fd is None:
+        raise UserError(f"{path}: image not found; check the path")
     try:
-        with warnings.catch_warnings():
+        with os.fdopen(fd, "rb") as fh, warnings.catch_warnings():
             # Pillow only warns between its limit and twice it; make that a refusal too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(fh) as im:
                 _check_header(path, im, formats)
                 if check is not None:
                     check(im)
@@ -65,7 +71,9 @@ def open_image(path: Path, *, formats: tuple[str, ...] | None = None, check: Cal
                 return to_8bit(path, im.copy())
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UserError(f"{path}: image has more than {Image.MAX_IMAGE_PIXELS:,} pixels; {_TOO_LARGE}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise UserError(f"{path}: cannot read this image (not a format Pillow knows, or damaged); re-export it as PNG or remove it") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"{path}: cannot read this image ({exc.__class__.__name__}: {exc}); re-export it as PNG or remove it") from None
 
 

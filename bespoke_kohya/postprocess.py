@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,6 +29,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from .atomic import staged_folder
 from .colour import delta_e, rgb_to_lab
 from .errors import UserError
 from .images import enlarge, load_rgb, open_image, save_png
@@ -472,38 +475,59 @@ def postprocess(im: Image.Image, options: PostprocessOptions) -> tuple[Image.Ima
     return out, grid
 
 
-def _write_new(im: Image.Image, path: Path) -> None:
-    """Save a PNG under a temporary name in the same folder, then link it into place; never replaces a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _place(staged: Path, path: Path) -> None:
+    """Link a finished file into place; never replaces a file (another process may write the same name meanwhile)."""
     try:
-        save_png(im, tmp)
-        try:
-            os.link(tmp, path)  # atomic, and fails if another process created `path` meanwhile
-        except FileExistsError:
+        os.link(staged, path)  # atomic, and fails if `path` exists (a link of that name too: it is never written through)
+    except FileExistsError:
+        raise UserError(f"{path}: already exists (another process wrote it meanwhile); choose an empty --out folder") from None
+    except OSError:
+        # A filesystem without hard links: the earlier check is all there is.
+        if os.path.lexists(path):
             raise UserError(f"{path}: already exists (another process wrote it meanwhile); choose an empty --out folder") from None
-        except OSError:
-            # A filesystem without hard links: the earlier check is all there is.
-            os.replace(tmp, path)
+        os.replace(staged, path)
+
+
+def _write_outputs(out_dir: Path, images: list[tuple[Path, Image.Image]]) -> None:
+    """Write every result at once: a new (or empty) --out folder is built privately and swapped in whole; into a folder
+    that already holds files, the results are written in a hidden folder inside it, then linked into place, all or none."""
+    if not out_dir.exists() or (out_dir.is_dir() and not out_dir.is_symlink() and not any(out_dir.iterdir())):
+        with staged_folder(out_dir, "refuse", refusal="postprocess never overwrites files, choose an empty --out folder") as tmp:
+            for target, im in images:
+                save_png(im, tmp / target.name)
+        return
+    staging = Path(tempfile.mkdtemp(prefix=".postprocess-", dir=out_dir))
+    placed: list[Path] = []
+    try:
+        for target, im in images:
+            save_png(im, staging / target.name)
+        for target, _ in images:
+            _place(staging / target.name, target)
+            placed.append(target)
+    except BaseException:
+        for target in placed:  # all or none: what this call linked in goes again
+            target.unlink(missing_ok=True)
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _output_paths(paths: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
     """(24×24 path, ×8 preview path) per input; refuses name clashes, an --out that is a file, and existing files."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: --out is an existing file, not a folder; give a folder to write the 24x24 images into")
-    seen: dict[str, Path] = {}
+    seen: dict[str, Path] = {}  # output file name -> the input it comes from
     inputs = {p.resolve() for p in paths}
     result = []
     for p in paths:
-        if p.stem in seen:
-            raise UserError(f"{p}: same file name as {seen[p.stem]}, both would be written to {out_dir / (p.stem + '.png')}; post-process them into separate folders")
-        seen[p.stem] = p
         small, preview = out_dir / f"{p.stem}.png", out_dir / f"{p.stem}.x{PREVIEW_FACTOR}.png"
         for target in (small, preview):
+            if target.name in seen:
+                raise UserError(f"{p}: same file name as {seen[target.name]}, both would be written to {target}; post-process them into separate folders")
+            seen[target.name] = p
             if target.resolve() in inputs:
                 raise UserError(f"{target}: writing the result would overwrite an input image; choose another output folder")
-            if target.exists():
+            if os.path.lexists(target):  # a dangling link too: it is refused, never written through
                 raise UserError(f"{target}: already exists; postprocess never overwrites files, choose an empty --out folder or remove it")
         result.append((small, preview))
     return result
@@ -514,23 +538,21 @@ def postprocess_files(paths: list[Path], out_dir: Path, options: PostprocessOpti
 
     Returns one record per input (paths, input size, method, grid or None, colour
     count, and ``warning``: a line when the input does not look like upscaled pixel
-    art, else None). A missing, corrupt, tiny or non-square input, or an output name
-    that already exists, raises :class:`UserError` naming the file; results already
-    written stay complete (each file is linked into place only once fully written), and
-    the output folder is only created by the first result written.
+    art, else None). Every input is read and processed before anything is written: a
+    missing, corrupt, tiny or non-square input, or an output name that already exists,
+    raises :class:`UserError` naming the file and nothing is written (a new --out folder is
+    not even made), so the same command can be run again once the bad file is fixed.
     """
     paths = [Path(p) for p in paths]
     out_dir = Path(out_dir)
     targets = _output_paths(paths, out_dir)
     records: list[dict] = []
+    outputs: list[tuple[Path, Image.Image]] = []
     with _progress_bar(progress, len(paths)) as advance:
         for path, (small, preview) in zip(paths, targets):
-            if not path.is_file():
-                raise UserError(f"{path}: image not found; check the path")
             im = open_image(path)
             out, grid, noise, merged, score = _postprocess(im, options, str(path))
-            _write_new(out, small)
-            _write_new(enlarge(out, PREVIEW_FACTOR), preview)
+            outputs += [(small, out), (preview, enlarge(out, PREVIEW_FACTOR))]
             records.append(
                 {
                     "source": str(path),
@@ -546,6 +568,7 @@ def postprocess_files(paths: list[Path], out_dir: Path, options: PostprocessOpti
                 }
             )
             advance()
+    _write_outputs(out_dir, outputs)
     return records
 
 

@@ -138,7 +138,7 @@ def run_checklist(options: ReproduceOptions, console: Any, err_console: Any) -> 
 
     from .dataset import check_dataset
     from .engines.protocol import TrainOptions
-    from .engines.session import new_run
+    from .engines.session import new_run, resolve_dataset
 
     train_options = TrainOptions(preset=options.preset, overrides=list(options.overrides), experimental=options.experimental, cpu=options.cpu,
                                  dataset=options.dataset, run_dir=options.run_dir)
@@ -146,7 +146,8 @@ def run_checklist(options: ReproduceOptions, console: Any, err_console: Any) -> 
     run, prepared = new_run(replace(train_options, dry_run=True), console, err_console, prefix="reproduce-")
     run_dir = run.dir
     preset = run.record.preset_model(run_dir)
-    report = check_dataset(Path(run.record.dataset.path), preset.dataset.caption_extension)
+    # The dataset the user named (or the default new_run found), never the path run.json records: that is only shown.
+    report = check_dataset(resolve_dataset(options.dataset, preset, console), preset.dataset.caption_extension)
     checklist = Checklist()
     engine = get_engine(preset.engine)
     upscales = preset.resolution != ART

@@ -38,7 +38,8 @@ from .runfolder import ADHOC, ANY, RUN_JSON, SAMPLES, epoch_drawn, epoch_folder,
 from .runfolder.data import training_colours
 from .runfolder.lock import SAMPLE, run_lock
 from .runfolder.records import RunHandle, SampledEpoch, Samples, read_samples, write_samples
-from .settings import SampleSettings
+from .regular import read_text
+from .settings import MAX_PROMPTS, SampleSettings
 
 PREVIEW_FACTOR = 8
 
@@ -138,7 +139,8 @@ def _write_sample(full: Image.Image, staging: Path, final_rel: str, pid: str, pr
 
 
 def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], prompts: list[str], seeds: list[int], options: Any,
-                progress: bool = True, adhoc: bool = False, heldout: list[HeldoutPrompt] | None = None, heldout_seeds: list[int] | None = None) -> Samples:
+                progress: bool = True, adhoc: bool = False, heldout: list[HeldoutPrompt] | None = None, heldout_seeds: list[int] | None = None,
+                drawn: list[int] | None = None) -> Samples:
     """Draw every job's prompts × seeds into ``RUN/samples`` with ``sampler`` and return the merged samples.json.
 
     Writes ``epoch-NNN/<prompt-id>-s<seed>.png`` (full size), ``.24.png`` (24×24 result)
@@ -153,6 +155,10 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
 
     ``heldout``: held-out images' captions, each drawn with ``heldout_seeds`` into the same epoch
     folders and records as the suite (``SampleImage.heldout`` names the image); not with ``adhoc``.
+
+    ``drawn``: the epochs this call drew are appended to it (epochs already drawn with this suite are skipped).
+    The progress line counts every image as it is written; a record lists an epoch's images in suite
+    order (prompt, then seed; held-out draws last), however the engine batches them.
     """
     epochs = [job.epoch for job in jobs]
     if len(set(epochs)) != len(epochs):
@@ -179,10 +185,14 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
             sid = suite_id(hashed)
             doc.settings, doc.prompts, doc.seeds, doc.suite_id = suite["settings"], suite["prompts"], suite["seeds"], sid
         jobs = [job for job in jobs if not (job.if_missing and _drawn(doc, job.epoch, sid, ids, seeds, adhoc))]
+        id_of = {p: ids[i] for i, p in reversed(list(enumerate(prompts)))}  # the first prompt of a repeated text, as list.index gave
+        rank = {(pid, seed): i for i, (pid, seed) in enumerate((pid, seed) for pid in ids for seed in seeds)}
         folder = out_dir / ADHOC if adhoc else out_dir
         folder.mkdir(exist_ok=True)
         rel_folder = f"{SAMPLES}/{ADHOC}" if adhoc else SAMPLES
         total = len(jobs) * (len(prompts) * len(seeds) + len(heldout) * len(heldout_seeds))
+        # Every checkpoint read (and hashed) before anything is announced: a damaged one is the only line printed.
+        digests = {job.epoch: file_sha256(job.checkpoint) for job in jobs if job.checkpoint is not None}
         if progress and total:
             _announce(jobs, prompts, seeds, heldout, heldout_seeds, doc, total)
         with counter("sampling", total, progress) as tick:
@@ -192,12 +202,12 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
                     started = time.perf_counter()
                     entry: dict[str, Any] = {"checkpoint": None, "sha256": None, "base_only": job.checkpoint is None}
                     if job.checkpoint is not None:
-                        entry.update(checkpoint=_rel(job.checkpoint, run_dir), sha256=file_sha256(job.checkpoint))
+                        entry.update(checkpoint=_rel(job.checkpoint, run_dir), sha256=digests[job.epoch])
                     images: list[dict[str, Any]] = []
 
                     def write(full: Image.Image, pid: str, prompt: str, seed: int) -> None:
                         # The sampler numbers prompts in call order; ad-hoc files are named by the text instead.
-                        images.append(_write_sample(full, staging, f"{rel_folder}/{name}", ids[prompts.index(prompt)] if adhoc else pid, prompt, seed, options))
+                        images.append(_write_sample(full, staging, f"{rel_folder}/{name}", id_of[prompt] if adhoc else pid, prompt, seed, options))
                         tick()
 
                     def write_heldout(full: Image.Image, h: HeldoutPrompt, seed: int) -> None:
@@ -207,6 +217,7 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
                     extra = sampler.draw(job, prompts, seeds, write)
                     if heldout:
                         extra.update(_draw_heldout(sampler, job, heldout, heldout_seeds, write_heldout))
+                    images.sort(key=lambda img: (img.get("heldout") is not None, rank.get((img["prompt_id"], img["seed"]), 0)))  # stable: held-out in draw order
                 entry.update(extra, suite_id=sid, sampled=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              seconds=round(time.perf_counter() - started, 3), images=images)
                 if adhoc:
@@ -217,6 +228,8 @@ def draw_epochs(run_dir: Path, sampler: EpochSampler, jobs: list[SampleJob], pro
                     doc.epochs[str(job.epoch)] = SampledEpoch.model_validate(entry)
                     doc.epochs = dict(sorted(doc.epochs.items(), key=lambda kv: int(kv[0])))
                 write_samples(run_dir, doc)
+                if drawn is not None:
+                    drawn.append(job.epoch)
     return doc
 
 
@@ -283,15 +296,14 @@ def _remove_leftovers(out_dir: Path) -> None:
 
 def read_prompts_file(path: Path) -> list[str]:
     """Prompts from a text file: one full prompt per line; blank lines and ``#`` comments are skipped."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"--prompts {path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"--prompts {path}: cannot read it as UTF-8 text ({exc})") from None
-    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    text = read_text(path, what="prompt list", fix="give a UTF-8 text file with one prompt per line")
+    if text is None:
+        raise UserError(f"--prompts {path}: file not found")
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise UserError(f"--prompts {path}: no prompts in it (one prompt per line; # starts a comment)")
+    if len(prompts) > MAX_PROMPTS:
+        raise UserError(f"--prompts {path}: {len(prompts):,} prompts, at most {MAX_PROMPTS:,} are drawn per epoch; give fewer")
     return prompts
 
 
@@ -324,9 +336,14 @@ def select_jobs(run: RunHandle, epochs: list[int] | None, include_base: bool | N
     if missing:
         have = ", ".join(map(str, sorted(recorded))) or "none"
         raise UserError(f"--epochs: {', '.join(map(str, missing))} not in {run.dir / RUN_JSON} (recorded epochs: {have})")
-    outside = [f"epochs.{e}: {recorded[e]}" for e in wanted if inside_run(run.dir, recorded[e]) is None]
-    if outside:
-        raise UserError(f"{run.dir / RUN_JSON}: {outside[0]} is outside the run folder; checkpoints are read from the run's own checkpoints/ only")
+    for e in wanted:
+        rel = recorded[e]
+        if inside_run(run.dir, rel) is not None:
+            continue
+        if not Path(rel).is_absolute() and ".." not in Path(rel).parts:  # named inside the run, so a link leads out
+            raise UserError(f"{run.dir / rel}: a symbolic link leading out of the run folder; checkpoints are read from the run's own "
+                            "checkpoints/ only: replace it by the file itself")
+        raise UserError(f"{run.dir / RUN_JSON}: epochs.{e}: {rel} is outside the run folder; checkpoints are read from the run's own checkpoints/ only")
     base = engine_default if include_base is None else include_base
     jobs = [SampleJob(0, None, if_missing=include_base is None)] if base else []
     return jobs + [SampleJob(e, run.dir / recorded[e]) for e in wanted]
@@ -374,7 +391,7 @@ def sampling_plan(run: RunHandle, *, epochs: list[int] | None = None, prompts_fi
 def sample_run(run_dir: Path, *, epochs: list[int] | None = None, prompts_file: Path | None = None, prompts: list[str] | None = None,
                seeds: list[int] | None = None, device: str | None = None, include_base: bool | None = None, base_override: str | None = None,
                dataset_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """`bespoke-kohya sample --run RUN`: draw the run's epochs with its engine into ``RUN/samples``; returns samples.json (+ warnings).
+    """`bespoke-kohya sample --run RUN`: draw the run's epochs with its engine into ``RUN/samples``; returns samples.json (+ warnings, drawn).
 
     What is drawn: :func:`sampling_plan`.
     """
@@ -386,7 +403,9 @@ def sample_run(run_dir: Path, *, epochs: list[int] | None = None, prompts_file: 
                                 include_base=any(job.checkpoint is None for job in plan.jobs), base_override=base_override, progress=progress)
         sampler = get_engine(run.record.engine).sampler(run, options)
         post = postprocess_options_for(preset.sample, run, dataset_dir)
+        drawn: list[int] = []
         doc = draw_epochs(run.dir, sampler, plan.jobs, plan.prompts, plan.seeds, post, progress, adhoc=plan.adhoc,
-                          heldout=plan.heldout, heldout_seeds=plan.heldout_seeds).as_dict()
+                          heldout=plan.heldout, heldout_seeds=plan.heldout_seeds, drawn=drawn).as_dict()
     doc["warnings"] = plan.notes + list(sampler.warnings)
+    doc["drawn"] = drawn  # the epochs this call drew (not written to samples.json)
     return doc

@@ -19,6 +19,11 @@ from .paths import ART
 # takes at most 32 bits; torch and numpy's Generator take more, so 32 bits suits all.
 MAX_SEED = 2**32 - 1
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+# A sampling suite is drawn for every epoch and shown as one grid, so it is bounded: these are far above
+# any useful suite (the presets draw 4 × 4) and keep one epoch's drawing and its page to a sane size.
+MAX_SEEDS = 1000
+MAX_PROMPTS = 1000
+MAX_SUITE_IMAGES = 10_000  # prompts × seeds per epoch
 
 
 class _Strict(BaseModel):
@@ -89,11 +94,13 @@ class SampleSettings(_Strict):
             "lady, black curly hair, dark skin tone, yellow background",
         ],
         min_length=1,
-        description="Attribute variations appended to the trigger (drawn from the dataset's captions).",
+        max_length=MAX_PROMPTS,
+        description=f"Attribute variations appended to the trigger (drawn from the dataset's captions); at most {MAX_PROMPTS}.",
     )
     suffix: str = Field("hard color borders, sharp pixel edges", description="Phrase every prompt ends with.")
     negative_prompt: str = Field("blurry, anti-aliasing, gradient, body, torso, text, watermark", description="Negative prompt (diffusion presets).")
-    seeds: list[Seed] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1, description="Seeds (0 to 2**32-1); every epoch uses the same ones so epochs are comparable.")
+    seeds: list[Seed] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1, max_length=MAX_SEEDS,
+                              description=f"Seeds (0 to 2**32-1, each once, at most {MAX_SEEDS}); every epoch uses the same ones so epochs are comparable.")
     heldout_seeds: int = Field(2, ge=0, le=16, description="Also draw each held-out image's own caption (dataset.validation_split) with the first this-many `seeds`, so the report can set each sample beside the real image its caption describes. 0: don't.")
     heldout_captions: int = Field(20, ge=0, le=500, description="At most this many held-out images' captions are drawn each epoch (evenly spread over the held-out files, the same ones every time); the held-out loss still uses every held-out image. A large dataset holds out many (the 10,000-image stand-in: 1,000, which would be 2,000 extra images an epoch); 20 × 2 seeds keep the report's pairs and two-sample test meaningful at a minute of drawing.")
     steps: int = Field(30, ge=1, le=500, description="Denoising steps (documented: 30). pixel24 uses pixel24.sample_steps instead.")
@@ -105,6 +112,23 @@ class SampleSettings(_Strict):
     palette_max_delta_e: float | None = Field(4.0, ge=0, le=50, description="Snap colours to the training palette only when closer than this ΔE76; unset disables snapping.")
     merge: Literal["auto", "on", "off"] = Field("auto", description="Merge the image's own near-identical colours (ΔE < 3) before snapping: auto = only when the render is noisy.")
     max_colors: int | None = Field(None, ge=2, le=256, description="Cap the colours of each 24×24 result (median cut, no dithering); unset keeps them. Bespoke Punks use 13–50 (5th–95th percentile).")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_once(cls, value: list[int]) -> list[int]:
+        # Each seed names one image file per prompt: a repeat would be drawn twice into the same file and fail every sampling.
+        seen: set[int] = set()
+        repeated = sorted({s for s in value if s in seen or seen.add(s)})  # linear: a suite may hold many seeds
+        if repeated:
+            raise ValueError(f"{', '.join(map(str, repeated[:5]))} listed more than once; give each seed once")
+        return value
+
+    @model_validator(mode="after")
+    def _suite_size(self) -> "SampleSettings":
+        if len(self.prompts) * len(self.seeds) > MAX_SUITE_IMAGES:
+            raise ValueError(f"{len(self.prompts)} prompts × {len(self.seeds)} seeds make {len(self.prompts) * len(self.seeds):,} images per epoch; "
+                             f"the limit is {MAX_SUITE_IMAGES:,}: give fewer prompts or seeds")
+        return self
 
     def full_prompts(self) -> list[str]:
         """The prompt suite as sent to the model."""

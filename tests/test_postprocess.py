@@ -291,8 +291,7 @@ def test_postprocess_files_names_corrupt_and_tiny_files(tmp_path: Path) -> None:
     out_dir = tmp_path / "out"
     with pytest.raises(UserError, match="corrupt.png"):
         postprocess_files([good, corrupt], out_dir, PostprocessOptions(), progress=False)
-    # The file before the bad one was written completely, and no temporary is left.
-    assert sorted(p.name for p in out_dir.iterdir()) == ["good.png", "good.x8.png"]
+    assert not out_dir.exists()  # every input is checked before anything is written (issue 26 item 4)
     with pytest.raises(UserError, match=r"tiny.png.*12×12"):
         postprocess_files([tiny], out_dir, PostprocessOptions(), progress=False)
     with pytest.raises(UserError, match="missing.png.*not found"):
@@ -352,14 +351,38 @@ def test_existing_files_in_out_are_never_overwritten(tmp_path: Path) -> None:
 
 
 def test_a_file_appearing_meanwhile_is_not_replaced(tmp_path: Path) -> None:
-    """Issue 12 item 5: the final write itself never replaces a file (another process may write the same name meanwhile)."""
-    from bespoke_kohya.postprocess import _write_new
+    """Issue 12 item 5: the final write itself never replaces a file (another process may write the same name meanwhile);
+    issue 26 item 4: and what this call linked in before the clash goes again (all or none)."""
+    from bespoke_kohya.postprocess import _write_outputs
 
-    target = tmp_path / "a.png"
+    (tmp_path / "other.txt").write_bytes(b"a file already there")
+    target = tmp_path / "b.png"
     target.write_bytes(b"theirs")
-    with pytest.raises(UserError, match="a.png: already exists"):
-        _write_new(Image.fromarray(palette_art(41)), target)
-    assert target.read_bytes() == b"theirs" and [p.name for p in tmp_path.iterdir()] == ["a.png"]
+    with pytest.raises(UserError, match="b.png: already exists"):
+        _write_outputs(tmp_path, [(tmp_path / "a.png", Image.fromarray(palette_art(41))), (target, Image.fromarray(palette_art(42)))])
+    assert target.read_bytes() == b"theirs" and sorted(p.name for p in tmp_path.iterdir()) == ["b.png", "other.txt"]
+
+
+def test_a_truncated_input_writes_nothing_and_the_rerun_without_it_works(tmp_path: Path) -> None:
+    """Issue 26 item 4: `postprocess good1.png good2.png truncated.png --out O` exited 2 having written 4 files into O,
+    so the rerun without the bad file was refused ("already exists")."""
+    goods = []
+    for i in (1, 2):
+        goods.append(tmp_path / f"good{i}.png")
+        Image.fromarray(render(palette_art(50 + i), 512)).save(goods[-1])
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(goods[0].read_bytes()[:200])
+    for out_dir in (tmp_path / "O", tmp_path / "existing"):
+        if out_dir.name == "existing":
+            out_dir.mkdir()
+            (out_dir / "notes.txt").write_text("mine", encoding="utf-8")
+        before = sorted(p.name for p in out_dir.iterdir()) if out_dir.exists() else None
+        with pytest.raises(UserError, match="truncated.png: cannot read this image") as err:
+            postprocess_files([*goods, truncated], out_dir, PostprocessOptions(), progress=False)
+        assert "\n" not in str(err.value)
+        assert (sorted(p.name for p in out_dir.iterdir()) if out_dir.exists() else None) == before  # nothing written, no temporary left
+        records = postprocess_files(goods, out_dir, PostprocessOptions(), progress=False)
+        assert len(records) == 2 and {"good1.png", "good1.x8.png", "good2.png", "good2.x8.png"} <= {p.name for p in out_dir.iterdir()}
 
 
 def test_out_that_is_a_file_and_refusals_leave_no_folder(tmp_path: Path) -> None:

@@ -89,8 +89,26 @@ def test_loss_log_round_trips_and_keeps_a_diverged_step(run: Path) -> None:
     rows = read_loss(run)
     assert rows[0] == LossRow(step=1, epoch=1, loss=0.5, avg_loss=0.5, lr=1e-3)
     assert rows[1].step == 2 and math.isnan(rows[1].loss) and rows[1].avg_loss is None
-    (run / LOSS_CSV).write_text("step,epoch,loss,avg_loss,lr\n,1,0.1,,\n3,x,0.2,,\n", encoding="utf-8")
-    assert read_loss(run) == [LossRow(step=3, loss=0.2)]  # a row without a step is skipped, a bad cell is None
+    (run / LOSS_CSV).write_text("step,epoch,loss,avg_loss,lr\n3,,0.2,,\n", encoding="utf-8")
+    assert read_loss(run) == [LossRow(step=3, loss=0.2)]  # an empty cell was not recorded
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("step,epoch,loss,avg_loss,lr\n,1,0.1,,\n", r"loss\.csv: row 2: step: Field required; delete it \(the loss curve is then left out\)"),
+    ("step,epoch,loss,avg_loss,lr\n3,x,0.2,,\n", r"loss\.csv: row 2: epoch: Input should be a valid integer.*\(got 'x'\)"),
+    ("step,epoch,loss,avg_loss,lr\n3,99999,0.2,,\n", r"loss\.csv: row 2: epoch: Input should be less than or equal to 1000"),
+    ("step,epoch,loss,avg_loss,lr\n-1,1,0.2,,\n", r"loss\.csv: row 2: step: Input should be greater than or equal to 0"),
+    ("step,epoch,loss,avg_loss,lr,extra\n1,1,0.2,,,5\n", r"loss\.csv: row 2: column 'extra' is not one bespoke-kohya writes"),
+    ("step,epoch,loss,avg_loss,lr\n1,1,0.2,,,5\n", r"loss\.csv: row 2: column '\(extra cells\)'"),
+    ("step,epoch,loss\n1,1,\"" + "9" * (200 * 1024) + "\"\n", r"loss\.csv: row \d+: not a CSV row bespoke-kohya writes \(field larger than field limit"),
+])
+def test_a_bad_loss_row_is_one_line_naming_the_row_and_column(run: Path, content: str, message: str) -> None:
+    """Issue 26 item 9: a cell over 128 KiB was a `_csv.Error` traceback; bad cells were silently dropped. Now each row is typed."""
+    (run / LOSS_CSV).parent.mkdir(exist_ok=True)
+    (run / LOSS_CSV).write_text(content, encoding="utf-8")
+    with pytest.raises(UserError, match=message) as err:
+        read_loss(run)
+    assert "\n" not in str(err.value)
 
 
 def test_validation_rows_round_trip(tmp_path):

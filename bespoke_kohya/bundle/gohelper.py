@@ -62,7 +62,7 @@ def _stage_state(run_dir: Path, stage: str) -> tuple[bool, str]:
     bundle = bundle_document(run_dir)
     record = run_document(run_dir)
     hooks = _hooks(record)
-    epochs = epoch_checkpoints(record)
+    epochs = epoch_checkpoints(record, run_dir)
     if stage == "install":
         wheel = bundle.get("wheel")
         if not (run_dir / ".venv" / "bin" / "bespoke-kohya").is_file():

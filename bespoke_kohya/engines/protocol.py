@@ -292,10 +292,15 @@ def check_suite(prompts: list[str], seeds: list[int], size: tuple[int, int], fac
     """Refuse an empty or ambiguous suite before any model time is spent (``factor``: what width and height must divide by)."""
     from ..errors import UserError
 
+    from ..settings import MAX_PROMPTS, MAX_SEEDS, MAX_SUITE_IMAGES
+
     if not prompts or any(not p.strip() for p in prompts):
         raise UserError("sample: the prompt suite is empty or has an empty prompt; give at least one prompt")
     if not seeds:
         raise UserError("sample: no seeds given; give at least one, e.g. --seeds 1,2,3,4")
+    if len(prompts) > MAX_PROMPTS or len(seeds) > MAX_SEEDS or len(prompts) * len(seeds) > MAX_SUITE_IMAGES:
+        raise UserError(f"sample: {len(prompts)} prompt(s) × {len(seeds)} seed(s) is more than a suite may hold (at most {MAX_PROMPTS} prompts, "
+                        f"{MAX_SEEDS} seeds and {MAX_SUITE_IMAGES:,} images per epoch); give fewer")
     seen: set[int] = set()
     dupes = sorted({s for s in seeds if s in seen or seen.add(s)})  # linear: a suite may hold thousands of seeds
     if dupes:

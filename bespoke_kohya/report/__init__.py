@@ -23,11 +23,13 @@ The page prints the same rounded values that metrics.json stores.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
-from ..atomic import staged_folder
-from .collect import BASE_EPOCH, RunData, collect, read_record, read_samples
+from ..atomic import read_only, staged_folder
+from ..errors import UserError
+from .collect import BASE_EPOCH, RunData, collect, read_previous_metrics, read_record, read_samples
 from .page import render_html
 from .plot import heldout_plot_png, loss_plot_png
 from .score import metrics_document
@@ -60,7 +62,14 @@ def write_report(run_dir: Path) -> Path:
     data, doc = build(run_dir)
     page = render_html(data, doc, loss_plot_png(data.loss), heldout_plot_png(data.validation, data.loss))
     metrics = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-    replace_dir(run_dir / REPORT_DIR, {"index.html": page.encode("utf-8"), "metrics.json": metrics.encode("utf-8")})
+    try:
+        replace_dir(run_dir / REPORT_DIR, {"index.html": page.encode("utf-8"), "metrics.json": metrics.encode("utf-8")})
+    except OSError as exc:
+        if not read_only(exc):
+            raise
+        copy = shlex.quote(f"{run_dir.resolve().name}-copy")
+        raise UserError(f"{run_dir}: cannot write report/ into this run folder ({exc.strerror}); it is read-only here: copy it somewhere writable "
+                        f"(cp -r {shlex.quote(str(run_dir))} {copy}) and run `bespoke-kohya report --run {copy}` there") from None
     return run_dir / REPORT_DIR / "index.html"
 
 
@@ -79,6 +88,18 @@ def read_recommended_epoch(run_dir: Path) -> int | None:
     return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > 0 else None
 
 
+def _summary_shaped(doc: dict[str, Any]) -> bool:
+    """Whether a saved metrics.json has what report_summary reads (it is a cache: a hand-edited one is recomputed, not trusted)."""
+    try:
+        epochs, rec = doc["epochs"], doc["recommendation"]
+        ok = isinstance(epochs, dict) and isinstance(rec, dict) and isinstance(doc.get("verdicts"), dict)
+        return ok and all(k.isdigit() and isinstance(v, dict) and isinstance(v.get("images"), int) for k, v in epochs.items()) and \
+            isinstance(rec.get("reasons") or [], list) and isinstance(doc.get("notices") or [], list) and \
+            all(isinstance(n, dict) and isinstance(n.get("text"), str) for n in doc.get("notices") or [])
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
 def report_summary(run_dir: Path) -> dict[str, Any]:
     """The recommended epoch, its reasons, the verdict per epoch and the page's warnings (for `report` and `reproduce`).
 
@@ -88,15 +109,9 @@ def report_summary(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     read_record(run_dir)
     _, current = read_samples(run_dir)
-    saved = run_dir / REPORT_DIR / "metrics.json"
-    doc: dict[str, Any] | None = None
-    if saved.is_file() and current is not None:
-        try:
-            doc = json.loads(saved.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            doc = None
-        if doc is not None and doc.get("samples_sha256") != current:
-            doc = None
+    doc = read_previous_metrics(run_dir) if current is not None else None
+    if doc is not None and (doc.get("samples_sha256") != current or not _summary_shaped(doc)):
+        doc = None  # made from other samples, or not the shape this version writes: computed afresh
     if doc is None:
         doc = build(run_dir)[1]
     notices = doc.get("notices") or []

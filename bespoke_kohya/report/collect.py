@@ -11,7 +11,6 @@ two-sample results of epochs whose samples have not changed.
 
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +21,9 @@ import numpy as np
 from ..errors import UserError
 from ..images import load_rgb
 from ..paths import ART
-from ..runfolder import DATA, REPORT, SAMPLES_JSON, file_sha256, inside_run, reproduce_document
+from ..runfolder import DATA, SAMPLES_JSON, file_sha256, inside_run, metrics_document
 from ..runfolder.data import art_of, training_folder, training_images
-from ..runfolder.records import read_loss as read_loss_rows, read_run, read_samples as read_samples_record, read_validation as read_validation_rows
+from ..runfolder.records import read_loss as read_loss_rows, read_reproduce as read_reproduce_table, read_run, read_samples as read_samples_record, read_validation as read_validation_rows
 
 BASE_EPOCH = 0  # `sample --include-base` records the base model alone as epoch 0
 
@@ -144,21 +143,14 @@ def read_validation(run_dir: Path) -> list[dict[str, float | None]]:
 
 
 def read_reproduce(run_dir: Path) -> dict[str, Any] | None:
-    """reproduce.json (the checklist table) if the run has one."""
-    return reproduce_document(run_dir)
-
-
-METRICS_JSON = "metrics.json"
+    """reproduce.json (the checklist table) if the run has one, checked by its schema."""
+    table = read_reproduce_table(run_dir)
+    return table.model_dump(mode="json") if table is not None else None
 
 
 def read_previous_metrics(run_dir: Path) -> dict[str, Any] | None:
     """The last report's metrics.json (this package wrote it), or None when absent or unreadable: it is only a cache."""
-    path = Path(run_dir) / REPORT / METRICS_JSON
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return doc if isinstance(doc, dict) else None
+    return metrics_document(run_dir)
 
 
 # ------------------------------------------------------------------ notices

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..atomic import staged_folder
+from ..atomic import read_only, staged_folder
 from ..errors import UserError
 from ..paths import ART
 from . import build
@@ -42,7 +42,7 @@ from .page import BETTER_SHORT, SCALE, SMALL_FULL, _environment, full_preview
 
 INDEX = "index.html"
 COMPARE_JSON = "compare.json"
-EPOCH_SUFFIX = re.compile(r"^(.+):(\d+)$")  # RUN:EPOCH; the greedy run part keeps earlier colons
+EPOCH_SUFFIX = re.compile(r"^(.+):(\d{1,9})$")  # RUN:EPOCH; the greedy run part keeps earlier colons
 RUN_COL = 150  # CSS px per run column in the grid: the ×SCALE image and a little air
 PROMPT_COL, SEED_COL = 250, 64
 
@@ -332,9 +332,14 @@ def create_dir(target: Path, files: dict[str, bytes]) -> None:
     """Make ``target`` holding ``files``: written in a hidden folder beside it, then renamed; never over an existing one."""
     if target.exists():
         raise UserError(f"{target} already exists; give a new folder with --out (a comparison never overwrites one)")
-    with staged_folder(target, refusal="give a new folder with --out (a comparison never overwrites one)") as tmp:
-        for name, payload in files.items():
-            (tmp / name).write_bytes(payload)
+    try:
+        with staged_folder(target, refusal="give a new folder with --out (a comparison never overwrites one)") as tmp:
+            for name, payload in files.items():
+                (tmp / name).write_bytes(payload)
+    except OSError as exc:
+        if not read_only(exc):
+            raise
+        raise UserError(f"{target.parent}: cannot write the comparison there ({exc.strerror}); give a writable new folder with --out DIR") from None
 
 
 @dataclass

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import distinguish
 from .collect import Cell, EpochSamples, RunData
@@ -83,11 +84,34 @@ def two_sample(real: np.ndarray, generated: np.ndarray, groups: list[str]) -> di
     return {"accuracy": result.accuracy, "fold_accuracies": list(result.fold_accuracies), "per_class": result.per_class, "grouped": grouped, "problem": None}
 
 
+class _CachedResult(BaseModel):
+    """A two-sample result as metrics.json stores it: the cache is read back from a run folder that may come from elsewhere."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    key: str
+    images: Annotated[int, Field(ge=0)]
+    accuracy: Annotated[float, Field(ge=0, le=1)] | None
+    fold_accuracies: list[Annotated[float, Field(ge=0, le=1)]] = []
+    per_class: Annotated[int, Field(ge=0)]
+    grouped: bool
+    problem: str | None
+    near_copy_share: Annotated[float, Field(ge=0, le=1)] | None
+    uncertain: bool
+
+
 def _cached(previous: dict[str, Any] | None, epoch: int, key: str) -> dict[str, Any] | None:
-    """The last report's result for this epoch when it was computed from exactly the same inputs."""
-    entry = ((previous or {}).get("epochs") or {}).get(str(epoch)) or {}
-    found = entry.get("distinguish")
-    return dict(found) if isinstance(found, dict) and found.get("key") == key else None
+    """The last report's result for this epoch when it was computed from exactly the same inputs (and has the shape this writes)."""
+    epochs = (previous or {}).get("epochs")
+    entry = epochs.get(str(epoch)) if isinstance(epochs, dict) else None
+    found = entry.get("distinguish") if isinstance(entry, dict) else None
+    if not isinstance(found, dict) or found.get("key") != key:
+        return None
+    try:
+        _CachedResult.model_validate(found)
+    except ValidationError:
+        return None  # edited or from another version: computed again rather than trusted
+    return dict(found)
 
 
 def distinguishability(data: RunData) -> dict[int, dict[str, Any]]:

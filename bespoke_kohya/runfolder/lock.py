@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import UserError
+from ..regular import create_regular, open_regular
 
 TRAIN = "train"
 SAMPLE = "sample"
@@ -64,11 +65,11 @@ def holder(run_dir: Path, role: str) -> Holder | None:
     if _key(run_dir, role) in _held:
         return Holder(os.getpid())
     try:
-        fd = os.open(Path(run_dir) / LOCK_FILES[role], os.O_RDONLY)
-    except FileNotFoundError:
+        fd = open_regular(Path(run_dir) / LOCK_FILES[role])  # never through a link, never waiting on a FIFO
+    except UserError:
+        return None  # a link or special file is no lock anyone holds (acquire refuses it)
+    if fd is None:
         return None  # never taken here: no live process holds it
-    except OSError:
-        return None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -102,7 +103,8 @@ def acquire(run_dir: Path, role: str) -> None:
         return
     path = Path(run_dir) / LOCK_FILES[role]
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        # O_NOFOLLOW: a run from elsewhere may hold `.sample.lock -> ~/notes.txt`; the lock JSON must never land there.
+        fd = create_regular(path, "remove it (the lock file is recreated; a run folder from elsewhere holds no links)")
     except OSError as exc:
         raise UserError(f"{path}: cannot create the run's lock file ({exc.strerror or exc}); is the run folder writable?") from None
     deadline = time.monotonic() + _RETRY_S

@@ -3,27 +3,36 @@
 The models accept keys they do not know (``extra="allow"``), so a file written by a
 same-version bespoke-kohya with more fields survives a read-modify-write. Every write is
 atomic (a temporary file renamed over the old one).
+
+Each file is a schema with the limits the presets have (epoch keys from 1 to MAX_EPOCH,
+seeds within MAX_SEED, CSV rows typed cell by cell): a run folder may come from another
+machine or be edited by hand, and a bad value is one UserError naming the file, the field
+and what to do, never a traceback further on.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import math
+import io
+import json
 import os
 import platform
-import shutil
+import shlex
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .. import __version__
 from ..errors import UserError
 from ..atomic import umask, write_atomic, write_json_atomic
-from . import DATA, LOSS_CSV, VALIDATION_CSV, NOT_TRAINED, RUN_JSON, RUN_VERSION, SAMPLES_JSON, SAMPLES_VERSION, Status, lock, run_document, samples_document, write_run_document
+from ..regular import no_links_below, read_regular, read_text
+from ..settings import MAX_SEED
+from . import (DATA, LAYOUT_FIX, LOSS_CSV, MAX_CSV_BYTES, MAX_EPOCH, VALIDATION_CSV, NOT_TRAINED, REPRODUCE_JSON, RUN_JSON, RUN_VERSION, SAMPLES_JSON, SAMPLES_VERSION, Status,
+               epoch_number, lock, reproduce_document, run_document, samples_document, write_run_document)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -39,11 +48,25 @@ def package_versions() -> dict[str, str | None]:
 def _problem(path: Path, exc: ValidationError, fix: str) -> UserError:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    return UserError(f"{path}: {where}: {first['msg']}; {fix}")
+    return UserError(f"{path}: {where}: {first['msg'].removeprefix('Value error, ')}; {fix}")
 
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+# Text fields: bounded, so a tampered file cannot make every later page or line enormous.
+# (no NUL: no file name holds one, and the OS refuses it with an error of its own).
+Name = Annotated[str, Field(max_length=4096, pattern=r"^[^\x00]*$")]
+RelPath = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00]+$")]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
+def _epoch_table(table: dict[str, Any], low: int) -> dict[str, Any]:
+    """A table keyed by epoch: every key a whole number from ``low`` to MAX_EPOCH (the presets' own cap)."""
+    for key in table:
+        epoch_number(key, low)  # ValueError → a validation error naming the field
+    return table
 
 
 # ------------------------------------------------------------------ run.json
@@ -52,24 +75,25 @@ class _Open(BaseModel):
 class CaptionsRef(_Open):
     """Which captions went into data/ (the preset's dataset.captions) and what the caption lint found."""
 
-    mode: str = "raw"  # "raw" | "normalised"
-    problems: dict[str, int] = Field(default_factory=dict)  # caption problems by kind
-    changed: int | None = None  # captions the normalisation changed (normalised mode only)
+    mode: Name = "raw"  # "raw" | "normalised"
+    problems: dict[Name, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)  # caption problems by kind
+    changed: Annotated[int, Field(ge=0)] | None = None  # captions the normalisation changed (normalised mode only)
 
 
 class DatasetRef(_Open):
-    path: str = ""
-    content_hash: str | None = None
-    images: int | None = None
+    # Where the dataset was on the machine that made the run: shown, compared, never opened (the run's own data/ is).
+    path: Name = ""
+    content_hash: Name | None = None
+    images: Annotated[int, Field(ge=0)] | None = None
     captions: CaptionsRef | None = None  # absent in runs made before `dataset.captions`
     # Prepared image files (in data/<repeats>_<concept>/) held out from training (dataset.validation_split);
     # None in runs made before held-out validation, [] when the split is off or the folder too small.
-    heldout: list[str] | None = None
+    heldout: list[Name] | None = None
 
 
 class Failure(_Open):
-    cause: str | None = None
-    tail: list[str] = Field(default_factory=list)
+    cause: Name | None = None
+    tail: list[Name] = Field(default_factory=list)
     recognised: bool = False  # the cause is a known one, said in one line: the tail stays in the log
 
 
@@ -77,23 +101,37 @@ class RunRecord(_Open):
     """run.json: everything needed to reproduce a run and compare its epochs."""
 
     version: int = RUN_VERSION
-    id: str
-    preset: str
-    engine: str
-    script: str | None = None
+    id: Name
+    preset: Name
+    engine: Name
+    script: Name | None = None
     resolved: dict[str, Any]
-    overrides: list[str] = Field(default_factory=list)
+    overrides: list[Name] = Field(default_factory=list)
     dataset: DatasetRef = Field(default_factory=DatasetRef)
-    versions: dict[str, str | None] = Field(default_factory=dict)
+    versions: dict[Name, Name | None] = Field(default_factory=dict)
     status: Status
-    created: str | None = None
-    epochs: dict[str, str] = Field(default_factory=dict)
-    command: list[str] | None = None
-    cwd: str | None = None
-    started: str | None = None
-    ended: str | None = None
+    created: Name | None = None
+    epochs: dict[str, RelPath] = Field(default_factory=dict)  # "epoch" (1 to MAX_EPOCH) → checkpoint path inside the run
+    command: list[Name] | None = None
+    cwd: Name | None = None
+    started: Name | None = None
+    ended: Name | None = None
     exit_code: int | None = None
     failure: Failure | None = None
+
+    @field_validator("epochs")
+    @classmethod
+    def _epoch_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        return _epoch_table(value, low=1)
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        from ..engines import engine_names
+
+        if value not in engine_names():
+            raise ValueError(f"{value[:40]!r} is not an engine this bespoke-kohya has ({', '.join(engine_names())})")
+        return value
 
     def checkpoints(self) -> dict[int, str]:
         """{epoch: checkpoint path relative to the run}, by epoch."""
@@ -104,9 +142,11 @@ class RunRecord(_Open):
         from ..presets import validate_preset
 
         try:
-            return validate_preset(self.resolved, "run.json resolved")
+            return validate_preset(self.resolved, "resolved")
         except UserError as exc:
-            raise UserError(f"{Path(run_dir) / RUN_JSON}: {exc}; the run folder was not made by this bespoke-kohya") from None
+            lines = str(exc).splitlines()  # a preset file lists every problem; a run file says the first in one line
+            more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+            raise UserError(f"{Path(run_dir) / RUN_JSON}: {lines[0]}{more}; restore run.json from a copy of the run, or train a new run") from None
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
@@ -177,6 +217,7 @@ class RunHandle:
     def check_trainable(self) -> None:
         """What training needs besides run.json: a valid resolved preset and the prepared images in data/ (one line if not)."""
         self.record.preset_model(self.dir)
+        no_links_below(self.dir, self.training_folder, LAYOUT_FIX)  # training reads every file in it: none may lead out of the run
         data = self.dir / DATA
         folders = [p for p in sorted(data.iterdir()) if p.is_dir()] if data.is_dir() else []
         if not any(any(folder.iterdir()) for folder in folders):
@@ -236,53 +277,78 @@ class RunHandle:
         folder = self.training_folder
         out: list[tuple[str, str | None]] = []
         for file in files:
-            path = folder / Path(file).with_suffix(d.caption_extension).name
-            if Path(file).name != file or not path.is_file():
+            if Path(file).name != file or file in ("", ".", ".."):  # run.json may be edited: only plain names inside data/
                 out.append((file, None))
                 continue
-            try:
-                text = path.read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise UserError(f"{path}: cannot read this held-out caption ({exc}); restore data/ from a copy of the run") from None
-            out.append((file, text or None))
+            path = folder / Path(file).with_suffix(d.caption_extension).name
+            no_links_below(self.dir, path, LAYOUT_FIX)
+            text = read_text(path, what="held-out caption", fix="restore data/ from a copy of the run", follow=False)
+            out.append((file, text.strip() or None if text is not None else None))
         return out
 
 
 # ------------------------------------------------------------------ samples/samples.json
 
 
+class GridRecord(_Open):
+    """The art-pixel grid post-processing found in a full-size sample (postprocess.Grid.to_dict)."""
+
+    pitch_x: Annotated[float, Field(allow_inf_nan=False, gt=0, le=4096)]
+    pitch_y: Annotated[float, Field(allow_inf_nan=False, gt=0, le=4096)]
+    offset_x: Annotated[float, Field(allow_inf_nan=False, ge=-4096, le=4096)]
+    offset_y: Annotated[float, Field(allow_inf_nan=False, ge=-4096, le=4096)]
+    score: Annotated[float, Field(allow_inf_nan=False, ge=0, le=1)] | None = None
+
+
 class SampleImage(_Open):
-    prompt_id: str
-    prompt: str = ""
-    seed: int
-    full: str | None = None
-    art: str | None = None
-    preview: str | None = None
-    grid: dict[str, Any] | None = None
-    heldout: str | None = None  # a held-out caption's draw: the prepared image file (run.json dataset.heldout) the prompt is the caption of
+    prompt_id: Annotated[str, Field(min_length=1, max_length=200)]
+    prompt: Name = ""
+    seed: Seed
+    full: RelPath | None = None
+    art: RelPath | None = None
+    preview: RelPath | None = None
+    grid: GridRecord | None = None
+    heldout: Name | None = None  # a held-out caption's draw: the prepared image file (run.json dataset.heldout) the prompt is the caption of
 
 
 class SampledEpoch(_Open):
-    checkpoint: str | None = None
-    sha256: str | None = None
+    checkpoint: RelPath | None = None
+    sha256: Name | None = None
     base_only: bool = False
-    suite_id: str | None = None
+    suite_id: Name | None = None
     images: list[SampleImage] = Field(default_factory=list)
 
 
+class SuitePrompt(_Open):
+    """One prompt of the suite (checked, then kept as the plain {id, prompt} table samples.json holds)."""
+
+    id: Annotated[str, Field(min_length=1, max_length=200)]
+    prompt: Name = ""
+
+
 class Samples(_Open):
-    """samples.json: the prompt × seed suite and, per epoch, the images drawn with it."""
+    """samples.json: the prompt × seed suite and, per epoch (0: the base alone, up to MAX_EPOCH), the images drawn with it."""
 
     version: int = SAMPLES_VERSION
     epochs: dict[str, SampledEpoch] = Field(default_factory=dict)
     settings: dict[str, Any] | None = None
-    prompts: list[dict[str, Any]] | None = None
-    seeds: list[int] | None = None
-    suite_id: str | None = None
+    prompts: list[dict[str, Any]] | None = None  # each a SuitePrompt
+    seeds: list[Seed] | None = None
+    suite_id: Name | None = None
     # `sample --prompt`: prompts tried beside the suite (samples/adhoc/), never compared by the report.
     adhoc: dict[str, SampledEpoch] = Field(default_factory=dict)
-    # sha256 of the file as read: the report says which samples its numbers came from.
+    # sha256 of the document as read (canonical JSON): the report says which samples its numbers came from.
     digest: str | None = Field(default=None, exclude=True)
+
+    @field_validator("epochs", "adhoc")
+    @classmethod
+    def _epoch_keys(cls, value: dict[str, SampledEpoch]) -> dict[str, SampledEpoch]:
+        return _epoch_table(value, low=0)
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        return None if value is None else [SuitePrompt.model_validate(p).model_dump() for p in value]
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=False, exclude={"digest"})
@@ -297,8 +363,9 @@ def read_samples(run_dir: Path) -> Samples | None:
     try:
         samples = Samples.model_validate(doc)
     except ValidationError as exc:
-        raise _problem(path, exc, f"delete it (and the epoch-* folders beside it) and run `bespoke-kohya sample --run {run_dir}` again") from None
-    samples.digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        raise _problem(path, exc, f"delete it (and the epoch-* folders beside it) and run `bespoke-kohya sample --run {shlex.quote(str(run_dir))}` again") from None
+    # The digest is of the document as validated (canonical JSON), not of a second read that could differ from the first.
+    samples.digest = hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
     return samples
 
 
@@ -306,17 +373,56 @@ def write_samples(run_dir: Path, samples: Samples) -> None:
     write_json_atomic(Path(run_dir) / SAMPLES_JSON, samples.as_dict())
 
 
+# ------------------------------------------------------------------ reproduce.json
+
+
+class ReproduceStep(_Open):
+    """One row of the `reproduce` checklist (reproduce.Step)."""
+
+    step: Annotated[int, Field(ge=0, le=100)]
+    name: Name = ""
+    check: Name = ""
+    status: Annotated[str, Field(max_length=40)]
+    evidence: Name = ""
+    reason: Name = ""
+    command: Name = ""
+
+
+class ReproduceTable(_Open):
+    steps: Annotated[list[ReproduceStep], Field(max_length=100)] = Field(default_factory=list)
+    exit_code: int | None = None
+
+
+def read_reproduce(run_dir: Path) -> ReproduceTable | None:
+    """reproduce.json (the checklist table) if the run has one; a damaged one is one line naming the field."""
+    doc = reproduce_document(run_dir)
+    if doc is None:
+        return None
+    try:
+        return ReproduceTable.model_validate(doc)
+    except ValidationError as exc:
+        raise _problem(Path(run_dir) / REPRODUCE_JSON, exc, "delete it, or run `bespoke-kohya reproduce` again") from None
+
+
 # ------------------------------------------------------------------ logs/loss.csv
+
+# Bounds of a CSV cell, far above what any run writes (a million steps; a loss or rate of any sane size).
+MAX_STEP = 1_000_000_000
+Step = Annotated[int, Field(ge=0, le=MAX_STEP)]
+Epoch = Annotated[int, Field(ge=0, le=MAX_EPOCH)]
+Number = float  # any float, NaN and inf too: a diverged step is a fact to show (the report leaves it out of the plot)
 
 
 class LossRow(BaseModel):
     """One optimiser step: its loss, the epoch's running average and the learning rate (None: not recorded)."""
 
-    step: int
-    epoch: int | None = None
-    loss: float | None = None
-    avg_loss: float | None = None
-    lr: float | None = None
+    model_config = ConfigDict(extra="forbid")
+
+    step: Step
+    epoch: Epoch | None = None
+    loss: Number | None = None
+    avg_loss: Number | None = None
+    lr: Number | None = None
 
 
 LOSS_FIELDS = list(LossRow.model_fields)
@@ -330,12 +436,21 @@ def _cell(key: str, value: Any) -> str:
     return f"{float(value):.6g}" if key == "lr" else f"{float(value):.6f}"
 
 
+def _remove_stale(path: Path) -> None:
+    """Temporary copies of ``path`` a killed writer left (``.loss.csv.XXXX``); called under the training lock, so none is in use."""
+    for stale in path.parent.glob(f".{path.name}.*") if path.parent.is_dir() else []:
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink(missing_ok=True)
+
+
 class LossLog:
     """Writes logs/loss.csv row by row (flushed per epoch) into a temporary file renamed into place on close."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOSS_CSV
+        no_links_below(Path(run_dir), self.path.parent, LAYOUT_FIX)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(self.path)
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         self._fh = os.fdopen(fd, "w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._fh)
@@ -347,9 +462,10 @@ class LossLog:
     def flush(self) -> None:
         """Make the rows so far visible as logs/loss.csv (an interrupted run keeps its curve)."""
         self._fh.flush()
-        Path(self._tmp).chmod(0o666 & ~umask())
-        shutil.copyfile(self._tmp, self.path.with_name(f".{self.path.name}.flush"))
-        os.replace(self.path.with_name(f".{self.path.name}.flush"), self.path)
+        with open(self._tmp, "rb") as src:
+            rows = src.read()
+        # A fresh temporary name (never a fixed one a run from elsewhere could have made a link), renamed over loss.csv.
+        write_atomic(self.path, lambda tmp: tmp.write_bytes(rows))
 
     def close(self) -> None:
         self._fh.close()
@@ -370,39 +486,46 @@ def write_loss(run_dir: Path, rows: list[LossRow]) -> None:
             log.append(row)
 
 
-def _number(value: str | None) -> float | None:
-    """A cell as a number (NaN kept: a diverged step is a fact to show); empty or malformed cells are None."""
-    try:
-        return float(value) if value not in (None, "") else None
-    except ValueError:
-        return None
-
-
 def read_loss(run_dir: Path) -> list[LossRow]:
-    """The rows of logs/loss.csv ([] when there is none); rows without a step are skipped, bad cells become None."""
+    """The rows of logs/loss.csv ([] when there is none), each checked as a LossRow (empty cells: not recorded)."""
+    return _typed_rows(run_dir, LOSS_CSV, LossRow, "the loss curve")
+
+
+def _typed_rows(run_dir: Path, rel: str, model: type[BaseModel], what: str) -> list[Any]:
+    """Every row of a run's CSV log as ``model``; a bad row is one line naming the file, the row, the column and what to do."""
+    path = Path(run_dir) / rel
+    fix = f"delete it ({what} is then left out) or restore it from a copy of the run"
     rows = []
-    for raw in _csv_rows(Path(run_dir) / LOSS_CSV, "the loss curve"):
-        step = _whole(raw.get("step"))
-        if step is not None:
-            rows.append(LossRow(step=step, epoch=_whole(raw.get("epoch")), loss=_number(raw.get("loss")), avg_loss=_number(raw.get("avg_loss")), lr=_number(raw.get("lr"))))
+    for number, raw in enumerate(_csv_rows(run_dir, path, fix), start=2):  # row 1 is the header
+        cells = {k: v for k, v in raw.items() if v not in (None, "")}
+        unknown = [k for k in cells if k not in model.model_fields]
+        if unknown:
+            raise UserError(f"{path}: row {number}: column {unknown[0]!r} is not one bespoke-kohya writes ({', '.join(model.model_fields)}); {fix}")
+        try:
+            rows.append(model.model_validate(cells))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            column = ".".join(str(p) for p in first["loc"]) or "(row)"
+            got = "" if first["type"] == "missing" else f" (got {str(first.get('input'))[:40]!r})"
+            raise UserError(f"{path}: row {number}: {column}: {first['msg']}{got}; {fix}") from None
     return rows
 
 
-def _whole(value: str | None) -> int | None:
-    """A cell as a whole number; empty, malformed or non-finite cells are None."""
-    number = _number(value)
-    return int(number) if number is not None and math.isfinite(number) else None
-
-
-def _csv_rows(path: Path, what: str) -> list[dict[str, str]]:
-    """The rows of a run's CSV log as dicts ([] when there is none); a file that is not UTF-8 is one line naming ``what`` is lost."""
-    if not path.is_file():
+def _csv_rows(run_dir: Path, path: Path, fix: str) -> list[dict[str, str]]:
+    """The rows of a run's CSV log as dicts ([] when there is none): a regular file inside the run, bounded in size."""
+    no_links_below(Path(run_dir), path, fix)
+    raw = read_regular(path, limit=MAX_CSV_BYTES, what="CSV log", fix=fix)
+    if raw is None:
         return []
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text, so not written by bespoke-kohya; delete it ({what} is then left out)") from None
+        raise UserError(f"{path}: not UTF-8 text, so not written by bespoke-kohya; {fix}") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""), restkey="(extra cells)")
+    try:
+        return list(reader)  # the csv module's own cell limit (128 KiB) bounds each cell; its error is said in one line below
+    except csv.Error as exc:
+        raise UserError(f"{path}: row {reader.line_num}: not a CSV row bespoke-kohya writes ({exc}); {fix}") from None
 
 
 # ------------------------------------------------------------------ logs/validation.csv
@@ -415,9 +538,11 @@ class ValidationRow(BaseModel):
     held-out images at fixed mask ratios and seeds (so epochs compare on the same draws).
     """
 
-    epoch: int
-    step: int | None = None
-    loss: float | None = None
+    model_config = ConfigDict(extra="forbid")
+
+    epoch: Epoch
+    step: Step | None = None
+    loss: Number | None = None
 
 
 VALIDATION_FIELDS = list(ValidationRow.model_fields)
@@ -433,14 +558,11 @@ def write_validation(run_dir: Path, rows: list[ValidationRow]) -> None:
             for row in sorted(rows, key=lambda r: r.epoch):
                 out.writerow([_cell(k, getattr(row, k)) for k in VALIDATION_FIELDS])
 
+    no_links_below(Path(run_dir), Path(run_dir) / VALIDATION_CSV, LAYOUT_FIX)
     write_atomic(Path(run_dir) / VALIDATION_CSV, write)
 
 
 def read_validation(run_dir: Path) -> list[ValidationRow]:
-    """The rows of logs/validation.csv ([] when there is none), one per epoch; malformed rows are skipped."""
-    rows: dict[int, ValidationRow] = {}
-    for raw in _csv_rows(Path(run_dir) / VALIDATION_CSV, "the validation curve"):
-        epoch = _whole(raw.get("epoch"))
-        if epoch is not None:
-            rows[epoch] = ValidationRow(epoch=epoch, step=_whole(raw.get("step")), loss=_number(raw.get("loss")))
+    """The rows of logs/validation.csv ([] when there is none), one per epoch (a later row of an epoch wins)."""
+    rows = {row.epoch: row for row in _typed_rows(run_dir, VALIDATION_CSV, ValidationRow, "the validation curve")}
     return [rows[e] for e in sorted(rows)]

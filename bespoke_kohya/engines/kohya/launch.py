@@ -14,14 +14,14 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable
 
+from ...interrupts import termination_as_interrupt
+from ...regular import create_regular
 from ...presets import Preset
 
 EPOCH_RE = re.compile(r"^\s*epoch (\d+)/(\d+)\s*$")
@@ -202,31 +202,6 @@ def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
             continue
 
 
-@contextmanager
-def _termination_as_interrupt() -> Iterator[None]:
-    """While the child runs, SIGTERM and SIGHUP (a closed SSH session, `kill`, a job scheduler) act
-    like Ctrl-C, so the child's group is stopped and the run recorded, not left training alone.
-
-    Signals someone chose to ignore (nohup) stay ignored; outside the main thread nothing changes.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _raise(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    saved = {}
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) == signal.SIG_DFL:
-            saved[sig] = signal.signal(sig, _raise)
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-
-
 @dataclass
 class _Parsed:
     """What the output said so far (filled line by line while the child runs)."""
@@ -292,14 +267,15 @@ def run_streaming(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     parsed = _Parsed(tail=deque(maxlen=tail_lines))
     interrupted = False
-    with open(log_path, "ab") as log:
+    fd = create_regular(log_path, "remove it (the log is recreated; a run folder from elsewhere holds no links)", append=True)
+    with os.fdopen(fd, "ab") as log:
         log.write(f"$ {' '.join(command)}\n# cwd: {cwd}\n# started {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         log.flush()
         proc = subprocess.Popen(
             command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            with _termination_as_interrupt():
+            with termination_as_interrupt():
                 _pump(proc, log, parsed, on_event)
                 proc.wait()
         except KeyboardInterrupt:

@@ -12,6 +12,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from ...errors import UserError
+from ...regular import read_regular
 from ...runfolder import CHECKPOINTS
 from ...runfolder.records import LossRow, ValidationRow
 
@@ -133,9 +135,11 @@ def state_epoch(state: str) -> int | None:
 
 def state_step(state_dir: Path) -> int | None:
     """The optimizer steps done when sd-scripts saved a `-state` folder (its train_state.json), if recorded."""
-    try:
-        return int(json.loads((state_dir / "train_state.json").read_text(encoding="utf-8"))["current_step"])
-    except (OSError, ValueError, KeyError, TypeError):
+    try:  # a regular file only: a FIFO in a run from elsewhere is no state, and is never waited on
+        raw = read_regular(state_dir / "train_state.json", limit=1 << 20, what="sd-scripts train state")
+        step = json.loads(raw.decode("utf-8"))["current_step"] if raw is not None else None
+        return int(step) if isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= 10**9 else None
+    except (UserError, ValueError, KeyError, TypeError):
         return None
 
 

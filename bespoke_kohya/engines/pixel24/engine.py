@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ...errors import UserError
+from ...interrupts import termination_as_interrupt
 from ...runfolder import Status
 from ...runfolder.records import RunHandle
 from ..protocol import BaseEngine, BaseRef, CommandGroups, Outcome, Progress, SampleJob, SampleOptions, TrainOptions, TrainSession, check_suite, prompt_ids
@@ -45,6 +46,11 @@ class Pixel24Engine(BaseEngine[Pixel24Preset]):
         p.add_argument("--limit", type=int, default=None, help="only the first N punks")
         p.set_defaults(func=_cmd_dataset_standin)
 
+    def start_session(self, run: RunHandle, options: TrainOptions) -> TrainSession:
+        session = super().start_session(run, options)
+        _check_run_files(run)
+        return session
+
     def train(self, run: RunHandle, session: TrainSession, options: TrainOptions, progress: Progress) -> Outcome:
         from .training import train
 
@@ -56,8 +62,9 @@ class Pixel24Engine(BaseEngine[Pixel24Preset]):
         # A run with a saved state (an earlier session of it) continues from there.
         preset = self._demo_settings(run, note)
         try:
-            result = train(preset, run.training_folder, run.dir, device="cpu" if options.cpu else None,
-                           on_step=progress, on_epoch=run.record_epoch, on_note=note, heldout=run.record.dataset.heldout)
+            with termination_as_interrupt():  # `kill PID` or a closed SSH session stops it like Ctrl-C, as kohya runs do
+                result = train(preset, run.training_folder, run.dir, device="cpu" if options.cpu else None,
+                               on_step=progress, on_epoch=run.record_epoch, on_note=note, heldout=run.record.dataset.heldout)
         except KeyboardInterrupt:  # the epochs that finished before Ctrl-C are already in run.json
             return Outcome(Status.INTERRUPTED, 130)
         for warning in result["warnings"]:
@@ -74,7 +81,7 @@ class Pixel24Engine(BaseEngine[Pixel24Preset]):
 
         preset = run.record.preset_model(run.dir)
         p = preset.pixel24
-        if p.base != "standin" or Path(run.record.dataset.path).resolve() != default_standin_dir().resolve():
+        if p.base != "standin" or not _same_folder(run.record.dataset.path, default_standin_dir()):
             return preset
         demo = p.model_copy(update={"base": "none", "batch_size": p.base_batch_size, "learning_rate": p.base_learning_rate, "ema_decay": p.base_ema_decay})
         preset = preset.model_copy(update={"pixel24": demo})
@@ -85,6 +92,38 @@ class Pixel24Engine(BaseEngine[Pixel24Preset]):
 
     def sampler(self, run: RunHandle, options: SampleOptions) -> "Pixel24Sampler":
         return Pixel24Sampler(run.record.preset_model(run.dir), options)
+
+
+def _same_folder(recorded: str, folder: Path) -> bool:
+    """Whether run.json's dataset.path (a text from the machine that made the run, never opened) names ``folder``."""
+    try:
+        return bool(recorded) and Path(recorded).resolve() == folder.resolve()
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
+def _check_run_files(run: RunHandle) -> None:
+    """Read back what a (resumed) training will read, before run.json says `running`: a damaged or tampered
+    pixel24.json, resume state, loss or validation log or training caption is one line, and the run is left as it was.
+
+    (Whether the saved tensors fit the model is only known once it is built; training says that in one line too.)
+    """
+    from ...runfolder import CHECKPOINTS
+    from ...runfolder.records import read_loss, read_validation
+    from . import files
+    from .model import CONFIG_NAME, read_config
+    from .training import STATE_JSON, STATE_NAME
+
+    ckpt = run.dir / CHECKPOINTS
+    if files.read_state(ckpt, STATE_JSON, STATE_NAME, lambda path: None) is not None:
+        read_config(ckpt / CONFIG_NAME)
+        read_loss(run.dir)
+        read_validation(run.dir)
+    extension = run.record.preset_model(run.dir).dataset.caption_extension
+    if run.training_folder.is_dir():
+        for png in files.training_pngs(run.training_folder):
+            if png.with_suffix(extension).exists() or png.with_suffix(extension).is_symlink():
+                files.read_caption(png.with_suffix(extension))
 
 
 def _cmd_dataset_standin(args: argparse.Namespace) -> int:
@@ -111,6 +150,10 @@ class Pixel24Sampler:
         if any(job.checkpoint is None for job in jobs):
             raise UserError("sample: --include-base has no meaning for pixel24 (there is no base model)")
         check_suite(prompts, seeds, (24, 24), factor=1)
+        from .model import CONFIG_NAME, read_config
+
+        for folder in dict.fromkeys(job.checkpoint.parent for job in jobs if job.checkpoint is not None):
+            read_config(folder / CONFIG_NAME)  # a damaged config is one line before anything is announced or drawn
 
     def settings(self, prompts: list[str], seeds: list[int], options_record: dict[str, Any]) -> dict[str, Any]:
         p = self.preset.pixel24
@@ -149,11 +192,24 @@ class Pixel24Sampler:
                 if unknown := encode_prompt(model, prompt)[1]:
                     self.warnings.append(f"prompt {prompt!r}: the model never saw these words, they have no effect: {', '.join(unknown)}")
         p = self.preset.pixel24
-        drawn = sample(model, prompts, seeds, **p.sampler_options())
-        for pid, prompt, row in zip(prompt_ids(prompts), prompts, drawn):
-            for seed, pixels in zip(seeds, row):
-                write(Image.fromarray(pixels), pid, prompt, seed)
+        # A few seeds at a time, so each image is written (and counted by the progress line) as soon as it is drawn,
+        # not after the whole epoch; every image has its own generator in fixed-size batches, so the pixels are the same.
+        for chunk in seed_chunks(len(prompts), seeds):
+            drawn = sample(model, prompts, chunk, **p.sampler_options())
+            for pid, prompt, row in zip(prompt_ids(prompts), prompts, drawn):
+                for seed, pixels in zip(chunk, row):
+                    write(Image.fromarray(pixels), pid, prompt, seed)
         return {}
+
+
+# Images per sample() call: a few model batches, so progress moves every few seconds on a CPU.
+DRAW_CHUNK = 64
+
+
+def seed_chunks(prompts: int, seeds: list[int], chunk: int = DRAW_CHUNK) -> list[list[int]]:
+    """``seeds`` in runs of about ``chunk`` / ``prompts`` (at least one), the order kept."""
+    size = max(1, chunk // max(prompts, 1))
+    return [seeds[i : i + size] for i in range(0, len(seeds), size)]
 
 
 ENGINE = Pixel24Engine()

@@ -17,6 +17,7 @@ settings: everything needed to rebuild the model, nanoGPT-style) and one
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from torch import nn
 from ...errors import UserError
 from ...atomic import write_atomic, write_json_atomic
 from ...paths import ART
+from . import files
 from .settings import Pixel24Settings
 from .palette import from_hex, palette_lab, to_hex
 from .text import PhraseEncoder
@@ -170,11 +172,9 @@ def build_model(config: dict[str, Any], device: torch.device | str = "cpu") -> P
 
 def save_checkpoint(model: Pixel24Model, path: Path, epoch: int, step: int) -> None:
     """The model's weights as safetensors, atomically."""
-    from safetensors.torch import save_file
-
     # One metadata key: safetensors writes several in hash order, and a checkpoint should be byte-reproducible.
     meta = {FORMAT: json.dumps({"version": FORMAT_VERSION, "epoch": epoch, "step": step}, sort_keys=True)}
-    write_atomic(path, lambda p: save_file(model.state_dict(), str(p), metadata=meta))
+    write_atomic(path, lambda p: files.save_tensors(model.state_dict(), p, metadata=meta))
 
 
 def write_config(path: Path, config: dict[str, Any]) -> None:
@@ -186,12 +186,9 @@ def read_config(path: Path) -> dict[str, Any]:
     path = Path(path)
     if path.suffix == ".safetensors":
         path = path.with_name(CONFIG_NAME)
-    if not path.is_file():
+    if not os.path.lexists(path):  # a link or FIFO in its place is refused by the reader, not taken for missing
         raise UserError(f"{path}: model config not found; a pixel24 checkpoint needs the {CONFIG_NAME} its training run wrote beside it")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}); it should be the {CONFIG_NAME} written by `bespoke-kohya train --preset pixel24`") from None
+    config = files.read_json(path, "model config", f"it should be the {CONFIG_NAME} written by `bespoke-kohya train --preset pixel24`")
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise UserError(f"{path}: not a pixel24 model config (format is {config.get('format') if isinstance(config, dict) else None!r}, expected {FORMAT!r})")
     if config.get("version") == 1:
@@ -201,7 +198,7 @@ def read_config(path: Path) -> dict[str, Any]:
     missing = [k for k in ("unet", "text", "vocab", "palette") if k not in config]
     if missing:
         raise UserError(f"{path}: pixel24 config lacks {', '.join(missing)}; it is incomplete or from another tool")
-    return config
+    return files.check_config(path, config, unet_config)  # every field typed and bounded like the preset, before anything is built
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -48,6 +48,7 @@ from ...runfolder import CHECKPOINTS
 from ...runfolder.records import LossLog, LossRow, ValidationRow, read_loss, read_validation, write_validation
 from .model import (CONFIG_NAME, STEM, Pixel24Model, build_model, checkpoint_name, load_checkpoint, load_weights, model_config, read_config,
                     read_weights, save_checkpoint, write_config)
+from . import files
 from .palette import build_palette, to_indices
 from .text import Phrases, build_vocab, encode_caption
 
@@ -83,7 +84,7 @@ def load_training_set(folder: Path, default_caption: str, caption_extension: str
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: dataset folder not found")
-    paths = sorted(folder.rglob("*.png"))
+    paths = files.training_pngs(folder)  # regular files only: a link or FIFO in a run from elsewhere is refused, never read
     if not paths:
         raise UserError(f"{folder}: no .png images found; pixel24 trains on a folder of 24x24 PNGs with {caption_extension} captions")
     arrays, captions, warnings = [], [], []
@@ -94,7 +95,7 @@ def load_training_set(folder: Path, default_caption: str, caption_extension: str
         arrays.append(rgb)
         caption_path = path.with_suffix(caption_extension)
         if caption_path.is_file():
-            captions.append(caption_path.read_text(encoding="utf-8").strip())
+            captions.append(files.read_caption(caption_path))
         else:
             captions.append(default_caption)
             warnings.append(f"{path.name}: no {caption_extension} caption; trained with the default caption")
@@ -413,22 +414,14 @@ def short_run_warning(settings: Pixel24Settings) -> str | None:
 
 
 def _write_state(loop: Loop, ckpt_dir: Path, epoch: int) -> None:
-    from safetensors.torch import save_file
-
     tensors, meta = loop.state()
     meta["epoch"] = epoch
-    write_atomic(ckpt_dir / STATE_NAME, lambda p: save_file(tensors, str(p)))
+    write_atomic(ckpt_dir / STATE_NAME, lambda p: files.save_tensors(tensors, p))
     write_json_atomic(ckpt_dir / STATE_JSON, meta)
 
 
 def _read_state(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    if not (ckpt_dir / STATE_JSON).is_file() or not (ckpt_dir / STATE_NAME).is_file():
-        return None
-    try:
-        meta = json.loads((ckpt_dir / STATE_JSON).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{ckpt_dir / STATE_JSON}: unreadable resume state ({exc}); delete it to retrain this run from the start") from None
-    return read_weights(ckpt_dir / STATE_NAME), meta
+    return files.read_state(ckpt_dir, STATE_JSON, STATE_NAME, read_weights)  # typed and bounded; a link or FIFO is refused
 
 
 def train(
@@ -477,7 +470,7 @@ def train(
     previous: list[LossRow] = []
     validation: list[ValidationRow] = []
     if resumed is not None:
-        loop.restore(*resumed, ckpt_dir / STATE_NAME)
+        files.restore(loop, *resumed, ckpt_dir / STATE_NAME)  # a state that does not fit this run is one line
         previous = [row for row in read_loss(run_dir) if row.step <= loop.step]
         validation = [row for row in read_validation(run_dir) if row.step is not None and row.step <= loop.step]
         note(f"resuming at step {loop.step}/{settings.steps} (epoch {resumed[1].get('epoch')} of {settings.epochs})")
@@ -509,10 +502,10 @@ def train(
                 if held.names:  # with the weights just saved, before the resume state: a saved state always has its row
                     validation.append(ValidationRow(epoch=epoch, step=loop.step, loss=heldout_loss(model, held_indices, held_captions, settings.label_smoothing)))
                     write_validation(run_dir, validation)
-            _write_state(loop, ckpt_dir, epoch)
             epochs[epoch] = f"{CHECKPOINTS}/{checkpoint_name(epoch)}"
-            if on_epoch is not None:
+            if on_epoch is not None:  # listed before the resume state is: a state never runs ahead of run.json (a Ctrl-C between the two retrains the epoch)
                 on_epoch(epoch, epochs[epoch])
+            _write_state(loop, ckpt_dir, epoch)
     elapsed = time.perf_counter() - started
     return {"epochs": epochs, "steps": loop.step, "stopped": stopped, "seconds": round(elapsed, 2), "batch_size": settings.batch_size,
             "images_per_s": round((loop.step - start_step) * settings.batch_size / max(elapsed, 1e-9), 1),
