@@ -267,6 +267,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         include_base=args.include_base,
         base_override=args.base_model,
         dataset_dir=Path(args.dataset) if args.dataset else None,
+        control=Path(args.control) if args.control else None,
     )
     for line in doc.get("warnings", []):
         warn([line])
@@ -450,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-base", action=argparse.BooleanOptionalAction, default=None,
                    help="also sample the base model without a LoRA as epoch 0 (default: on for kohya runs, drawn once; pixel24 has no base)")
     p.add_argument("--dataset", help="training images for palette snapping (default: the run's dataset)")
+    p.add_argument("--control", metavar="DIR", help="24x24 images whose exact pixel edges the suite follows (runs that draw from a picture, e.g. a ControlNet run; default: the held-out originals)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("postprocess", help="turn full-size images into true 24x24 pixel art")

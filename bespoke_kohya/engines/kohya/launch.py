@@ -123,6 +123,8 @@ def build_command(
         # sd-scripts loads the CLIP tokenizer from here before trying the hub (offline use).
         cmd += ["--tokenizer_cache_dir", str(tokenizer_cache)]
     if resume_state:
+        if getattr(preset, "method", "lora") != "lora":
+            raise ValueError(f"preset {preset.name}: {preset.script} cannot resume from a state (only train_network.py skips the epochs it had done)")
         # Without skip_until_initial_step sd-scripts restarts its step counter (and data order) at 0.
         cmd += ["--resume", resume_state, "--skip_until_initial_step"]
     return cmd
