@@ -298,7 +298,9 @@ class ControlNetSampler(DiffusersSampler):
         finally:
             del pipe, controlnet
             _release(self.pipe.device)
-        return {"control_images": used}
+        # Held-out draws follow their own image, which samples.json already names (SampleImage.heldout); only the
+        # suite's pairing is recorded, so the held-out call does not overwrite it in the epoch's entry.
+        return {} if images else {"control_images": used}
 
     def edge_map(self, art: np.ndarray) -> Any:
         from .edges import edge_map
