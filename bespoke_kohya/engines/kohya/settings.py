@@ -144,7 +144,10 @@ class KohyaSettings(_Strict):
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("fp16", description="Mixed precision; use `no` on a CPU.")
     save_precision: Literal["float", "fp16", "bf16"] = Field("fp16", description="Precision of the saved files (LoRA, whole model, embedding or ControlNet).")
     noise_offset: float = Field(0.1, ge=0, le=1, description="Noise offset (helps solid, dark or bright backgrounds).")
-    min_snr_gamma: float | None = Field(5.0, gt=0, le=20, description="Min-SNR loss weighting gamma; unset disables it.")
+    min_snr_gamma: float | None = Field(
+        5.0, gt=0, le=20,
+        description="Min-SNR loss weighting gamma; unset disables it. Method controlnet: unset, and refused (train_control_net.py v0.10.1 crashes with it).",
+    )
     train_batch_size: int = Field(1, ge=1, le=256, description="Images per step.")
     clip_skip: int | None = Field(None, ge=1, le=12, description="Use the output of the N-th last CLIP layer (2 is usual for SDXL/anime bases).")
     save_every_n_epochs: int = Field(1, ge=1, description="Write a checkpoint every N epochs (1 = every epoch, so epochs can be compared); the last epoch is always written. A full fine-tune writes ~2 GB (fp16) to ~4 GB (float) each: pre-flight warns when the epochs add up.")
@@ -179,6 +182,8 @@ class KohyaSettings(_Strict):
                 data = {**data, data["method"]: {}}
             # No resume state unless asked: these scripts cannot continue from one (see _one_method).
             data = {"save_state": False, **data}
+        if isinstance(data, dict) and data.get("method") == "controlnet":
+            data = {"min_snr_gamma": None, **data}  # train_control_net.py cannot use it (see _one_method)
         return data
 
     @model_validator(mode="after")
@@ -190,6 +195,11 @@ class KohyaSettings(_Strict):
             raise ValueError(f"kohya.save_state = true: {SCRIPTS[(self.method, 'sd15')]} (sd-scripts v0.10.1) loads a saved state with --resume but then "
                              "trains every epoch again from epoch 1, so `train --resume` cannot continue this method from it and the states would only "
                              "fill the disk; set save_state = false (an interrupted run is trained again from the start)")
+        if self.method == "controlnet" and self.min_snr_gamma is not None:
+            # Found by the CPU smoke: train_control_net.py never calls prepare_scheduler_for_custom_training.
+            raise ValueError(f"kohya.min_snr_gamma = {self.min_snr_gamma!r}: train_control_net.py (sd-scripts v0.10.1) crashes on its first step with it "
+                             "('DDPMScheduler' object has no attribute 'all_snr': it never prepares its scheduler for Min-SNR weighting); "
+                             "remove min_snr_gamma from the preset (for method controlnet it defaults to unset)")
         if self.full is not None and self.full.learning_rate_te is not None and not self.full.train_text_encoder:
             raise ValueError("kohya.full.learning_rate_te is set but kohya.full.train_text_encoder is false, so no text encoder trains; "
                              "set kohya.full.train_text_encoder = true or remove learning_rate_te")
