@@ -1,6 +1,8 @@
 """Render a kohya preset into what sd-scripts reads: config/train.toml, config/dataset.toml, config/sample_prompts.txt.
 
-The builders are pure (preset in, dict out) so tests can assert exact values.
+One builder per method (kohya.method) from shared pieces: each renders only keys its own script's parser
+has (tests/data key lists). The LoRA builder renders exactly what it did before the other methods
+(tests/data/lora_renders). The builders are pure (preset in, dict out) so tests can assert exact values.
 Paths inside the TOML files are relative to the run directory, and sd-scripts is
 launched with the run directory as its working directory: a run can be moved or
 copied to another machine and still train.

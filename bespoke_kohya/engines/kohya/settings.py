@@ -102,7 +102,8 @@ class ControlNetSettings(_Strict):
         None,
         description="A kohya LoRA (.safetensors) of another run, e.g. `runs/<run>/checkpoints/bespoke-000002.safetensors`, applied under the "
         "ControlNet when sampling (the route 'ControlNet + the LoRA'). render copies it into the run (config/sample_lora.safetensors) so the "
-        "run travels whole. train_control_net.py itself trains on the base U-Net: it has no LoRA option. Unset: the ControlNet on the base model.",
+        "run travels whole; give it relative to where you run bespoke-kohya (as above): `bundle` refuses a run whose files name a path of this "
+        "machine (your home, the checkout). train_control_net.py itself trains on the base U-Net: it has no LoRA option. Unset: the ControlNet on the base model.",
     )
 
     @field_validator("lora")

@@ -371,3 +371,14 @@ def test_each_scripts_tensorboard_tags_give_the_step_losses():
         rows = loss_rows(parse_scalars(text), method)
         assert [(r.step, r.loss) for r in rows] == [(1, 0.5), (2, 0.4)], method
         assert rows[0].lr == {"full": 1e-06, "textual_inversion": 0.0005, "controlnet": 1e-05}[method]
+
+
+def test_each_scripts_own_refusal_is_one_line_with_the_fix():
+    from bespoke_kohya.engines.kohya.launch import parse_line
+
+    # As sd-scripts v0.10.1 words them (library/train_util.py ControlNetDataset; train_textual_inversion.py).
+    cond = parse_line("AssertionError: missing conditioning data for 2 images / 制御用画像が見つかりませんでした: ['a', 'b']")
+    assert cond.kind == "failure" and cond.data["cause"].startswith("the ControlNet's edge maps do not pair one to one with its training images")
+    assert parse_line("AssertionError: extra conditioning data for 1 images / 余分な制御用画像があります: ['x.png']").kind == "failure"
+    token = parse_line("AssertionError: tokenizer has same word to token string. please use another one / 指定した…: tokenizer 1, punk")
+    assert token.kind == "failure" and token.data["cause"].startswith("kohya.textual_inversion.token_string is already a word of the tokenizer")
