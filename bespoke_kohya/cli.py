@@ -282,6 +282,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         include_base=args.include_base,
         base_override=args.base_model,
         dataset_dir=Path(args.dataset) if args.dataset else None,
+        control=Path(args.control) if args.control else None,
     )
     for line in doc.get("warnings", []):
         warn([line])
@@ -376,7 +377,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     options = GenerateOptions(
         run=Path(args.run), out=Path(args.out), count=args.count, epoch=args.epoch, seed=args.seed, candidates=args.candidates, rounds=args.rounds,
         traits=Path(args.traits) if args.traits else None, name=args.name, description=args.description, base_uri=args.base_uri,
-        resume=args.resume, device=args.device, num_gpus=args.num_gpus,
+        resume=args.resume, device=args.device, num_gpus=args.num_gpus, control=Path(args.control) if args.control else None,
     )
     result = generate(options, console=console)
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(result.rejections.items())) or "none"
@@ -496,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-base", action=argparse.BooleanOptionalAction, default=None,
                    help="also sample the base model without a LoRA as epoch 0 (default: on for kohya runs, drawn once; pixel24 has no base)")
     p.add_argument("--dataset", help="training images for palette snapping (default: the run's dataset)")
+    p.add_argument("--control", metavar="DIR", help="24x24 images whose exact pixel edges the suite follows (runs that draw from a picture, e.g. a ControlNet run; default: the held-out originals)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("postprocess", help="turn full-size images into true 24x24 pixel art")
@@ -534,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue a collection after its last finished token (same settings)")
     p.add_argument("--device", choices=["cuda", "mps", "cpu"], help="default: cuda, else mps, else cpu")
     p.add_argument("--num-gpus", type=_at_least(1, int, "a whole number"), default=1, help="processes drawing candidates at once, one per GPU (accelerate); the same collection as one")
+    p.add_argument("--control", metavar="DIR", help="ControlNet runs: 24x24 images whose exact edges the candidates follow, one picked per candidate (default: the run's held-out originals, which the near-copy check then mostly rejects)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("reproduce", help="the documented six-step checklist with a pass/fail table")

@@ -257,7 +257,9 @@ def _draw_heldout(sampler: EpochSampler, job: SampleJob, heldout: list[HeldoutPr
     """
     captions = [h.prompt for h in heldout]
     by_pid = dict(zip(prompt_ids(captions), heldout))
-    return sampler.draw(job, captions, seeds, lambda full, pid, _prompt, seed: write(full, by_pid[pid], seed))
+    # A sampler that draws from a picture is given each caption's own image (EpochSampler.takes_images).
+    images = {"images": [h.file for h in heldout]} if getattr(sampler, "takes_images", False) else {}
+    return sampler.draw(job, captions, seeds, lambda full, pid, _prompt, seed: write(full, by_pid[pid], seed), **images)
 
 
 def _drawn(doc: Samples, epoch: int, sid: str | None, ids: list[str], seeds: list[int], adhoc: bool) -> bool:
@@ -390,18 +392,23 @@ def sampling_plan(run: RunHandle, *, epochs: list[int] | None = None, prompts_fi
 
 def sample_run(run_dir: Path, *, epochs: list[int] | None = None, prompts_file: Path | None = None, prompts: list[str] | None = None,
                seeds: list[int] | None = None, device: str | None = None, include_base: bool | None = None, base_override: str | None = None,
-               dataset_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
+               dataset_dir: Path | None = None, progress: bool = True, control: Path | None = None) -> dict[str, Any]:
     """`bespoke-kohya sample --run RUN`: draw the run's epochs with its engine into ``RUN/samples``; returns samples.json (+ warnings, drawn).
 
-    What is drawn: :func:`sampling_plan`.
+    What is drawn: :func:`sampling_plan`. ``control`` (``--control DIR``): 24×24 images the suite is drawn from,
+    for a sampler that draws from a picture.
     """
     run = RunHandle.open(Path(run_dir))
     with run_lock(run.dir, SAMPLE):  # taken before the model loads: a second sampler is refused at once
         preset = run.record.preset_model(run.dir)
         plan = sampling_plan(run, epochs=epochs, prompts_file=prompts_file, prompts=prompts, seeds=seeds, include_base=include_base)
         options = SampleOptions(epochs=epochs, prompts=plan.prompts, seeds=plan.seeds, device=device,
-                                include_base=any(job.checkpoint is None for job in plan.jobs), base_override=base_override, progress=progress)
+                                include_base=any(job.checkpoint is None for job in plan.jobs), base_override=base_override, progress=progress,
+                                control=control)
         sampler = get_engine(run.record.engine).sampler(run, options)
+        if control is not None and not getattr(sampler, "takes_images", False):
+            raise UserError(f"--control {control}: run {run.dir.name} ({run.record.preset}) draws from prompts alone, so there is nothing to follow "
+                            "the images; --control is for runs whose model draws from a picture (a ControlNet run)")
         post = postprocess_options_for(preset.sample, run, dataset_dir)
         drawn: list[int] = []
         doc = draw_epochs(run.dir, sampler, plan.jobs, plan.prompts, plan.seeds, post, progress, adhoc=plan.adhoc,

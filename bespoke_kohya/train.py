@@ -19,7 +19,7 @@ from .engines.protocol import TrainOptions
 from .engines.session import finish_message, new_run, sample_unsampled, start_session, train_run
 from .errors import UserError
 from .progress import TrainProgress
-from .runfolder import TRAIN_LOG, Status
+from .runfolder import CONFIG, DATA, TRAIN_LOG, Status
 from .runfolder.records import RunHandle
 
 
@@ -53,6 +53,8 @@ def _session(run: RunHandle, options: TrainOptions, console: Console, err_consol
         if fresh:
             run.save(status=Status.DRY_RUN)
             console.print(f"[green]rendered[/] {run.dir}")
+            for line in rendered_files(run.dir):
+                console.print(f"  {line}", markup=False, highlight=False)
             console.print("would run, from the run directory:")
         console.print(" ".join(shlex.quote(c) for c in session.command), soft_wrap=True, markup=False)
         return 0
@@ -61,6 +63,15 @@ def _session(run: RunHandle, options: TrainOptions, console: Console, err_consol
         outcome = train_run(run, session, options, view.update)
     code = finish_message(run, outcome, console, err_console)
     return _sample(run, options, console, err_console) if code == 0 else code
+
+
+def rendered_files(run_dir: Path) -> list[str]:
+    """What render wrote, relative to the run: each file in config/ and each folder in data/ with its image count."""
+    lines = [f"{CONFIG}/{p.name}" for p in sorted((run_dir / CONFIG).iterdir()) if p.is_file()] if (run_dir / CONFIG).is_dir() else []
+    for folder in sorted((run_dir / DATA).iterdir()) if (run_dir / DATA).is_dir() else []:
+        if folder.is_dir() and not folder.name.startswith("."):
+            lines.append(f"{DATA}/{folder.name}/ ({sum(1 for p in folder.glob('*.png'))} images)")
+    return lines
 
 
 def _sample(run: RunHandle, options: TrainOptions, console: Console, err_console: Console) -> int:

@@ -546,3 +546,31 @@ def test_go_sh_trains_a_kohya_bundle_with_sd_scripts(tmp_path: Path, small_punks
     with tarfile.open(run_dir / "results.tar.gz") as tar:
         names = tar.getnames()
     assert f"{run_dir.name}/checkpoints/bespoke.safetensors" in names and not any("-state" in n for n in names)
+
+
+# ---------------------------------------------------------------- the kohya methods travel in the run (issue 25)
+
+
+def test_a_controlnet_run_travels_with_its_edge_maps_and_sampling_lora(tmp_path: Path, small_punks: Path, wheel: Path):
+    import torch
+    from safetensors.torch import save_file
+
+    lora = tmp_path / "other run" / "bespoke-000002.safetensors"
+    lora.parent.mkdir()
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, str(lora))
+    built = build_bundle("sd15_576_controlnet", small_punks, tmp_path / "cn.tar.gz", [f"kohya.controlnet.lora={lora}", "resolution=96"], wheel=wheel)
+    with tarfile.open(built.path) as tar:
+        names = set(tar.getnames())
+    root = built.run_id
+    assert f"{root}/config/sample_lora.safetensors" in names
+    assert sum(n.startswith(f"{root}/data/10_bespoke_punk_conditioning/") and n.endswith(".png") for n in names) == 8  # ceil(8 × 0.9): the one held out is trained on too (render warns)
+    assert sum(n.startswith(f"{root}/data/10_bespoke_punk_trained/") and n.endswith(".png") for n in names) == 8
+    run_dir = unpack(built.path, tmp_path / "gpu box")
+    lora.unlink()  # the box never had the original
+    model = tmp_path / "models" / "sd15.safetensors"
+    model.parent.mkdir()
+    model.write_bytes(b"weights")
+    set_base(run_dir, str(model))  # re-renders the config on the box: the edge maps and the LoRA copy stay
+    assert (run_dir / "config" / "sample_lora.safetensors").is_file()
+    assert len(list((run_dir / "data" / "10_bespoke_punk_conditioning").glob("*.png"))) == 8
+    assert read_run(run_dir)["script"] == "train_control_net.py"

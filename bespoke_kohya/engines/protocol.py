@@ -48,6 +48,9 @@ class SampleOptions:
     include_base: bool = False  # resolved: --include-base/--no-include-base, else the engine's `samples_base`
     base_override: str | None = None
     progress: bool = True
+    # `sample --control DIR`: 24×24 images a sampler that draws from a picture follows (EpochSampler.takes_images);
+    # a sampler that draws from prompts alone is refused it.
+    control: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,13 @@ ImageWriter = Callable[[Any, str, str, int], None]  # (full-size PIL image, prom
 
 
 class EpochSampler(Protocol):
-    """A loaded model, ready to draw the suite once per epoch."""
+    """A loaded model, ready to draw the suite once per epoch.
+
+    Optional: ``takes_images = True`` says the sampler draws each prompt from a picture (a
+    ControlNet follows an image's structure). `draw` then also takes ``images``: the prepared
+    training image (a file name in the run's data/) each prompt describes, given for held-out
+    captions, so each is drawn from its own image; and `sample --control DIR` applies to it.
+    """
 
     warnings: list[str]
 

@@ -64,6 +64,7 @@ class GenerateOptions:
     resume: bool = False
     device: str | None = None
     num_gpus: int = 1  # processes drawing candidates at once (one per GPU; accelerate)
+    control: Path | None = None  # 24×24 images a sampler that draws from a picture follows (a ControlNet run)
     progress: bool = True
 
 
@@ -141,7 +142,8 @@ def settings_record(o: GenerateOptions, run: RunHandle, epoch: int, checkpoint_s
     """Everything a token depends on (a --resume with other settings is refused); the run's resolved preset holds how it samples."""
     return {"format": FORMAT, "run": run.record.id, "run_created": run.record.created, "epoch": epoch, "checkpoint_sha256": checkpoint_sha,
             "seed": o.seed, "candidates": o.candidates, "rounds": o.rounds, "pilot": PILOT, "traits": rules.model_dump(mode="json"),
-            "preset": run.record.resolved, "name": o.name, "description": o.description, "base_uri": o.base_uri}
+            "preset": run.record.resolved, "name": o.name, "description": o.description, "base_uri": o.base_uri,
+            **({"control": str(o.control)} if o.control is not None else {})}
 
 
 def plan_tokens(vocab: Vocabulary, rules: TraitRules, seed: int, count: int, full_prompt: Callable[[str], str]) -> list[tuple[TokenTraits, str]]:
@@ -191,7 +193,7 @@ def generate(o: GenerateOptions, console: Any = None) -> Result:
     rules = read_rules(o.traits, vocab) if o.traits else TraitRules()
     out = layout.open_folder(Path(o.out), o.resume)
     with run_lock(out, GENERATE):
-        drawer = Drawer(run, checkpoint, o.device)
+        drawer = Drawer(run, checkpoint, o.device, o.control)
         settings = settings_record(o, run, epoch, file_sha256(checkpoint), rules)
         layout.check_settings(out, settings, o.resume)
         plan = plan_tokens(vocab, rules, o.seed, o.count, preset.sample.full_prompt)
@@ -203,7 +205,7 @@ def generate(o: GenerateOptions, console: Any = None) -> Result:
             first = [(plan[n - 1][1], candidate_seed(o.seed, n, k)) for n in range(done + 1, o.count + 1) for k in range(o.candidates)]
             wanted = ([] if (out / layout.PILOT).is_file() else pilot_pairs(vocab, rules, o, preset.sample.full_prompt)) + first
             say(f"drawing {len(wanted)} candidates with {o.num_gpus} processes")
-            drawer.ready = draw_in_parallel(run.dir, epoch, o.device, wanted, out, o.num_gpus)
+            drawer.ready = draw_in_parallel(run.dir, epoch, o.device, wanted, out, o.num_gpus, o.control)
         pick = np.linspace(0, len(names) - 1, min(len(names), MAX_REFERENCE)).round().astype(int)
         critic, pilot = _critic(out, drawer, vocab, rules, o, arts[pick], preset.sample.full_prompt, say)
         judge = Judge.make(names, arts, Reference.from_images([names[i] for i in pick], arts[pick]), critic, pilot)

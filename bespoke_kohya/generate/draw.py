@@ -50,10 +50,10 @@ class Drawer:
     ``ready``: art drawn already (by `--num-gpus` processes), taken instead of drawing again.
     """
 
-    def __init__(self, run: RunHandle, checkpoint: Path, device: str | None) -> None:
+    def __init__(self, run: RunHandle, checkpoint: Path, device: str | None, control: Path | None = None) -> None:
         from ..sample import postprocess_options_for
 
-        self.run, self.device = run, device
+        self.run, self.device, self.control = run, device, control
         self.preset = run.record.preset_model(run.dir)
         self.job = SampleJob(1, checkpoint)
         self.post = postprocess_options_for(self.preset.sample, run, None)
@@ -63,7 +63,10 @@ class Drawer:
 
     def _loaded(self) -> Any:
         if self.sampler is None:
-            self.sampler = get_engine(self.run.record.engine).sampler(self.run, SampleOptions(device=self.device, seeds=[0]))
+            self.sampler = get_engine(self.run.record.engine).sampler(self.run, SampleOptions(device=self.device, seeds=[0], control=self.control))
+            if self.control is not None and not getattr(self.sampler, "takes_images", False):
+                raise UserError(f"--control {self.control}: run {self.run.dir.name} ({self.run.record.preset}) draws from prompts alone; "
+                                "--control is for runs whose model draws from a picture (a ControlNet run)")
             self.sampler.check(["punk"], [0], [self.job])  # refuses a checkpoint it cannot draw, then loads the model once
         return self.sampler
 

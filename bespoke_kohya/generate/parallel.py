@@ -26,7 +26,7 @@ def _part(work: Path, rank: int) -> tuple[Path, Path]:
     return work / f"part-{rank}.json", work / f"part-{rank}.safetensors"
 
 
-def _worker(run_dir: str, epoch: int, device: str | None, cpu: bool, pairs: list[tuple[str, int]], work: str) -> None:
+def _worker(run_dir: str, epoch: int, device: str | None, cpu: bool, pairs: list[tuple[str, int]], work: str, control: str | None = None) -> None:
     """One process's share of ``pairs``, drawn and written to ``work/part-<rank>``."""
     from accelerate import PartialState
     from safetensors.numpy import save_file
@@ -40,7 +40,7 @@ def _worker(run_dir: str, epoch: int, device: str | None, cpu: bool, pairs: list
     use = device or state.device.type  # accelerate has made this process's GPU the current one
     with state.split_between_processes([list(p) for p in pairs]) as mine:
         mine = [(str(p), int(s)) for p, s in mine]
-        arts = Drawer(run, checkpoint, use).draw(mine) if mine else []
+        arts = Drawer(run, checkpoint, use, Path(control) if control else None).draw(mine) if mine else []
     names, tensors = _part(Path(work), state.process_index)
     stack = np.stack(arts).astype(np.uint8) if arts else np.zeros((0, 24, 24, 3), np.uint8)
     write_atomic(tensors, lambda tmp: save_file({"art": np.ascontiguousarray(stack)}, str(tmp)))
@@ -48,7 +48,8 @@ def _worker(run_dir: str, epoch: int, device: str | None, cpu: bool, pairs: list
     state.wait_for_everyone()
 
 
-def draw_in_parallel(run_dir: Path, epoch: int, device: str | None, pairs: list[tuple[str, int]], out: Path, processes: int) -> dict[tuple[str, int], np.ndarray]:
+def draw_in_parallel(run_dir: Path, epoch: int, device: str | None, pairs: list[tuple[str, int]], out: Path, processes: int,
+                     control: Path | None = None) -> dict[tuple[str, int], np.ndarray]:
     """Every pair's 24×24 art, drawn by ``processes`` processes; {} when there is nothing to draw."""
     from safetensors.numpy import load_file
 
@@ -60,7 +61,7 @@ def draw_in_parallel(run_dir: Path, epoch: int, device: str | None, pairs: list[
     import torch
 
     gpus = torch.cuda.is_available() and device in (None, "cuda")
-    args = (str(run_dir), epoch, device, not gpus, [list(p) for p in pairs], str(work))
+    args = (str(run_dir), epoch, device, not gpus, [list(p) for p in pairs], str(work), str(control) if control else None)
     if gpus:
         from accelerate import notebook_launcher
 

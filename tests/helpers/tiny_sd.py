@@ -76,8 +76,12 @@ def write_tiny_tokenizer(out_dir: Path) -> Path:
     return out_dir
 
 
-def tiny_sd15_pipeline(tokenizer_dir: Path, seed: int = 0):
-    """A StableDiffusionPipeline with random weights: 2-level U-Net (32, 64), tiny VAE, 2-layer CLIP."""
+def tiny_sd15_pipeline(tokenizer_dir: Path, seed: int = 0, vae_levels: int = 2):
+    """A StableDiffusionPipeline with random weights: 2-level U-Net (32, 64), tiny VAE, 2-layer CLIP.
+
+    ``vae_levels``: 2 downsamples images 2× (fast); 4 downsamples 8× like SD1.5's VAE, which a
+    ControlNet needs (its conditioning embedding always reduces the control image 8×).
+    """
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -98,11 +102,11 @@ def tiny_sd15_pipeline(tokenizer_dir: Path, seed: int = 0):
     )
     torch.manual_seed(seed)
     vae = AutoencoderKL(
-        block_out_channels=(32, 64),
+        block_out_channels=(32, 64) if vae_levels == 2 else (32,) * vae_levels,
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        down_block_types=("DownEncoderBlock2D",) * vae_levels,
+        up_block_types=("UpDecoderBlock2D",) * vae_levels,
         latent_channels=4,
         norm_num_groups=32,
     )
@@ -131,10 +135,10 @@ def tiny_sd15_pipeline(tokenizer_dir: Path, seed: int = 0):
     )
 
 
-def build_tiny_sd15(out_dir: Path, seed: int = 0) -> Path:
+def build_tiny_sd15(out_dir: Path, seed: int = 0, vae_levels: int = 2) -> Path:
     """Save a tiny random SD1.5 pipeline as a local diffusers folder (safetensors weights); returns ``out_dir``."""
     tokenizer_dir = write_tiny_tokenizer(out_dir.parent / f".{out_dir.name}-tokenizer")
-    pipe = tiny_sd15_pipeline(tokenizer_dir, seed)
+    pipe = tiny_sd15_pipeline(tokenizer_dir, seed, vae_levels)
     pipe.save_pretrained(str(out_dir), safe_serialization=True)
     return out_dir
 
@@ -212,4 +216,154 @@ def write_kohya_lora(base_dir: Path, path: Path, *, rank: int = 4, alpha: float 
     tensors = kohya_lora_state_dict(base_dir, rank=rank, alpha=alpha, seed=seed, strength=strength, text_encoder=text_encoder)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=kohya_metadata(rank, alpha, epoch))
+    return path
+
+
+# ------------------------------------------------------------------ the other kohya methods' files
+#
+# What sd-scripts v0.10.1 writes for each method, for the tiny base: a whole model in the original
+# (LDM) single-file layout (train_db.py, library/model_util.py save_stable_diffusion_checkpoint), an
+# embedding {"emb_params": (vectors, width)} (train_textual_inversion.py save_weights), and a ControlNet
+# renamed by its convert_controlnet_state_dict_to_sd (train_control_net.py save_model).
+
+UNET_RESNET_PARTS = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
+                     ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
+VAE_ATTENTION_PARTS = [("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."), ("to_out.0.", "proj_out.")]
+
+
+def _rename(state: dict[str, torch.Tensor], prefixes: list[tuple[str, str]], inner) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        for old, new in prefixes:
+            if key.startswith(old):
+                out[new + inner(old, key[len(old):])] = value
+                break
+        else:
+            raise KeyError(f"no LDM name for {key}")
+    return out
+
+
+def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
+    """A diffusers UNet2DConditionModel's weights under LDM names, for any number of levels and layers per block
+    (the inverse of diffusers' convert_ldm_unet_checkpoint)."""
+    cfg = unet.config
+    per, levels = cfg.layers_per_block, len(cfg.block_out_channels)
+    prefixes = [("time_embedding.linear_1.", "time_embed.0."), ("time_embedding.linear_2.", "time_embed.2."), ("conv_in.", "input_blocks.0.0."),
+                ("conv_norm_out.", "out.0."), ("conv_out.", "out.2."), ("mid_block.resnets.0.", "middle_block.0."),
+                ("mid_block.attentions.0.", "middle_block.1."), ("mid_block.resnets.1.", "middle_block.2.")]
+    for b in range(levels):
+        for j in range(per):
+            prefixes += [(f"down_blocks.{b}.resnets.{j}.", f"input_blocks.{1 + b * (per + 1) + j}.0."),
+                         (f"down_blocks.{b}.attentions.{j}.", f"input_blocks.{1 + b * (per + 1) + j}.1.")]
+        prefixes.append((f"down_blocks.{b}.downsamplers.0.conv.", f"input_blocks.{(b + 1) * (per + 1)}.0.op."))
+        for j in range(per + 1):
+            prefixes += [(f"up_blocks.{b}.resnets.{j}.", f"output_blocks.{b * (per + 1) + j}.0."),
+                         (f"up_blocks.{b}.attentions.{j}.", f"output_blocks.{b * (per + 1) + j}.1.")]
+        attention = "CrossAttn" in cfg.up_block_types[b]
+        prefixes.append((f"up_blocks.{b}.upsamplers.0.", f"output_blocks.{b * (per + 1) + per}.{2 if attention else 1}."))
+
+    def inner(prefix: str, rest: str) -> str:
+        if "resnets" in prefix:
+            for hf, ldm in UNET_RESNET_PARTS:
+                if rest.startswith(hf + "."):
+                    return ldm + rest[len(hf):]
+        return rest
+
+    return _rename(unet.state_dict(), prefixes, inner)
+
+
+def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
+    """A diffusers AutoencoderKL's weights under LDM names (the inverse of diffusers' convert_ldm_vae_checkpoint)."""
+    levels, per = len(vae.config.block_out_channels), vae.config.layers_per_block
+    prefixes = [(f"{part}.conv_norm_out.", f"{part}.norm_out.") for part in ("encoder", "decoder")]
+    prefixes += [(f"{part}.{name}.", f"{part}.{name}.") for part in ("encoder", "decoder") for name in ("conv_in", "conv_out")]
+    prefixes += [("quant_conv.", "quant_conv."), ("post_quant_conv.", "post_quant_conv.")]
+    for part in ("encoder", "decoder"):
+        prefixes += [(f"{part}.mid_block.resnets.{k}.", f"{part}.mid.block_{k + 1}.") for k in range(2)]
+        prefixes.append((f"{part}.mid_block.attentions.0.", f"{part}.mid.attn_1."))
+    for i in range(levels):
+        prefixes += [(f"encoder.down_blocks.{i}.resnets.{j}.", f"encoder.down.{i}.block.{j}.") for j in range(per)]
+        prefixes.append((f"encoder.down_blocks.{i}.downsamplers.0.conv.", f"encoder.down.{i}.downsample.conv."))
+        prefixes += [(f"decoder.up_blocks.{i}.resnets.{j}.", f"decoder.up.{levels - 1 - i}.block.{j}.") for j in range(per + 1)]
+        prefixes.append((f"decoder.up_blocks.{i}.upsamplers.0.conv.", f"decoder.up.{levels - 1 - i}.upsample.conv."))
+
+    def inner(prefix: str, rest: str) -> str:
+        if "attentions" in prefix:
+            for hf, ldm in VAE_ATTENTION_PARTS:
+                if rest.startswith(hf):
+                    return ldm + rest[len(hf):]
+        return rest.replace("conv_shortcut", "nin_shortcut")
+
+    out = _rename(vae.state_dict(), prefixes, inner)
+    for key, value in out.items():  # LDM's attention projections are 1×1 convolutions
+        if ".mid.attn_1." in key and key.endswith((".q.weight", ".k.weight", ".v.weight", ".proj_out.weight")):
+            out[key] = value.reshape(*value.shape, 1, 1)
+    return out
+
+
+def write_full_checkpoint(base_dir: Path, path: Path, *, seed: int = 1, strength: float = 0.05, dtype: torch.dtype = torch.float16) -> Path:
+    """A whole-model checkpoint as train_db.py saves one (LDM names, fp16, modelspec metadata): the tiny base with
+    every U-Net weight moved by ``strength`` × its own scale, so the samples visibly differ from the base."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(base_dir), safety_checker=None, requires_safety_checker=False)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in pipe.unet.parameters():
+            param.add_(torch.randn(param.shape, generator=gen) * strength * (param.std() if param.numel() > 1 else 1.0))
+    tensors = {f"model.diffusion_model.{k}": v for k, v in unet_to_ldm(pipe.unet).items()}
+    tensors.update({f"first_stage_model.{k}": v for k, v in vae_to_ldm(pipe.vae).items()})
+    # The real files' CLIP names carry `text_model.`; transformers 5 saves without it (see offline_sd.legacy_text_encoder_keys).
+    tensors.update({f"cond_stage_model.transformer.{k if k.startswith('text_model.') else 'text_model.' + k}": v
+                    for k, v in pipe.text_encoder.state_dict().items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(dtype).contiguous() for k, v in tensors.items()}, str(path),
+              metadata={"modelspec.architecture": "stable-diffusion-v1", "modelspec.title": "tiny full fine-tune"})
+    return path
+
+
+def write_embedding(path: Path, *, vectors: int = 2, width: int = HIDDEN, seed: int = 1, scale: float = 1.0, dtype: torch.dtype = torch.float16) -> Path:
+    """A textual-inversion embedding as train_textual_inversion.py saves one: {"emb_params": (vectors, width)}."""
+    from safetensors.torch import save_file
+
+    emb = torch.randn((vectors, width), generator=torch.Generator().manual_seed(seed)) * scale
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"emb_params": emb.to(dtype).contiguous()}, str(path), metadata={"modelspec.title": "tiny embedding"})
+    return path
+
+
+def controlnet_to_sd(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """sd-scripts v0.10.1's convert_controlnet_state_dict_to_sd (library/model_util.py), step for step, from its own maps."""
+    from bespoke_kohya.engines.kohya.method_samplers import CONTROLNET_RESNET_PARTS, CONTROLNET_WHOLE_NAMES, controlnet_conversion_map
+
+    whole = {hf: sd for sd, hf in CONTROLNET_WHOLE_NAMES}
+    out = {}
+    for key, value in state_dict.items():
+        name = whole.get(key, key)
+        if "resnets" in name:
+            for sd_part, hf_part in CONTROLNET_RESNET_PARTS:
+                name = name.replace(hf_part, sd_part)
+        for sd_part, hf_part in controlnet_conversion_map():
+            name = name.replace(hf_part, sd_part)
+        out[name] = value
+    return out
+
+
+def write_controlnet(base_dir: Path, path: Path, *, seed: int = 1, strength: float = 0.5, dtype: torch.dtype = torch.float16) -> Path:
+    """A ControlNet for the tiny base as train_control_net.py saves one (sd-scripts' names, fp16), its zero
+    convolutions made non-zero (as after training) so it visibly steers the samples."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(str(base_dir), subfolder="unet")
+    torch.manual_seed(seed)
+    model = ControlNetModel.from_unet(unet)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+                param.copy_(torch.randn(param.shape, generator=gen) * strength)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(dtype).contiguous() for k, v in controlnet_to_sd(model.state_dict()).items()}, str(path))
     return path

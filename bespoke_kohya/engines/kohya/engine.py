@@ -1,4 +1,5 @@
-"""The kohya engine: LoRA training by sd-scripts in its own process, samples drawn with diffusers on the base model.
+"""The kohya engine: sd-scripts trains in its own process (LoRA, full fine-tune, textual inversion or ControlNet, by the
+preset's kohya.method), samples drawn with diffusers on the base model.
 
 Everything sd-scripts is in this package: its preset table (``settings.py``), the TOML files it
 reads (``config.py``), the launch and its output (``launch.py``), what it leaves behind
@@ -50,13 +51,16 @@ def _preflight(resolved: dict[str, Any], options: TrainOptions, run_dir: Path, i
 class KohyaEngine(BaseEngine[KohyaPreset]):
     name = "kohya"
     preset_class = KohyaPreset
-    samples_base = True  # the base model without the LoRA is epoch 0: what the LoRA changed
+    samples_base = True  # the base model without the trained part (LoRA, fine-tune, embedding, ControlNet) is epoch 0: what training changed
     # sd-scripts' resumable states (optimizer, scheduler, RNG), several times a LoRA's size: only for `train --resume`.
+    # Every method's script names them the same (train_util: `<output_name>-<epoch:06d>-state`, `<output_name>-state`);
+    # only LoRA presets save them (the other scripts cannot resume from one).
     resume_only = ("checkpoints/*-state", "checkpoints/*-state/**")
 
     def describe(self, preset: KohyaPreset) -> dict[str, str]:
         k = preset.settings
-        return {"script": preset.script, "dim/alpha": f"{k.network_dim}/{k.network_alpha:g}", "epochs": str(k.max_train_epochs), "lr": f"{k.learning_rate:g}"}
+        shown = {"script": preset.script, "epochs": str(k.max_train_epochs), "lr": f"{k.learning_rate:g}"}
+        return {**shown, "dim/alpha": f"{k.network_dim}/{k.network_alpha:g}"} if k.method == "lora" else shown
 
     def write_config(self, run_dir: Path, preset: KohyaPreset, run_id: str) -> list[str]:
         from .config import write_config
@@ -101,6 +105,13 @@ class KohyaEngine(BaseEngine[KohyaPreset]):
         if options.cpu and preset.settings.mixed_precision != "no":
             preset = self._cpu_precision(run, preset, options)
         states = sorted((run.dir / CHECKPOINTS).glob(f"{preset.settings.output_name}-*-state"))
+        if preset.method != "lora":
+            # train_db.py, train_textual_inversion.py and train_control_net.py (v0.10.1) reload a state but then train
+            # every epoch again from epoch 1, so these methods never resume from one (their presets save none).
+            states = []
+            if options.resume and run.trained and not options.dry_run:
+                options.warn(f"{preset.script} cannot continue from a saved epoch (sd-scripts v0.10.1 trains every epoch again after --resume): "
+                             f"this run trains again from epoch 1 and its checkpoints replace the earlier ones")
         state = f"{CHECKPOINTS}/{states[-1].name}" if states and run.trained else None
         step = state_step(run.dir / state) if state else None
         if state:
@@ -139,7 +150,7 @@ class KohyaEngine(BaseEngine[KohyaPreset]):
                                on_event=lambda e: progress(e.data) if e.kind in ("step", "epoch") else None)
         epochs = epoch_checkpoints(run.dir / CHECKPOINTS, preset.settings.output_name, preset.settings.max_train_epochs)
         scalars = tensorboard_scalars(sd.python, [d for d in event_dirs(run.dir / TENSORBOARD) if d not in earlier_sessions])
-        this_session = loss_rows(scalars) or [
+        this_session = loss_rows(scalars, preset.method) or [
             LossRow(step=s["step"], avg_loss=s.get("avr_loss")) for s in result.steps  # tqdm's running average when TensorBoard is unreadable
         ]
         losses = [r.model_copy(update={"epoch": result.epoch_of(r.step) or r.epoch}) for r in merge_losses(read_loss(run.dir), this_session, session.resume_step)]
@@ -163,12 +174,9 @@ class KohyaEngine(BaseEngine[KohyaPreset]):
             write_validation(run.dir, rows)
 
     def sampler(self, run: RunHandle, options: SampleOptions) -> Any:
-        from .sampler import DiffusersSampler, base_source, kohya_clip_skip_to_diffusers, load_base
+        from .method_samplers import sampler_for_run
 
-        preset = run.record.preset_model(run.dir)
-        base_source(preset, options.base_override)  # an empty base is refused before anything heavy
-        return DiffusersSampler(preset.sample, preset.sample_size, preset.sample.negative_prompt, kohya_clip_skip_to_diffusers(preset),
-                                load=lambda: load_base(preset, options.device, options.base_override))
+        return sampler_for_run(run, run.record.preset_model(run.dir), options)
 
     def base_model(self, preset: KohyaPreset) -> BaseRef | None:
         from .preflight import is_local_path
@@ -185,11 +193,13 @@ class KohyaEngine(BaseEngine[KohyaPreset]):
         return preset.model_copy(update={"kohya": preset.settings.model_copy(update={"pretrained_model_name_or_path": value})})
 
     def recipe_check(self, preset: KohyaPreset) -> RecipeCheck | None:
-        from .recipe import DOCUMENTED_ARGS, config_differences
+        from .recipe import DOCUMENTED_ARGS, config_differences, method_difference
 
-        diffs = config_differences(preset)
         n = len(DOCUMENTED_ARGS)
-        return RecipeCheck(f"train.toml equals the documented config key by key ({n} keys)", diffs, f"{n}/{n} keys equal (config/train.toml)")
+        what = f"train.toml equals the documented config key by key ({n} keys)"
+        if preset.method != "lora":  # another route of the notes: the LoRA recipe's keys do not apply, say so instead
+            return RecipeCheck(what, [method_difference(preset)], "")
+        return RecipeCheck(what, config_differences(preset), f"{n}/{n} keys equal (config/train.toml)")
 
     def register_commands(self, commands: CommandGroups) -> None:
         from .commands import register

@@ -52,6 +52,11 @@ FAILURE_PATTERNS = [
      "sd-scripts' python lacks the module {0}: run make vendor again (or pip install it into SD_SCRIPTS_PYTHON's venv)"),
     (re.compile(r"SafetensorError|Error while deserializing header|HeaderTooLarge|MetadataIncompleteBuffer|InvalidHeader"),
      "a .safetensors file is corrupt or cut short (an interrupted download or copy?): download or copy it again"),
+    # The other methods' own refusals (train_util.ControlNetDataset, train_textual_inversion.py), as v0.10.1 words them.
+    (re.compile(r"(?:missing|extra) conditioning data for \d+ images"),
+     "the ControlNet's edge maps do not pair one to one with its training images (train_control_net.py asserts they do): render the run again"),
+    (re.compile(r"tokenizer has same word to token string"),
+     "kohya.textual_inversion.token_string is already a word of the tokenizer: choose words CLIP splits, e.g. \"bespoke punk\""),
 ]
 
 
@@ -123,6 +128,8 @@ def build_command(
         # sd-scripts loads the CLIP tokenizer from here before trying the hub (offline use).
         cmd += ["--tokenizer_cache_dir", str(tokenizer_cache)]
     if resume_state:
+        if getattr(preset, "method", "lora") != "lora":
+            raise ValueError(f"preset {preset.name}: {preset.script} cannot resume from a state (only train_network.py skips the epochs it had done)")
         # Without skip_until_initial_step sd-scripts restarts its step counter (and data order) at 0.
         cmd += ["--resume", resume_state, "--skip_until_initial_step"]
     return cmd

@@ -32,12 +32,33 @@ recommended, with gradient checkpointing, cached text-encoder outputs, an 8-bit 
 and dim 4-8; SD1.5 LoRA at 512 px, batch 1, fp16 is commonly run in 6-8 GB without
 gradient checkpointing). Treat the estimate as +-30 %; it only warns.
 
+The other methods (kohya.method) train other weights, read off their scripts (sd-scripts v0.10.1):
+
+    full (train_db.py)       the U-Net trains in fp32 under autocast: U-Net x (4 weight + 4 grad + optimizer
+                             state bytes); the text encoder the same when kohya.full.train_text_encoder, else
+                             frozen at weight bytes; activations as for a LoRA (the same backward pass)
+    textual_inversion        U-Net frozen at weight bytes; the text encoder stays fp32 (4 bytes) and its whole
+                             token-embedding matrix (49,408 + new rows x 768) trains: x (4 grad + optimizer
+                             state) plus sd-scripts' fp32 copy of it; activations as for a LoRA
+    controlnet               U-Net and text encoder frozen at weight bytes; the ControlNet (361,279,120
+                             weights: diffusers' ControlNetModel.from_unet of the SD1.5 U-Net config, counted
+                             the same way) x (4 + 4 + optimizer state); activations x 1.4 (its own encoder
+                             copy runs forward and backward beside the U-Net: an estimate)
+
+The full fine-tune's total is checked against sd-scripts' own figure: its train_db README (zh) says
+the most memory-saving command (8-bit Adam, gradient checkpointing, cached latents, fp16, text
+encoder trained) needs about 12 GB; this formula gives 11.9 GiB (12.8 GB) for it at 512 px.
+
 Disk estimate (`disk_needs`): per saved epoch a LoRA file (lora_params x save bytes) and,
 with save_state, a resume state (lora_params x (4 + optimizer state bytes)); the last
 epoch is saved as `<output_name>.safetensors` plus `<output_name>-state`. Samples:
 prompts x seeds x saved epochs x (full-size RGB + 24x24 + x8 preview, as uncompressed
 upper bounds). Prepared images: count x resolution^2 x 3. A hub base that is not cached
-adds its download to the Hugging Face cache's filesystem.
+adds its download to the Hugging Face cache's filesystem. The other methods' files per epoch:
+full, the whole model as train_db.py saves it (U-Net + text encoder + VAE x save bytes: 2.13 GB
+fp16, 4.27 GB float); textual inversion, vectors x 768 x save bytes; ControlNet, 361M x save bytes
+(0.72 GB fp16). None of them saves a resume state (their scripts cannot resume from one). When the
+checkpoints add up to CHECKPOINT_WARN_BYTES or more, pre-flight says so and names save_every_n_epochs.
 """
 
 from __future__ import annotations
@@ -73,6 +94,13 @@ PARAMS = {  # frozen weights of the base, see the module docstring
 }
 LORA_PER_RANK = {"sd15": {"unet": 423_936, "text": 165_888}, "sdxl": {"unet": 2_659_840, "text": 165_888 + 737_280}}
 ACTIVATION_GIB = {"sd15": {False: 2.5, True: 0.7}, "sdxl": {False: 9.0, True: 2.5}}  # per image at native resolution, fp16
+# diffusers' ControlNetModel.from_unet(UNet2DConditionModel(**offline_sd.sd15_configs()["unet"])), counted.
+CONTROLNET_PARAMS = 361_279_120
+# CLIP ViT-L/14's token embedding (vocab_size x hidden_size), the matrix textual inversion trains.
+TOKEN_EMBEDDING_PARAMS = 49_408 * 768
+ACTIVATION_FACTOR = {"lora": 1.0, "full": 1.0, "textual_inversion": 1.0, "controlnet": 1.4}
+# Checkpoints adding up to this much are announced before launch, with save_every_n_epochs to write fewer.
+CHECKPOINT_WARN_BYTES = 4 * GIB
 OPTIMIZER_STATE_BYTES = {"AdamW": 8, "AdamW8bit": 2, "Lion": 4, "SGDNesterov": 4, "Prodigy": 16, "Adafactor": 4}
 CUDA_CONTEXT = 1 * GIB
 FRAGMENTATION = 1.1
@@ -155,6 +183,9 @@ class RunNeeds:
     repeats: int
     samples_per_epoch: int
     sample_pixels: int
+    method: str = "lora"
+    token_string: str | None = None  # textual inversion: the token sd-scripts adds (its vectors add "<token>1", …)
+    vectors: int = 1
 
     @classmethod
     def from_resolved(cls, resolved: dict[str, Any]) -> RunNeeds | None:
@@ -164,14 +195,21 @@ class RunNeeds:
             return None
         s = resolved.get("sample") or {}
         width, height = s.get("width") or k["resolution"], s.get("height") or k["resolution"]
+        method = k.get("method") or "lora"
+        ti = k.get("textual_inversion") or {}
+        if method == "lora":
+            train_text_encoder = k.get("text_encoder_lr") != 0
+        else:  # only the full fine-tune can train the text encoder's weights (textual inversion trains its embedding rows)
+            train_text_encoder = bool((k.get("full") or {}).get("train_text_encoder")) if method == "full" else False
         return cls(
             name=resolved["name"], family=resolved.get("family") or "sd15", base=(k.get("pretrained_model_name_or_path") or "").strip(),
             resolution=k["resolution"], batch=k["train_batch_size"], precision=k["mixed_precision"],
             gradient_checkpointing=k["gradient_checkpointing"], cache_latents=k["cache_latents"], network_dim=k["network_dim"],
-            train_text_encoder=k.get("text_encoder_lr") != 0, optimizer=k["optimizer_type"], save_precision=k["save_precision"],
+            train_text_encoder=train_text_encoder, optimizer=k["optimizer_type"], save_precision=k["save_precision"],
             epochs=k["max_train_epochs"], save_every=k["save_every_n_epochs"], save_state=k["save_state"],
             repeats=(resolved.get("dataset") or {}).get("num_repeats", 1),
             samples_per_epoch=len(s.get("prompts") or []) * len(s.get("seeds") or []), sample_pixels=width * height,
+            method=method, token_string=ti.get("token_string"), vectors=int(ti.get("num_vectors_per_token") or 1),
         )
 
 
@@ -268,6 +306,17 @@ def disk_space(path: Path) -> tuple[int, int]:
     return path.stat().st_dev, shutil.disk_usage(path).free
 
 
+def clip_vocabulary() -> dict[str, int] | None:
+    """CLIP's BPE vocabulary (offline, from open-clip-torch's file), or None when it is not here (go.sh before installing)."""
+    try:
+        from ...errors import UserError as _Missing
+        from .offline_sd import clip_bpe_path, clip_vocab_and_merges
+
+        return clip_vocab_and_merges(clip_bpe_path())[0]
+    except (ImportError, OSError, _Missing):
+        return None
+
+
 @dataclass
 class Probes:
     """The machine, as the checks see it; tests replace fields with fakes."""
@@ -281,6 +330,7 @@ class Probes:
     sd_scripts: Callable[[Path], SdScripts | None] = find_sd_scripts
     sd_python: Callable[[Path], dict] = probe_python
     cpu_cores: Callable[[], int] = field(default=lambda: os.cpu_count() or 1)
+    vocabulary: Callable[[], dict[str, int] | None] = clip_vocabulary
 
 
 # ---------------------------------------------------------------- estimates
@@ -291,15 +341,39 @@ def lora_params(needs: RunNeeds) -> int:
     return needs.network_dim * (per_rank["unet"] + (per_rank["text"] if needs.train_text_encoder else 0))
 
 
-def memory_estimate(needs: RunNeeds) -> int:
-    """Peak GPU memory of one training process, in bytes (formula in the module docstring)."""
+def weights_bytes(needs: RunNeeds) -> int:
+    """GPU bytes of the weights, gradients and optimizer state of ``needs.method`` (module docstring)."""
     params = PARAMS[needs.family]
     weight_bytes = 4 if needs.precision == "no" else 2
-    frozen = (params["unet"] + params["text"] + (0 if needs.cache_latents else params["vae"])) * weight_bytes
-    lora = lora_params(needs) * (8 + OPTIMIZER_STATE_BYTES.get(needs.optimizer, 8))
+    trained = 8 + OPTIMIZER_STATE_BYTES.get(needs.optimizer, 8)  # fp32 weight + fp32 grad + optimizer state
+    vae = 0 if needs.cache_latents else params["vae"] * weight_bytes
+    if needs.method == "full":
+        text = params["text"] * (trained if needs.train_text_encoder else weight_bytes)
+        return params["unet"] * trained + text + vae
+    if needs.method == "textual_inversion":
+        # Its weight is counted with the fp32 text encoder; on top: its grad (4), the optimizer state and sd-scripts'
+        # fp32 copy of it (orig_embeds_params, 4) — as many bytes as `trained`.
+        embedding = TOKEN_EMBEDDING_PARAMS * trained
+        return params["unet"] * weight_bytes + params["text"] * 4 + embedding + vae
+    if needs.method == "controlnet":
+        return (params["unet"] + params["text"]) * weight_bytes + CONTROLNET_PARAMS * trained + vae
+    return (params["unet"] + params["text"]) * weight_bytes + vae + lora_params(needs) * trained
+
+
+def memory_estimate(needs: RunNeeds) -> int:
+    """Peak GPU memory of one training process, in bytes (formula in the module docstring)."""
     scale = (needs.resolution / NATIVE_RESOLUTION[needs.family]) ** 2 * needs.batch * (2 if needs.precision == "no" else 1)
-    activations = ACTIVATION_GIB[needs.family][needs.gradient_checkpointing] * GIB * scale
-    return int((frozen + lora + activations + CUDA_CONTEXT) * FRAGMENTATION)
+    activations = ACTIVATION_GIB[needs.family][needs.gradient_checkpointing] * GIB * scale * ACTIVATION_FACTOR.get(needs.method, 1.0)
+    return int((weights_bytes(needs) + activations + CUDA_CONTEXT) * FRAGMENTATION)
+
+
+def checkpoint_bytes(needs: RunNeeds) -> int:
+    """One epoch's saved file: a LoRA, the whole model (train_db.py saves U-Net, text encoder and VAE), an embedding, a ControlNet."""
+    save = 4 if needs.save_precision == "float" else 2
+    params = PARAMS[needs.family]
+    count = {"full": params["unet"] + params["text"] + params["vae"], "textual_inversion": needs.vectors * 768,
+             "controlnet": CONTROLNET_PARAMS}.get(needs.method, lora_params(needs))
+    return count * save + (MIB if needs.method == "lora" else 64 * 1024)  # + header and metadata
 
 
 def saved_epochs(needs: RunNeeds, from_epoch: int = 0) -> int:
@@ -311,8 +385,8 @@ def run_bytes(needs: RunNeeds, images: int, from_epoch: int = 0) -> int:
     """What the run folder grows by: checkpoints, resume states, samples and (fresh runs) the prepared images."""
     n = saved_epochs(needs, from_epoch)
     params = lora_params(needs)
-    checkpoint = params * (4 if needs.save_precision == "float" else 2) + MIB
-    state = params * (4 + OPTIMIZER_STATE_BYTES.get(needs.optimizer, 8)) + MIB if needs.save_state else 0
+    checkpoint = checkpoint_bytes(needs)
+    state = params * (4 + OPTIMIZER_STATE_BYTES.get(needs.optimizer, 8)) + MIB if needs.save_state and needs.method == "lora" else 0
     sample = needs.sample_pixels * 3 + 24 * 24 * 4 + (24 * 8) ** 2 * 4
     prepared = images * needs.resolution**2 * 3 if from_epoch == 0 else 0
     return n * (checkpoint + state + needs.samples_per_epoch * sample) + prepared + 50 * MIB  # + logs
@@ -461,6 +535,70 @@ def check_memory(needs: RunNeeds, gpus: tuple[Gpu, ...], num_gpus: int = 1) -> C
                  f"--set {fix} brings it to ~{_gib(memory_estimate(fixed))}")
 
 
+def _gb(n: float) -> str:
+    """A file size the way the README quotes them: KB, MB or GB (decimal)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}" if n < 10 * size else f"{n / size:.0f} {unit}"
+    return f"{n / 1e3:.0f} KB"
+
+
+def check_checkpoints(needs: RunNeeds) -> Check:
+    """What the epochs' checkpoints add up to, said before launch; when it is a lot, how save_every_n_epochs writes fewer."""
+    n, size = saved_epochs(needs), checkpoint_bytes(needs)
+    what = {"full": "whole-model checkpoints (train_db.py saves U-Net, text encoder and VAE)", "textual_inversion": "embeddings",
+            "controlnet": "ControlNets"}.get(needs.method, "LoRA files")
+    cause = f"{needs.name}: {n} {what} of ~{_gb(size)} each ({needs.save_precision}), ~{_gb(n * size)} in checkpoints/"
+    if n * size < CHECKPOINT_WARN_BYTES:
+        return Check("checkpoints", Level.OK, cause)
+    every = needs.save_every + 1
+    fewer = saved_epochs(RunNeeds(**{**needs.__dict__, "save_every": every}))
+    fix = f"--set save_every_n_epochs={every} writes {fewer} (~{_gb(fewer * size)}), the last epoch always included"
+    if needs.save_precision == "float":
+        fix += "; save_precision=fp16 halves each"
+    return Check("checkpoints", Level.WARN, cause, fix if fewer < n else "")
+
+
+def check_conditioning(needs: RunNeeds, run_dir: Path | None) -> Check:
+    """A ControlNet run's conditioning folder holds one edge map per image it trains on, named like it (sd-scripts asserts both ways)."""
+    import tomllib
+
+    config = (run_dir / "config" / "dataset.toml") if run_dir is not None else None
+    if config is None or not config.is_file():
+        return Check("conditioning", Level.SKIP, "the edge maps are written when the run is rendered")
+    try:
+        subset = tomllib.loads(config.read_text(encoding="utf-8"))["datasets"][0]["subsets"][0]
+        images, conditioning = run_dir / subset["image_dir"], run_dir / subset["conditioning_data_dir"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        return Check("conditioning", Level.FAIL, f"{config}: no ControlNet subset with image_dir and conditioning_data_dir ({exc})", "render the run again")
+    if not conditioning.is_dir():
+        return Check("conditioning", Level.FAIL, f"{conditioning}: the conditioning folder is missing (train_control_net.py needs an edge map per image)",
+                     "render the run again (bespoke-kohya render / train make it), or copy the run whole")
+    want = {p.stem for p in images.glob("*.png")} if images.is_dir() else set()
+    have = {p.stem for p in conditioning.glob("*.png")}
+    if want != have:
+        missing, extra = sorted(want - have), sorted(have - want)
+        return Check("conditioning", Level.FAIL, f"{conditioning}: {len(missing)} training image(s) without an edge map ({', '.join(missing[:3])}) and "
+                     f"{len(extra)} edge map(s) without an image ({', '.join(extra[:3])}); train_control_net.py asserts they pair up", "render the run again")
+    return Check("conditioning", Level.OK, f"{len(have)} edge maps in {conditioning.name}, one per training image")
+
+
+def check_token(needs: RunNeeds, vocabulary: dict[str, int] | None) -> Check:
+    """Textual inversion's token must be new to the tokenizer: sd-scripts asserts it adds every `<token>`, `<token>1`, …,
+    and a word CLIP already has as one token would be hijacked in every prompt that uses it."""
+    token = needs.token_string or ""
+    if vocabulary is None:
+        return Check("token", Level.SKIP, "the CLIP vocabulary is not available here to check kohya.textual_inversion.token_string")
+    names = [token] + [f"{token}{i}" for i in range(1, needs.vectors)]
+    taken = [n for n in names if n in vocabulary or f"{n}</w>" in vocabulary]
+    if taken:
+        shown = ", ".join(f"{n!r}" for n in taken[:3])
+        return Check("token", Level.FAIL, f"kohya.textual_inversion.token_string {token!r}: {shown} {'is' if len(taken) == 1 else 'are'} already a single CLIP token, so sd-scripts would refuse it "
+                     "(\"tokenizer has same word to token string\") or every prompt's word would become the embedding",
+                     "choose words CLIP splits into several tokens, e.g. token_string = \"bespoke punk\"")
+    return Check("token", Level.OK, f"token {token!r} ({needs.vectors} vector(s)) is new to CLIP's vocabulary")
+
+
 def disk_needs(needs: RunNeeds, probes: Probes, *, run_dir: Path, images: int, from_epoch: int, download: bool, before_install: bool) -> list[tuple[Path, int, str]]:
     """(where, bytes, what) the run will write: the run folder (and, before go.sh installs, the venvs), a hub download."""
     writes = [(run_dir, run_bytes(needs, images, from_epoch), "checkpoints, states and samples")]
@@ -526,6 +664,11 @@ def run_checks(needs: RunNeeds, *, repo_root: Path, run_dir: Path, images: int, 
     download = base.level is Level.OK and not is_local_path(needs.base, run_dir) and not probes.hub_cached(needs.base)
     writes = disk_needs(needs, probes, run_dir=run_dir, images=images, from_epoch=from_epoch, download=download, before_install=before_install)
     checks.append(check_disk(writes, probes.disk_space))
+    checks.append(check_checkpoints(needs))
+    if needs.method == "controlnet":
+        checks.append(check_conditioning(needs, run_dir))
+    if needs.method == "textual_inversion":
+        checks.append(check_token(needs, probes.vocabulary()))
     if not before_install:
         checks.append(check_sd_scripts(probes, repo_root, need_cuda=not cpu and bool(gpus.gpus)))
     return checks

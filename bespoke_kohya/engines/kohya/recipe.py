@@ -35,3 +35,9 @@ def config_differences(preset: KohyaPreset, documented: dict[str, Any] = DOCUMEN
         if got != want:
             diffs.append(f"{key}: {want!r} → {got!r}")
     return diffs
+
+
+def method_difference(preset: KohyaPreset) -> str:
+    """Why a preset of another method is not the documented recipe, as one `key: documented → rendered` line."""
+    return (f"kohya.method: 'lora' (train_network.py, the documented recipe) → {preset.method!r} ({preset.script}); "
+            "this preset takes another route of the notes, so the recipe's LoRA keys are not compared")

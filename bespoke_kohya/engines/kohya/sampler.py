@@ -264,8 +264,11 @@ def lora_applied(pipe: Any, path: Path | None) -> Iterator[dict[str, str]]:
 # ------------------------------------------------------------------ drawing
 
 
-def draw_image(pipe: Any, prompt: str, seed: int, settings: SampleSettings, size: tuple[int, int], negative_prompt: str, clip_skip: int | None = None) -> Image.Image:
-    """One full-size image; its own generator seeded with ``seed``, so it does not depend on what else is drawn."""
+def draw_image(pipe: Any, prompt: str, seed: int, settings: SampleSettings, size: tuple[int, int], negative_prompt: str, clip_skip: int | None = None,
+               **extra: Any) -> Image.Image:
+    """One full-size image; its own generator seeded with ``seed``, so it does not depend on what else is drawn.
+
+    ``extra``: more arguments of the pipeline's call (a ControlNet pipeline's image and conditioning scale)."""
     device = pipe.device.type
     # On mps a CPU generator: diffusers then draws the noise on the CPU and moves it, which
     # works on every torch version and gives the same starting noise as a CPU run.
@@ -281,6 +284,7 @@ def draw_image(pipe: Any, prompt: str, seed: int, settings: SampleSettings, size
         generator=generator,
         clip_skip=clip_skip,
         output_type="pil",
+        **extra,
     )
     return result.images[0]
 
@@ -298,7 +302,11 @@ def kohya_clip_skip_to_diffusers(preset: KohyaPreset) -> int | None:
 
 
 class DiffusersSampler:
-    """A diffusers base model loaded once; each epoch's LoRA applied, drawn, and removed again."""
+    """A diffusers base model loaded once; each epoch's LoRA applied, drawn, and removed again.
+
+    The other methods' samplers (method_samplers.py) change what :meth:`epoch` puts on the base and
+    what :meth:`check_checkpoint` accepts; the drawing is this one.
+    """
 
     def __init__(self, settings: Any, size: tuple[int, int], negative_prompt: str, clip_skip: int | None,
                  pipe: Any = None, load: Callable[[], Any] | None = None) -> None:
@@ -312,8 +320,18 @@ class DiffusersSampler:
         check_suite(prompts, seeds, self.size, int(getattr(self.pipe, "vae_scale_factor", 8)))
         for job in jobs:  # fail on a missing or damaged file before minutes of sampling other epochs
             if job.checkpoint is not None:
-                lora_header(job.checkpoint)
+                self.check_checkpoint(job.checkpoint)
         self.pipe.scheduler = scheduler_for(self.settings_.scheduler, self.pipe.scheduler.config)
+
+    def check_checkpoint(self, path: Path) -> None:
+        """Refuse a missing, damaged or foreign epoch file cheaply (its header only); the LoRA route's check."""
+        lora_header(path)
+
+    @contextmanager
+    def epoch(self, job: SampleJob) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """(the pipeline that draws ``job``, extra samples.json fields): here the base with the epoch's LoRA, removed afterwards."""
+        with lora_applied(self.pipe, job.checkpoint) as metadata:
+            yield self.pipe, {"lora_metadata": {k: metadata[k] for k in KEPT_METADATA if k in metadata}}
 
     def settings(self, prompts: list[str], seeds: list[int], options_record: dict[str, Any]) -> dict[str, Any]:
         pipe, size = self.pipe, self.size
@@ -327,11 +345,11 @@ class DiffusersSampler:
         return recorded
 
     def draw(self, job: SampleJob, prompts: list[str], seeds: list[int], write: Callable[..., Any]) -> dict[str, Any]:
-        with lora_applied(self.pipe, job.checkpoint) as metadata:
+        with self.epoch(job) as (pipe, extra):
             for pid, prompt in zip(prompt_ids(prompts), prompts):
                 for seed in seeds:
-                    write(draw_image(self.pipe, prompt, seed, self.settings_, self.size, self.negative_prompt, self.clip_skip), pid, prompt, seed)
-        return {"lora_metadata": {k: metadata[k] for k in KEPT_METADATA if k in metadata}}
+                    write(draw_image(pipe, prompt, seed, self.settings_, self.size, self.negative_prompt, self.clip_skip), pid, prompt, seed)
+        return extra
 
 
 def sample_epochs(pipe: Any, jobs: list[SampleJob], prompts: list[str], seeds: list[int], settings: SampleSettings, out_dir: Path, *,

@@ -19,7 +19,12 @@ from ...runfolder.records import LossRow, ValidationRow
 
 
 def epoch_checkpoints(checkpoint_dir: Path, output_name: str, last_epoch: int) -> dict[str, str]:
-    """{epoch: path relative to the run} from sd-scripts' naming: NAME-000001.safetensors …, NAME.safetensors for the last."""
+    """{epoch: path relative to the run} from sd-scripts' naming: NAME-000001.safetensors …, NAME.safetensors for the last.
+
+    The same for every method: train_network.py, train_db.py, train_textual_inversion.py and train_control_net.py
+    all name epoch files with train_util.get_epoch_ckpt_name (`{output_name}-{epoch:06d}` + ext) and the last one
+    with get_last_ckpt_name (`{output_name}` + ext); ext is `.safetensors` by the rendered save_model_as.
+    """
     found: dict[str, str] = {}
     if not checkpoint_dir.is_dir():
         return found
@@ -45,8 +50,15 @@ for d in sys.argv[1:]:
         for e in acc.Scalars(tag):
             print(f"{e.step},{tag},{e.value}")
 """
-# Per-step scalars sd-scripts' train_network.py logs (epoch averages are logged at step=epoch: skipped).
-_STEP_TAGS = {"loss/current": "loss", "loss/average": "avg_loss", "lr/unet": "lr"}
+# Per-step scalars each training script logs (epoch averages are logged at step=epoch: skipped), read in v0.10.1:
+# train_network.py: loss/current, loss/average, lr/unet; train_db.py: loss, lr/unet (append_lr_to_logs);
+# train_textual_inversion.py: loss, lr; train_control_net.py: loss/current, loss/average, lr (generate_step_logs).
+STEP_TAGS = {
+    "lora": {"loss/current": "loss", "loss/average": "avg_loss", "lr/unet": "lr"},
+    "full": {"loss": "loss", "lr/unet": "lr"},
+    "textual_inversion": {"loss": "loss", "lr": "lr"},
+    "controlnet": {"loss/current": "loss", "loss/average": "avg_loss", "lr": "lr"},
+}
 # The held-out images' mean loss after each epoch. train_network.py v0.10.1 logs it through
 # epoch_logging, whose TensorBoard step is the 1-based epoch number (`epoch + 1`), and a resumed
 # session's epoch loop starts at the resumed epoch, so the step is the run's epoch in every session.
@@ -83,12 +95,13 @@ def parse_scalars(text: str) -> list[Scalar]:
     return scalars
 
 
-def loss_rows(scalars: list[Scalar]) -> list[LossRow]:
-    """Per-step loss/lr rows, one per optimiser step."""
+def loss_rows(scalars: list[Scalar], method: str = "lora") -> list[LossRow]:
+    """Per-step loss/lr rows, one per optimiser step, from the tags ``method``'s script logs."""
+    tags = STEP_TAGS[method]
     rows: dict[int, dict[str, Any]] = {}
     for step, tag, value in scalars:
-        if tag in _STEP_TAGS:
-            rows.setdefault(step, {"step": step})[_STEP_TAGS[tag]] = value
+        if tag in tags:
+            rows.setdefault(step, {"step": step})[tags[tag]] = value
     return [LossRow(**rows[s]) for s in sorted(rows)]
 
 

@@ -461,14 +461,20 @@ def doctor_rows(repo_root: Path) -> list[tuple[str, str, str]]:
 
 # ---------------------------------------------------------------- key lists
 
-# Run inside sd-scripts' venv: argparse dests of the two LoRA scripts, and the keys of the
-# voluptuous schemas train_network.py validates dataset TOMLs with
-# (ConfigSanitizer(True, True, args.masked_loss, True); masked_loss only adds ControlNet keys).
+# Run inside sd-scripts' venv: the argparse dests of each training script's parser, and the keys of
+# the voluptuous schemas each script validates its dataset TOML with, built exactly as the script
+# builds its ConfigSanitizer(support_dreambooth, support_finetuning, support_controlnet, support_dropout)
+# (masked_loss, which only switches ControlNet keys on for the DreamBooth scripts, is off):
+#   train_network.py     ConfigSanitizer(True, True, args.masked_loss, True)    DreamBooth subsets
+#   train_db.py          ConfigSanitizer(True, False, args.masked_loss, True)   DreamBooth subsets
+#   train_textual_inversion.py  ConfigSanitizer(True, True, args.masked_loss, False): no caption dropout keys
+#   train_control_net.py ConfigSanitizer(False, False, True, True)              ControlNet subsets (conditioning_data_dir)
 KEYS_PROBE = r"""
-import argparse, json, sys
+import argparse, importlib, json, sys
 sys.path.insert(0, ".")
-import train_network, sdxl_train_network
 from library.config_util import ConfigSanitizer
+
+SCRIPTS = json.loads(sys.argv[1])
 
 def dests(parser):
     return sorted({a.dest for a in parser._actions if a.dest != argparse.SUPPRESS and not isinstance(a, argparse._HelpAction)})
@@ -476,30 +482,52 @@ def dests(parser):
 def keys(schema):
     return sorted(str(k) for k in schema if str(k) != "subsets")
 
-s = ConfigSanitizer(True, True, False, True)
-print(json.dumps({
-    "train_network": dests(train_network.setup_parser()),
-    "sdxl_train_network": dests(sdxl_train_network.setup_parser()),
-    "general": keys(s.general_schema),
-    "datasets": keys(s.db_dataset_schema),
-    "datasets.subsets": keys(s.db_subset_schema),
-}))
+out = {"args": {}, "dataset": {}}
+for module, (flags, kind) in SCRIPTS.items():
+    out["args"][module] = dests(importlib.import_module(module).setup_parser())
+    if kind:
+        s = ConfigSanitizer(*flags)
+        out["dataset"][module] = {"general": keys(s.general_schema), "datasets": keys(getattr(s, kind + "_dataset_schema")),
+                                  "datasets.subsets": keys(getattr(s, kind + "_subset_schema"))}
+print(json.dumps(out))
 """
-ARGS_HEADER = {
-    "train_network": "# argparse dests of train_network.py at {tag} (train_network.setup_parser())",
-    "sdxl_train_network": "# argparse dests of sdxl_train_network.py at {tag} (sdxl_train_network.setup_parser())",
+# script module -> (its ConfigSanitizer flags, the subset kind it validates: db = DreamBooth, cn = ControlNet; None: no dataset list)
+KEY_SCRIPTS: dict[str, tuple[tuple[bool, bool, bool, bool], str | None]] = {
+    "train_network": ((True, True, False, True), "db"),
+    "sdxl_train_network": ((True, True, False, True), None),  # the same sanitizer as train_network: one dataset list serves both
+    "train_db": ((True, False, False, True), "db"),
+    "train_textual_inversion": ((True, True, False, False), "db"),
+    "train_control_net": ((False, False, True, True), "cn"),
 }
+# The LoRA scripts' lists keep the names they had before the other methods (tests/data/README.md).
+_LEGACY_STEMS = {"train_network": "", "sdxl_train_network": "sdxl_"}
+ARGS_HEADER = "# argparse dests of {module}.py at {tag} ({module}.setup_parser())"
 DATASET_HEADER = (
-    "# dataset-config keys accepted by sd-scripts {tag} (library/config_util.py ConfigSanitizer, DreamBooth subsets),\n"
+    "# dataset-config keys accepted by sd-scripts {tag} {module}.py (library/config_util.py ConfigSanitizer{flags}, {kind} subsets),\n"
     "# one `<section>.<key>` a line; sections: general = [general], datasets = [[datasets]],\n"
-    "# datasets.subsets = [[datasets.subsets]]; datasets.subsets.image_dir is the only required key"
+    "# datasets.subsets = [[datasets.subsets]]; {required}"
 )
+_KINDS = {"db": ("DreamBooth", "datasets.subsets.image_dir is the only required key"),
+          "cn": ("ControlNet", "datasets.subsets.image_dir and datasets.subsets.conditioning_data_dir are required")}
 
 
-def extract_keys(sd: SdScripts, timeout: float = 300) -> dict[str, list[str]]:
-    """The real parsers' argument names and the dataset schema keys, read in sd-scripts' venv."""
+def args_list_name(module: str, tag: str = SD_SCRIPTS_TAG) -> str:
+    """The tests/data file listing ``module``'s argparse dests (``train_network`` -> sd_scripts_<tag>_args.txt)."""
+    stem = _LEGACY_STEMS.get(module, f"{module}_")
+    return f"sd_scripts_{tag}_{stem}args.txt"
+
+
+def dataset_list_name(module: str, tag: str = SD_SCRIPTS_TAG) -> str:
+    """The tests/data file listing the dataset keys ``module`` accepts (the LoRA scripts share sd_scripts_<tag>_dataset_keys.txt)."""
+    stem = "" if module in _LEGACY_STEMS else f"{module}_"
+    return f"sd_scripts_{tag}_{stem}dataset_keys.txt"
+
+
+def extract_keys(sd: SdScripts, timeout: float = 300) -> dict[str, dict[str, object]]:
+    """The real parsers' argument names and the dataset schema keys of every script in KEY_SCRIPTS, read in sd-scripts' venv."""
+    spec = json.dumps({module: [list(flags), kind] for module, (flags, kind) in KEY_SCRIPTS.items()})
     try:
-        done = subprocess.run([str(sd.python), "-c", KEYS_PROBE], cwd=sd.path, env=_child_env(), capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run([str(sd.python), "-c", KEYS_PROBE, spec], cwd=sd.path, env=_child_env(), capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise UserError(f"reading sd-scripts' parsers with {sd.python} failed ({exc}); run make vendor again") from exc
     if done.returncode != 0:
@@ -508,15 +536,17 @@ def extract_keys(sd: SdScripts, timeout: float = 300) -> dict[str, list[str]]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def key_list_texts(keys: dict[str, list[str]], tag: str = SD_SCRIPTS_TAG) -> dict[str, str]:
+def key_list_texts(keys: dict[str, dict[str, object]], tag: str = SD_SCRIPTS_TAG) -> dict[str, str]:
     """File name -> text of the committed key lists (tests/data) built from `extract_keys()`."""
-    texts = {
-        f"sd_scripts_{tag}_args.txt": "\n".join([ARGS_HEADER["train_network"].format(tag=tag), *keys["train_network"]]),
-        f"sd_scripts_{tag}_sdxl_args.txt": "\n".join([ARGS_HEADER["sdxl_train_network"].format(tag=tag), *keys["sdxl_train_network"]]),
-        f"sd_scripts_{tag}_dataset_keys.txt": "\n".join(
-            [DATASET_HEADER.format(tag=tag)] + [f"{section}.{key}" for section in ("general", "datasets", "datasets.subsets") for key in keys[section]]
-        ),
-    }
+    texts: dict[str, str] = {}
+    for module, names in keys["args"].items():
+        texts[args_list_name(module, tag)] = "\n".join([ARGS_HEADER.format(module=module, tag=tag), *names])  # type: ignore[misc]
+    for module, sections in keys["dataset"].items():
+        flags, kind = KEY_SCRIPTS[module]
+        label, required = _KINDS[kind or "db"]
+        header = DATASET_HEADER.format(tag=tag, module=module, flags=tuple(flags), kind=label, required=required)
+        lines = [f"{section}.{key}" for section in ("general", "datasets", "datasets.subsets") for key in sections[section]]  # type: ignore[index]
+        texts[dataset_list_name(module, tag)] = "\n".join([header, *lines])
     return {name: text + "\n" for name, text in texts.items()}
 
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-import pytest
 
 from bespoke_kohya.engines.kohya.config import dataset_config, train_args
-from bespoke_kohya.presets import available_presets, load_preset
-
-DATA = Path(__file__).resolve().parents[2] / "data"
+from bespoke_kohya.presets import load_preset
 
 
 def _flat(sections: dict) -> dict:
@@ -40,24 +37,8 @@ def test_sd15_512_renders_the_documented_values():
     assert isinstance(args["network_alpha"], float) and isinstance(args["resolution"], str)
 
 
-def _names(path: Path) -> set[str]:
-    return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
-
-
-@pytest.mark.parametrize("name", [n for n in available_presets() if n != "pixel24"])
-def test_every_rendered_key_is_one_sd_scripts_accepts(name: str, tmp_path: Path):
-    ckpt = tmp_path / "base.safetensors"
-    ckpt.write_bytes(b"x")
-    preset = load_preset(name, [f"pretrained_model_name_or_path={ckpt}"] if name == "pixnite_sd15" else [], experimental=True)
-    accepted = _names(DATA / ("sd_scripts_v0.10.1_sdxl_args.txt" if preset.family == "sdxl" else "sd_scripts_v0.10.1_args.txt"))
-    unknown = set(_flat(train_args(preset))) - accepted
-    assert not unknown, f"keys sd-scripts v0.10.1 would silently ignore: {unknown}"
-    keys = _names(DATA / "sd_scripts_v0.10.1_dataset_keys.txt")
-    cfg = dataset_config(preset)
-    used = {f"general.{k}" for k in cfg["general"]}
-    used |= {f"datasets.{k}" for k in cfg["datasets"][0] if k != "subsets"}
-    used |= {f"datasets.subsets.{k}" for k in cfg["datasets"][0]["subsets"][0]}
-    assert not used - keys, f"dataset keys sd-scripts v0.10.1 rejects: {used - keys}"
+# Every rendered key against its own script's parser and dataset schema: test_methods.py
+# (test_every_rendered_key_is_one_its_own_script_accepts), for every shipped preset and method.
 
 
 def test_buckets_below_256_lower_min_bucket_reso():

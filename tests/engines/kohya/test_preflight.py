@@ -325,3 +325,102 @@ def test_reproduce_blockers_are_the_preflight_failures(monkeypatch: pytest.Monke
     assert any(c.startswith("no CUDA GPU found") for c in causes)
     assert any(c.startswith("base model runwayml/stable-diffusion-v1-5: not in the Hugging Face cache") for c in causes)
     assert not any(c.startswith("no CUDA GPU") for c, _ in get_engine("kohya").blockers(load_preset("sd15_512"), cpu=True))
+
+
+# ---------------------------------------------------------------- the other training methods (issue 25)
+
+
+def test_each_method_preset_has_its_own_plan():
+    assert [plan(n).method for n in ("sd15_576", "sd15_576_full", "sd15_576_ti", "sd15_576_controlnet")] == ["lora", "full", "textual_inversion", "controlnet"]
+    assert not plan("sd15_576_full").train_text_encoder and plan("sd15_576_full", "kohya.full.train_text_encoder=true").train_text_encoder
+    assert (plan("sd15_576_ti").token_string, plan("sd15_576_ti").vectors) == ("bespoke punk", 2)
+    old = load_preset("sd15_576").model_dump(mode="json")
+    del old["kohya"]["method"]  # a run.json from before the methods
+    assert RunNeeds.from_resolved(old).method == "lora"
+
+
+def test_method_memory_follows_what_each_script_trains():
+    lora, full, ti, cn = (preflight.memory_estimate(plan(n)) for n in ("sd15_576", "sd15_576_full", "sd15_576_ti", "sd15_576_controlnet"))
+    assert lora < ti < cn < full
+    # train_db's U-Net in fp32 with AdamW: 860M x (4 + 4 + 8) bytes = 12.8 GiB before the frozen parts and activations.
+    assert preflight.weights_bytes(plan("sd15_576_full")) > 859_520_964 * 16
+    assert 15 * GIB < full < 18 * GIB and 9 * GIB < cn < 12 * GIB
+    # sd-scripts' train_db README (zh): the most memory-saving command (8-bit Adam, checkpointing, cached latents,
+    # fp16, text encoder trained, 512 px) "needs about 12 GB".
+    saving = plan("sd15_576_full", "optimizer_type=AdamW8bit", "kohya.full.train_text_encoder=true", "resolution=512", "allow_uneven_pixels=true")
+    assert 11 * GIB < preflight.memory_estimate(saving) < 13.5 * GIB
+    assert preflight.memory_estimate(plan("sd15_576_full", "optimizer_type=Adafactor")) < full
+    assert preflight.memory_estimate(plan("sd15_576_controlnet", "gradient_checkpointing=false")) > cn
+
+
+def test_checkpoint_sizes_per_method_match_the_files_sd_scripts_writes():
+    # Measured: the CPU smoke's train_db.py checkpoint (fp16) is 2,132,625,558 bytes.
+    assert abs(preflight.checkpoint_bytes(plan("sd15_576_full")) - 2_132_625_558) < 1e6
+    assert abs(preflight.checkpoint_bytes(plan("sd15_576_full", "save_precision=float")) - 2 * 2_132_625_558) < 2e6
+    assert abs(preflight.checkpoint_bytes(plan("sd15_576_controlnet")) - 361_279_120 * 2) < 1e6
+    assert preflight.checkpoint_bytes(plan("sd15_576_ti")) < 100_000  # 2 vectors x 768 x 2 bytes and a header
+    assert abs(preflight.checkpoint_bytes(plan("sd15_576")) - 38e6) < 2e6
+
+
+def test_checkpoints_that_add_up_are_announced_with_save_every_n_epochs():
+    full = preflight.check_checkpoints(plan("sd15_576_full"))
+    assert full.level is Level.WARN
+    assert full.message == ("sd15_576_full: 3 whole-model checkpoints (train_db.py saves U-Net, text encoder and VAE) of ~2.13 GB each (fp16), "
+                            "~6.40 GB in checkpoints/; --set save_every_n_epochs=2 writes 2 (~4.27 GB), the last epoch always included")
+    floats = preflight.check_checkpoints(plan("sd15_576_full", "save_precision=float", "max_train_epochs=10", "save_every_n_epochs=2"))
+    assert "--set save_every_n_epochs=3 writes 4" in floats.message and "save_precision=fp16 halves each" in floats.message
+    assert preflight.check_checkpoints(plan("sd15_576")).level is Level.OK
+    assert "embeddings of ~" in preflight.check_checkpoints(plan("sd15_576_ti")).message
+
+
+def test_disk_counts_each_methods_checkpoints_and_no_states(tmp_path: Path):
+    full = preflight.run_bytes(plan("sd15_576_full"), images=184)
+    assert full > 3 * 2_132_625_558 and full < 3 * 2_132_625_558 + 1 * GIB
+    assert preflight.run_bytes(plan("sd15_576_controlnet"), images=184) > 3 * 722_000_000
+
+
+def render_for_preflight(tmp_path: Path, punks_dir: Path, name: str) -> Path:
+    from bespoke_kohya.dataset import check_dataset
+    from bespoke_kohya.render import render
+    from tests.helpers.punks import copy_punks
+
+    dataset = copy_punks(punks_dir, tmp_path / "punks", every=30, count=6)
+    return render(load_preset(name, ["resolution=96"]), check_dataset(dataset), tmp_path / "run", run_id="run").run_dir
+
+
+def test_a_controlnet_run_needs_its_conditioning_folder_paired_with_its_images(tmp_path: Path, punks_dir: Path):
+    needs = plan("sd15_576_controlnet")
+    assert preflight.check_conditioning(needs, None).level is Level.SKIP  # a new run: render writes them
+    run = render_for_preflight(tmp_path, punks_dir, "sd15_576_controlnet")
+    ok = preflight.check_conditioning(needs, run)
+    # 6 x 0.1 holds 1 out that sd-scripts trains on as well (ceil(6 x 0.9) = 6, render warns): all 6 are trained on.
+    assert ok.level is Level.OK and ok.message == "6 edge maps in 10_bespoke_punk_conditioning, one per training image"
+    one = next((run / "data" / "10_bespoke_punk_conditioning").glob("*.png"))
+    one.rename(one.with_name("stray.png"))
+    paired = preflight.check_conditioning(needs, run)
+    assert paired.level is Level.FAIL and f"1 training image(s) without an edge map ({one.stem})" in paired.message
+    assert "1 edge map(s) without an image (stray)" in paired.message and paired.fix == "render the run again"
+    shutil.rmtree(run / "data" / "10_bespoke_punk_conditioning")
+    gone = preflight.check_conditioning(needs, run)
+    assert gone.level is Level.FAIL and "the conditioning folder is missing" in gone.message
+
+
+def test_the_textual_inversion_token_must_be_new_to_clips_vocabulary():
+    vocab = preflight.clip_vocabulary()
+    assert vocab is not None and len(vocab) == 49408  # CLIP's BPE vocabulary, offline from open-clip-torch's file
+    assert preflight.check_token(plan("sd15_576_ti"), vocab).level is Level.OK
+    taken = preflight.check_token(plan("sd15_576_ti", "kohya.textual_inversion.token_string=punk", "trigger=punk"), vocab)
+    assert taken.level is Level.FAIL and taken.message.startswith("kohya.textual_inversion.token_string 'punk': 'punk' is already a single CLIP token")
+    assert 'token_string = "bespoke punk"' in taken.fix
+    assert preflight.check_token(plan("sd15_576_ti"), None).level is Level.SKIP  # go.sh before anything is installed
+
+
+def test_run_checks_add_each_methods_own_checks(tmp_path: Path):
+    def names(preset: str) -> list[str]:
+        return [c.name for c in preflight.run_checks(plan(preset), repo_root=REPO, run_dir=tmp_path, images=8, cpu=True,
+                                                     probes=fakes(vocabulary=lambda: {"punk</w>": 1}))]
+
+    assert names("sd15_576") == ["device", "base", "disk", "checkpoints", "sd-scripts"]
+    assert names("sd15_576_full") == ["device", "base", "disk", "checkpoints", "sd-scripts"]
+    assert names("sd15_576_ti") == ["device", "base", "disk", "checkpoints", "token", "sd-scripts"]
+    assert names("sd15_576_controlnet") == ["device", "base", "disk", "checkpoints", "conditioning", "sd-scripts"]

@@ -27,6 +27,8 @@ from bespoke_kohya.engines.kohya.vendor import (
 REPO = Path(__file__).resolve().parents[3]
 DATA = Path(__file__).resolve().parents[2] / "data"
 KEY_FILES = [f"sd_scripts_{SD_SCRIPTS_TAG}_args.txt", f"sd_scripts_{SD_SCRIPTS_TAG}_sdxl_args.txt", f"sd_scripts_{SD_SCRIPTS_TAG}_dataset_keys.txt"]
+METHOD_SCRIPTS = ("train_db", "train_textual_inversion", "train_control_net")
+METHOD_KEY_FILES = [f"sd_scripts_{SD_SCRIPTS_TAG}_{m}_{kind}.txt" for m in METHOD_SCRIPTS for kind in ("args", "dataset_keys")]
 # What OpenAI's CLIP tokenizer gives for this text (ids of openai/clip-vit-large-patch14).
 CAT_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]
 GIT = shutil.which("git")
@@ -295,7 +297,7 @@ def test_real_venv_failure_is_one_line_and_cleans_up(tmp_path: Path, upstream: P
 
 
 def test_key_list_files_are_sorted_unique_and_headed():
-    for name in KEY_FILES:
+    for name in KEY_FILES + METHOD_KEY_FILES:
         text = (DATA / name).read_text(encoding="utf-8")
         assert text.startswith("# ") and text.endswith("\n")
         names = read_key_list(DATA / name)
@@ -309,6 +311,25 @@ def test_key_list_files_are_sorted_unique_and_headed():
     dataset = set(read_key_list(DATA / KEY_FILES[2]))
     assert {"general.resolution", "datasets.subsets.image_dir", "datasets.subsets.resize_interpolation"} <= dataset
     assert "datasets.subsets.image_dir" in dataset and "general.image_dir" not in dataset
+
+
+
+def test_each_methods_lists_are_named_after_its_script_and_differ_where_its_sanitizer_does():
+    from bespoke_kohya.engines.kohya.vendor import args_list_name, dataset_list_name
+
+    assert args_list_name("train_network") == KEY_FILES[0] and args_list_name("sdxl_train_network") == KEY_FILES[1]
+    assert dataset_list_name("sdxl_train_network") == KEY_FILES[2] == dataset_list_name("train_network")
+    assert [args_list_name(m) for m in METHOD_SCRIPTS] == METHOD_KEY_FILES[::2]
+    lora = set(read_key_list(DATA / KEY_FILES[2]))
+    assert set(read_key_list(DATA / dataset_list_name("train_db"))) == lora  # ConfigSanitizer(True, False, False, True): the same keys
+    ti = set(read_key_list(DATA / dataset_list_name("train_textual_inversion")))
+    assert lora - ti == {f"{s}.{k}" for s in ("general", "datasets", "datasets.subsets")
+                         for k in ("caption_dropout_every_n_epochs", "caption_dropout_rate", "caption_tag_dropout_rate")}
+    cn = set(read_key_list(DATA / dataset_list_name("train_control_net")))
+    assert cn - lora == {"datasets.subsets.conditioning_data_dir"} and "datasets.subsets.class_tokens" not in cn
+    for m, own in (("train_db", {"learning_rate_te", "stop_text_encoder_training"}), ("train_textual_inversion", {"token_string", "init_word", "num_vectors_per_token"}),
+                   ("train_control_net", {"controlnet_model_name_or_path", "conditioning_data_dir"})):
+        assert own <= set(read_key_list(DATA / args_list_name(m)))
 
 
 @pytest.fixture(scope="module")
