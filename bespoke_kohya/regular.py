@@ -62,6 +62,11 @@ def open_regular(path: Path, *, follow: bool = False, fix: str = "") -> int | No
         if exc.errno == errno.ELOOP and not follow:  # O_NOFOLLOW met a link
             raise link_refused(path, fix) from None
         raise UserError(f"{path}: cannot read it ({exc.strerror or exc}); {fix or 'check its permissions'}") from None
+    return _regular_or_close(fd, path, fix)
+
+
+def _regular_or_close(fd: int, path: Path, fix: str) -> int:
+    """``fd`` back in blocking mode when it is a regular file; otherwise closed and refused in one line."""
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
@@ -130,12 +135,7 @@ def create_regular(path: Path, fix: str = "", *, append: bool = False) -> int:
         if exc.errno == errno.ENXIO:  # a FIFO opened write-only with no reader (or a socket)
             raise not_regular(path, os.lstat(path).st_mode, fix) from None
         raise
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise not_regular(path, mode, fix)
-    os.set_blocking(fd, True)
-    return fd
+    return _regular_or_close(fd, path, fix)
 
 
 # Captions, prompt lists, word lists: a few KiB; this is far above any of them.
