@@ -390,6 +390,13 @@ def sampling_plan(run: RunHandle, *, epochs: list[int] | None = None, prompts_fi
     return SamplingPlan(jobs, suite, seeds, heldout, seeds[: preset.sample.heldout_seeds] if heldout else [], bool(prompts), notes)
 
 
+def check_control(sampler: EpochSampler, control: Path | None, run: RunHandle) -> None:
+    """``--control DIR`` only for a sampler that draws from a picture (`takes_images`), else one line saying so."""
+    if control is not None and not getattr(sampler, "takes_images", False):
+        raise UserError(f"--control {control}: run {run.dir.name} ({run.record.preset}) draws from prompts alone, so there is nothing to follow "
+                        "the images; --control is for runs whose model draws from a picture (a ControlNet run)")
+
+
 def sample_run(run_dir: Path, *, epochs: list[int] | None = None, prompts_file: Path | None = None, prompts: list[str] | None = None,
                seeds: list[int] | None = None, device: str | None = None, include_base: bool | None = None, base_override: str | None = None,
                dataset_dir: Path | None = None, progress: bool = True, control: Path | None = None) -> dict[str, Any]:
@@ -406,9 +413,7 @@ def sample_run(run_dir: Path, *, epochs: list[int] | None = None, prompts_file: 
                                 include_base=any(job.checkpoint is None for job in plan.jobs), base_override=base_override, progress=progress,
                                 control=control)
         sampler = get_engine(run.record.engine).sampler(run, options)
-        if control is not None and not getattr(sampler, "takes_images", False):
-            raise UserError(f"--control {control}: run {run.dir.name} ({run.record.preset}) draws from prompts alone, so there is nothing to follow "
-                            "the images; --control is for runs whose model draws from a picture (a ControlNet run)")
+        check_control(sampler, control, run)
         post = postprocess_options_for(preset.sample, run, dataset_dir)
         drawn: list[int] = []
         doc = draw_epochs(run.dir, sampler, plan.jobs, plan.prompts, plan.seeds, post, progress, adhoc=plan.adhoc,

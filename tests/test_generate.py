@@ -243,3 +243,9 @@ def test_a_token_whose_every_candidate_misses_the_background_keeps_its_best_try_
     for m in asked:
         assert {a["trait_type"]: a["value"] for a in m["attributes"]}["Background"] == "grey"
     assert any(c["reason"] == "background" for n in range(1, 5) for c in layout.read_candidates(out, n)) == bool(asked)
+
+
+def test_control_images_are_refused_for_a_run_that_draws_from_prompts_alone(toy_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"--control .*draws from prompts alone"):
+        generate(options(toy_run, tmp_path / "c", control=tmp_path))
+    assert not (tmp_path / "c").exists()  # refused before the collection's folder is made

@@ -191,9 +191,9 @@ def generate(o: GenerateOptions, console: Any = None) -> Result:
     preset = run.record.preset_model(run.dir)
     vocab = vocabulary([c for c in captions if c], preset.sample.trigger)
     rules = read_rules(o.traits, vocab) if o.traits else TraitRules()
+    drawer = Drawer(run, checkpoint, o.device, o.control)
     out = layout.open_folder(Path(o.out), o.resume)
     with run_lock(out, GENERATE):
-        drawer = Drawer(run, checkpoint, o.device, o.control)
         settings = settings_record(o, run, epoch, file_sha256(checkpoint), rules)
         layout.check_settings(out, settings, o.resume)
         plan = plan_tokens(vocab, rules, o.seed, o.count, preset.sample.full_prompt)

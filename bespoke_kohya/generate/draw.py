@@ -51,23 +51,24 @@ class Drawer:
     """
 
     def __init__(self, run: RunHandle, checkpoint: Path, device: str | None, control: Path | None = None) -> None:
-        from ..sample import postprocess_options_for
+        from ..sample import check_control, postprocess_options_for
 
-        self.run, self.device, self.control = run, device, control
+        self.run, self.device = run, device
         self.preset = run.record.preset_model(run.dir)
         self.job = SampleJob(1, checkpoint)
         self.post = postprocess_options_for(self.preset.sample, run, None)
-        self.sampler: Any = None
+        # The sampler is made now (cheap: its refusals, e.g. --control for a run that draws from prompts alone, come
+        # before the collection's folder is made); its model loads on the first draw.
+        self.sampler: Any = get_engine(run.record.engine).sampler(run, SampleOptions(device=device, seeds=[0], control=control))
+        check_control(self.sampler, control, run)
+        self.checked = False
         self.ready: dict[tuple[str, int], np.ndarray] = {}
         self.drawn = 0
 
     def _loaded(self) -> Any:
-        if self.sampler is None:
-            self.sampler = get_engine(self.run.record.engine).sampler(self.run, SampleOptions(device=self.device, seeds=[0], control=self.control))
-            if self.control is not None and not getattr(self.sampler, "takes_images", False):
-                raise UserError(f"--control {self.control}: run {self.run.dir.name} ({self.run.record.preset}) draws from prompts alone; "
-                                "--control is for runs whose model draws from a picture (a ControlNet run)")
+        if not self.checked:
             self.sampler.check(["punk"], [0], [self.job])  # refuses a checkpoint it cannot draw, then loads the model once
+            self.checked = True
         return self.sampler
 
     def draw(self, pairs: list[tuple[str, int]], tick: Callable[[], None] = lambda: None) -> list[np.ndarray]:
