@@ -249,3 +249,24 @@ def test_control_images_are_refused_for_a_run_that_draws_from_prompts_alone(toy_
     with pytest.raises(UserError, match=r"--control .*draws from prompts alone"):
         generate(options(toy_run, tmp_path / "c", control=tmp_path))
     assert not (tmp_path / "c").exists()  # refused before the collection's folder is made
+
+
+def test_a_resumed_folder_from_elsewhere_is_read_as_untrusted(toy_run: Path, tmp_path: Path) -> None:
+    """A link or FIFO in place of a collection file is one line, never followed or waited on (issue 26's classes, for generate)."""
+    import os
+
+    out = tmp_path / "c"
+    generate(options(toy_run, out, count=2))
+    outside = tmp_path / "notes.txt"
+    outside.write_text("mine")
+    (out / "metadata" / "2.json").unlink()
+    (out / "metadata" / "2.json").symlink_to(outside)
+    with pytest.raises(UserError, match=r"2\.json: .*link"):
+        generate(options(toy_run, out, count=3, resume=True))
+    assert outside.read_text() == "mine"
+    (out / "metadata" / "2.json").unlink()
+    pilot = next(out.glob("*.safetensors"))
+    pilot.unlink()
+    os.mkfifo(pilot)
+    with pytest.raises(UserError, match="FIFO"):
+        generate(options(toy_run, out, count=3, resume=True))

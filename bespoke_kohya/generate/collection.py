@@ -18,6 +18,7 @@ continues after the last one. collection.json and index.html are written when al
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +170,7 @@ def _critic(out: Path, drawer: Drawer, vocab: Vocabulary, rules: TraitRules, o: 
     from ..distinguish import train_critic
 
     pilot_path = out / layout.PILOT
-    if pilot_path.is_file():
+    if os.path.lexists(pilot_path):  # a link or FIFO in its place is refused by read_pilot, not replaced
         pilot = layout.read_pilot(pilot_path)
     else:
         progress(f"pilot: {PILOT} draws of the model, for the critic to learn what it draws")

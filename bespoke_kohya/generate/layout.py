@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 from collections import Counter
 from pathlib import Path
@@ -26,6 +27,7 @@ from PIL import Image
 from ..atomic import write_atomic, write_json_atomic
 from ..errors import UserError
 from ..images import load_rgb, save_png_atomic
+from ..regular import open_regular, read_regular
 
 SETTINGS = "generate.json"
 PILOT = "pilot.safetensors"
@@ -55,13 +57,20 @@ def open_folder(out: Path, resume: bool) -> Path:
     return out
 
 
+# A collection's JSON files are a few KiB; a folder given to --resume may come from elsewhere, so what is read
+# back is a regular file (never a link or FIFO) of bounded size.
+MAX_JSON_BYTES = 64 * 1024 * 1024
+MAX_IMAGE_BYTES = 16 * 1024 * 1024
+
+
 def _read_json(path: Path, fix: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    data = read_regular(path, limit=MAX_JSON_BYTES, what="collection file", fix=fix)
+    if data is None:
         return None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable ({exc}); {fix}") from None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise UserError(f"{path}: unreadable ({str(exc)[:200]}); {fix}") from None
 
 
 def check_settings(out: Path, settings: dict[str, Any], resume: bool) -> None:
@@ -108,6 +117,11 @@ def write_pilot(path: Path, pilot: np.ndarray) -> None:
 def read_pilot(path: Path) -> np.ndarray:
     from safetensors.numpy import load_file
 
+    fix = "delete it and run generate again with --resume"
+    fd = open_regular(path, fix=fix)  # a FIFO or link in its place is refused, never waited on or followed
+    if fd is None:
+        raise UserError(f"{path}: missing; {fix}")
+    os.close(fd)
     try:
         art = load_file(str(path))["art"]
     except Exception as exc:  # safetensors raises its own error type
@@ -147,7 +161,10 @@ def read_metadata(out: Path, n: int) -> dict[str, Any]:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    data = read_regular(path, limit=MAX_IMAGE_BYTES, what="image", fix="delete that token's metadata and images and run generate again with --resume")
+    if data is None:
+        raise UserError(f"{path}: missing; delete that token's metadata and run generate again with --resume")
+    return hashlib.sha256(data).hexdigest()
 
 
 def provenance(out: Path, count: int) -> tuple[str, list[str]]:
