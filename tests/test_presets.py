@@ -169,12 +169,37 @@ def test_parameter_estimate_matches_the_real_unet():
     from bespoke_kohya.engines.pixel24.model import unet_config
     from bespoke_kohya.engines.pixel24.settings import Pixel24Settings, unet_parameters
 
-    for channels, layers in [([32, 64, 96], 1), ([16, 32], 1), ([32, 64, 96, 128], 2), ([64, 64], 4), ([4096, 4096, 4096], 4)]:
-        settings = Pixel24Settings.model_construct(block_out_channels=channels, layers_per_block=layers, colour_dim=32, feature_dim=64)
+    for channels, layers, attention in [([32, 64, 96], 1, 1), ([16, 32], 1, 1), ([32, 64, 96, 128], 2, 1), ([64, 64], 4, 1), ([4096, 4096, 4096], 4, 1),
+                                        ([32, 64, 96], 1, 2), ([32, 64, 96, 128], 2, 4), ([16, 32], 1, 4)]:
+        settings = Pixel24Settings.model_construct(block_out_channels=channels, layers_per_block=layers, colour_dim=32, feature_dim=64, attention_levels=attention)
         with torch.device("meta"):
             unet = UNet2DModel(**unet_config(settings))
         real = sum(p.numel() for p in unet.parameters())
-        assert unet_parameters(channels, layers, 32, 64) == pytest.approx(real, rel=1e-3), channels
+        assert unet_parameters(channels, layers, 32, 64, attention) == pytest.approx(real, rel=1e-3), (channels, attention)
+
+
+def test_background_head_estimate_matches_the_real_head():
+    """The cap counts version 3's background head too (as wide as the time embedding)."""
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from bespoke_kohya.engines.pixel24.model import Pixel24Net, model_config
+    from bespoke_kohya.engines.pixel24.settings import Pixel24Settings, background_head_parameters
+
+    settings = Pixel24Settings(block_out_channels=[16, 32], colour_dim=8, feature_dim=16, text_dim=16, palette_size=2, background_head=True)
+    with torch.device("meta"):
+        net = Pixel24Net(model_config(settings, ["<reserved>"], np.zeros((2, 3), np.uint8)), 1)
+    real = sum(p.numel() for name, p in net.named_parameters() if name.startswith("background_"))
+    assert background_head_parameters([16, 32], 8, 16) == real
+
+
+def test_every_version_3_setting_is_explained_as_version_3():
+    from bespoke_kohya.engines.pixel24.settings import VERSION_3_FIELDS
+
+    rows = {key: doc for key, _, _, doc in explain()}
+    for name in VERSION_3_FIELDS:
+        assert f"pixel24.{name}" in rows and "Version 3" in rows[f"pixel24.{name}"], name
 
 
 def test_caption_extension_cannot_name_an_image_format():

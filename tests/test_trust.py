@@ -231,6 +231,8 @@ def test_9_a_loss_cell_over_128_kib_is_one_line(run: Path, capsys) -> None:
     (lambda c: c.update(unet="x"), "unet"),
     (lambda c: c["unet"].update(block_out_channels=[4096, 4096, 4096]), "unet.block_out_channels"),
     (lambda c: c["unet"].update(attention_head_dim=7), "unet.attention_head_dim"),
+    (lambda c: c["settings"].update(attention_levels=9), "settings.attention_levels"),  # version 3's fields, bounded as the preset's
+    (lambda c: c.update(background={"head": True}), "background: the file has a background head but settings.background_head is False"),
 ])
 def test_10_a_tampered_pixel24_json_is_one_line_naming_the_field(run: Path, change, field: str, capsys) -> None:
     """Item 10: tampered pixel24.json fields were tracebacks; [4096, 4096, 4096] skipped the preset's parameter cap (~28 GB)."""

@@ -7,7 +7,9 @@ by its schema with the limits the preset has before anything is built from it:
   class has), and the architecture it records (``unet``, ``text``) must be exactly what those
   settings build, validated with the same widths and the same parameter cap as the preset,
   so a tampered width cannot make the model allocate tens of GB; the vocabulary and the
-  palette are typed and bounded.
+  palette are typed and bounded. A version-3 file's optional parts must agree with its settings:
+  ``background`` is ``{"head": true}`` exactly when ``settings.background_head`` is, and a
+  version-2 file sets no version-3 setting (settings.VERSION_3_FIELDS).
 - ``pixel24-state.json``: the step and epoch within the preset's bounds, the optimiser's
   parameter groups typed; tensors that do not fit the model are one line too (:func:`restore`).
 - the training folder: regular PNG files only (no links, FIFOs or devices), captions UTF-8.
@@ -24,7 +26,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -75,13 +77,23 @@ class _TextConfig(BaseModel):
     dim: int
 
 
+class _BackgroundConfig(BaseModel):
+    """Version 3's background head: present (and ``head`` true) exactly when the settings ask for it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    head: Literal[True]
+
+
 class _ModelFile(BaseModel):
     """The parts of pixel24.json the model is built from (other keys, such as ``base`` or ``dataset``, are notes)."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
+    version: Literal[2, 3] = 2  # read_config has refused any other (with what to do) before this is checked
     unet: dict[str, Any]
     text: _TextConfig
+    background: _BackgroundConfig | None = None
     vocab: Annotated[list[Annotated[str, Field(max_length=200)]], Field(min_length=1, max_length=MAX_VOCAB)]
     palette: Annotated[list[Annotated[str, Field(pattern=HEX)]], Field(min_length=1, max_length=_bound("palette_size", "le"))]
     settings: dict[str, Any] | None = None
@@ -136,7 +148,19 @@ def check_config(path: Path, config: dict[str, Any], unet_of: Callable[[Pixel24S
             raise UserError(f"{path}: unet.{key}: {parsed.unet.get(key)!r} is not what these widths build ({expected[key]!r}); {CONFIG_FIX}")
     if len(parsed.palette) > settings.palette_size:
         raise UserError(f"{path}: palette: {len(parsed.palette)} colours, more than its settings.palette_size {settings.palette_size}; {CONFIG_FIX}")
+    _check_version_3_parts(path, parsed, settings)
     return config
+
+
+def _check_version_3_parts(path: Path, parsed: _ModelFile, settings: Pixel24Settings) -> None:
+    """A version-2 file uses no version-3 setting, and the background head is recorded exactly when the settings have one."""
+    used = settings.version_3_parts()  # by VERSION_3_FIELDS' order
+    if parsed.version == 2 and used:
+        name, value = next(iter(used.items()))
+        raise UserError(f"{path}: settings.{name}: {value!r} is a version-3 setting in a version-2 pixel24.json; {CONFIG_FIX}")
+    if (parsed.background is not None) != settings.background_head:
+        said = "has a background head" if parsed.background is not None else "has no background head"
+        raise UserError(f"{path}: background: the file {said} but settings.background_head is {settings.background_head}; {CONFIG_FIX}")
 
 
 # ------------------------------------------------------------------ the resume state

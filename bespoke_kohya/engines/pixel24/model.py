@@ -9,6 +9,14 @@ palette and the fine-tune switches to the artist's without losing what it learne
 learned vector stands for "masked"; the mask ratio takes the place of the diffusion
 timestep.
 
+Optional parts (version 3), each recorded in ``pixel24.json`` and absent from a version-2 file,
+so a version-2 run rebuilds exactly as it was trained: attention at more levels than the lowest
+(``unet.down_block_types`` says which), and a **background head** (``"background"``): a small
+MLP reads the caption's vector and gives logits over the palette for the picture's background
+colour (its outer ring's commonest colour), and that colour's embedding is added to the
+U-Net's conditioning, so every pixel knows the background before any is drawn (the U-Net
+alone sees the whole picture only at 6×6, and left backgrounds patchy).
+
 A run folder holds ``checkpoints/pixel24.json`` (architecture, vocabulary, palette,
 settings: everything needed to rebuild the model, nanoGPT-style) and one
 ``pixel24-NNNNNN.safetensors`` per epoch (EMA weights).
@@ -30,12 +38,15 @@ from ...errors import UserError
 from ...atomic import write_atomic, write_json_atomic
 from ...paths import ART
 from . import files
-from .settings import Pixel24Settings
+from .settings import VERSION_3_FIELDS, Pixel24Settings
 from .palette import from_hex, palette_lab, to_hex
 from .text import PhraseEncoder
 
 FORMAT = "bespoke-kohya/pixel24"
-FORMAT_VERSION = 2  # 1: continuous RGB diffusion (before palette indices); not loadable any more
+FORMAT_VERSION = 3  # 1: continuous RGB diffusion (before palette indices); not loadable any more
+# 2: palette indices; 3: the same plus optional parts (settings.VERSION_3_FIELDS). A model that uses none of them is
+# written as 2, exactly as before, so versions of bespoke-kohya that read only 2 still load it.
+READABLE_VERSIONS = (2, 3)
 CONFIG_NAME = "pixel24.json"
 STEM = "pixel24"
 FOURIER_FEATURES = 32
@@ -52,18 +63,20 @@ def _norm_groups(channels: list[int]) -> int:
 
 
 def unet_config(settings: Pixel24Settings) -> dict[str, Any]:
-    """The ``UNet2DModel`` config: colour embeddings in, per-pixel features out, attention at the lowest level."""
+    """The ``UNet2DModel`` config: colour embeddings in, per-pixel features out, attention at the lowest ``attention_levels`` levels."""
     channels = list(settings.block_out_channels)
     levels = len(channels)
+    attention = min(settings.attention_levels, levels)  # version 2: the lowest only
+    down = ["DownBlock2D"] * (levels - attention) + ["AttnDownBlock2D"] * attention
     return {
         "sample_size": ART,
         "in_channels": settings.colour_dim,
         "out_channels": settings.feature_dim,
         "block_out_channels": channels,
         "layers_per_block": settings.layers_per_block,
-        "down_block_types": ["DownBlock2D"] * (levels - 1) + ["AttnDownBlock2D"],
-        "up_block_types": ["AttnUpBlock2D"] + ["UpBlock2D"] * (levels - 1),
-        "attention_head_dim": next(h for h in (32, 16, 8) if channels[-1] % h == 0),
+        "down_block_types": down,
+        "up_block_types": ["AttnUpBlock2D" if block.startswith("Attn") else "UpBlock2D" for block in reversed(down)],
+        "attention_head_dim": next(h for h in (32, 16, 8) if all(c % h == 0 for c in channels[levels - attention :])),
         "norm_num_groups": _norm_groups(channels),
         "class_embed_type": "identity",
         "resnet_time_scale_shift": "scale_shift",
@@ -98,6 +111,24 @@ class Pixel24Net(nn.Module):
         self.colour_out = ColourEmbed(unet["out_channels"])
         self.mask = nn.Parameter(torch.zeros(unet["in_channels"]))
         self.scale = unet["out_channels"] ** -0.5
+        cond_dim = unet["block_out_channels"][0] * 4
+        self.has_background = bool(config.get("background"))
+        if self.has_background:  # made after the version-2 parts, so those draw the same initial weights from a seed
+            # caption vector -> a feature vector whose dot product with each colour's output embedding is that colour's background logit
+            self.background_head = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, unet["out_channels"]))
+            self.background_in = nn.Linear(unet["in_channels"], cond_dim)  # the chosen background colour's input embedding -> conditioning
+
+    def condition(self, text: torch.Tensor, background: torch.Tensor | None, lab: torch.Tensor) -> torch.Tensor:
+        """The U-Net's conditioning: the caption vectors ``text`` (B, C), plus the background colours' (B,) embedding when the model has the head."""
+        if not self.has_background:
+            return text
+        if background is None:
+            raise ValueError("a model with a background head needs a background colour per image")
+        return text + self.background_in(self.colour_in(lab)[background])
+
+    def background_logits(self, text: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+        """(B, K) logits of each palette colour being the background, from the caption vectors alone."""
+        return torch.einsum("bf,kf->bk", self.background_head(text), self.colour_out(lab)) * self.scale
 
     def forward(self, indices: torch.Tensor, mask_ratio: torch.Tensor, conditions: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
         """``indices`` (B, 24, 24) in 0..K, ``conditions`` from ``self.text``, ``lab`` (K, 3) -> (B, K, 24, 24) logits."""
@@ -151,16 +182,27 @@ class Pixel24Model:
 
 
 def model_config(settings: Pixel24Settings, vocab: list[str], palette: np.ndarray) -> dict[str, Any]:
-    """Everything needed to rebuild the model, as written to ``pixel24.json``."""
-    return {
+    """Everything needed to rebuild the model, as written to ``pixel24.json``.
+
+    Version 2, byte for byte what it was, when the settings use no version-3 part: those settings are left out
+    (all at their defaults), so a version of bespoke-kohya that reads only version 2 still reads it.
+    """
+    recorded = settings.model_dump(mode="json")
+    version = FORMAT_VERSION if settings.version_3_parts() else 2
+    if version == 2:
+        recorded = {k: v for k, v in recorded.items() if k not in VERSION_3_FIELDS}
+    config = {
         "format": FORMAT,
-        "version": FORMAT_VERSION,
+        "version": version,
         "unet": unet_config(settings),
         "text": {"dim": settings.text_dim},
         "vocab": vocab,
         "palette": to_hex(palette),
-        "settings": settings.model_dump(mode="json"),
+        "settings": recorded,
     }
+    if settings.background_head:
+        config["background"] = {"head": True}
+    return config
 
 
 def build_model(config: dict[str, Any], device: torch.device | str = "cpu") -> Pixel24Model:
@@ -173,7 +215,7 @@ def build_model(config: dict[str, Any], device: torch.device | str = "cpu") -> P
 def save_checkpoint(model: Pixel24Model, path: Path, epoch: int, step: int) -> None:
     """The model's weights as safetensors, atomically."""
     # One metadata key: safetensors writes several in hash order, and a checkpoint should be byte-reproducible.
-    meta = {FORMAT: json.dumps({"version": FORMAT_VERSION, "epoch": epoch, "step": step}, sort_keys=True)}
+    meta = {FORMAT: json.dumps({"version": model.config.get("version", FORMAT_VERSION), "epoch": epoch, "step": step}, sort_keys=True)}
     write_atomic(path, lambda p: files.save_tensors(model.state_dict(), p, metadata=meta))
 
 
@@ -193,8 +235,8 @@ def read_config(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not a pixel24 model config (format is {config.get('format') if isinstance(config, dict) else None!r}, expected {FORMAT!r})")
     if config.get("version") == 1:
         raise UserError(f"{path}: this run was trained by the first pixel24 (continuous RGB), which this version no longer draws; retrain it with `bespoke-kohya train --preset pixel24 --dataset DIR`")
-    if config.get("version") != FORMAT_VERSION:
-        raise UserError(f"{path}: pixel24 config version {config.get('version')!r} is newer than this bespoke-kohya understands (expected {FORMAT_VERSION}); upgrade bespoke-kohya")
+    if config.get("version") not in READABLE_VERSIONS:
+        raise UserError(f"{path}: pixel24 config version {config.get('version')!r} is newer than this bespoke-kohya understands (expected at most {FORMAT_VERSION}); upgrade bespoke-kohya")
     missing = [k for k in ("unet", "text", "vocab", "palette") if k not in config]
     if missing:
         raise UserError(f"{path}: pixel24 config lacks {', '.join(missing)}; it is incomplete or from another tool")

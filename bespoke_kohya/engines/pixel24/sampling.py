@@ -19,6 +19,13 @@ Measured on the Bespoke fine-tune (160 held-out-caption samples, two-sample accu
 averaged over 4 draws): 2 rounds of 10% took it from 0.76 to 0.71, colours per image from
 58 to 45 and orphan pixels from 0.20 to 0.14; 25% re-drawn or temperature 0.7 was worse
 (benchmarks/README.md).
+
+Version 3's parts, all off by default (version 2's pixels): ``refine_components`` scores and
+re-draws a small one-colour area whole, ``refine_rare_colours`` re-draws the pixels of colours an
+image uses on only a few pixels, from its other colours; a model with a background head draws
+each image's background colour first; ``batch`` sets the images per forward pass. Every image
+follows its own unmasking schedule (from its own masked count), so an image never depends on
+its batch-mates even when refinement re-masks different counts per image.
 """
 
 from __future__ import annotations
@@ -68,59 +75,141 @@ def _logits(model: Pixel24Model, x: torch.Tensor, conditions: torch.Tensor, guid
     return logits.permute(0, 2, 3, 1).float().cpu()
 
 
+def _remask(x: torch.Tensor, masked: torch.Tensor, confidence: torch.Tensor, still: list[int], k: int) -> torch.Tensor:
+    """``x`` with each image's ``still[i]`` least confident of its ``masked`` pixels masked (index ``k``) again."""
+    b = len(x)
+    keep = torch.tensor(still)
+    confidence = torch.where(masked, confidence, torch.full_like(confidence, math.inf)).view(b, -1)
+    threshold = confidence.sort(dim=1).values.gather(1, (keep - 1).clamp(min=0)[:, None])
+    again = (confidence <= threshold) & masked.view(b, -1) & (keep > 0)[:, None]
+    return torch.where(again.view(b, ART, ART), torch.full_like(x, k), x)
+
+
 def _fill(model: Pixel24Model, x: torch.Tensor, conditions: torch.Tensor, generators: list[torch.Generator], steps: int, guidance: float,
-          temperature: float, choice_noise: float) -> torch.Tensor:
-    """``x`` with its masked pixels drawn over ``steps`` steps, the masked share following a cosine down to none."""
+          temperature: float, choice_noise: float, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` with its masked pixels drawn over ``steps`` steps, each image's masked share following a cosine down to none.
+
+    ``allowed`` (B, K) bool: the colours each image may draw (None: all).
+    """
     k, b = len(model.palette), len(generators)
-    start = int((x == k).view(b, -1).sum(dim=1).max())
+    start = (x == k).view(b, -1).sum(dim=1).tolist()  # per image, so that an image's schedule never depends on its batch-mates
     for step in range(steps):
         masked = x == k
         logp = (_logits(model, x, conditions, guidance) / max(temperature, 1e-4)).log_softmax(dim=-1)
+        if allowed is not None:
+            logp = torch.where(allowed[:, None, None, :], logp, torch.full_like(logp, -math.inf))
         drawn = (logp + _gumbel((ART, ART, k), generators)).argmax(dim=-1)  # Gumbel-max: a draw at this temperature
         confidence = logp.gather(-1, drawn[..., None])[..., 0]
         if choice_noise:
             confidence = confidence + choice_noise * (1 - (step + 1) / steps) * _gumbel((ART, ART), generators)
         x = torch.where(masked, drawn, x)
-        still = int(math.floor(math.cos(math.pi / 2 * (step + 1) / steps) * start))
-        if still > 0:
-            confidence = torch.where(masked, confidence, torch.full_like(confidence, math.inf)).view(b, -1)
-            threshold = confidence.sort(dim=1).values[:, still - 1 : still]
-            again = (confidence <= threshold) & masked.view(b, -1)
-            x = torch.where(again.view(b, ART, ART), torch.full_like(x, k), x)
+        still = [int(math.floor(math.cos(math.pi / 2 * (step + 1) / steps) * n)) for n in start]
+        if max(still) > 0:
+            x = _remask(x, masked, confidence, still, k)
     return x
 
 
-def _scores(model: Pixel24Model, x: torch.Tensor, conditions: torch.Tensor, generators: list[torch.Generator], guidance: float) -> torch.Tensor:
-    """(B, 24, 24): each pixel's log-probability of its own colour, with it and a random 1/CRITIC_GROUPS of the image masked."""
-    k = len(model.palette)
+def components(x: torch.Tensor) -> torch.Tensor:
+    """(B, 24, 24) long: each pixel's 4-connected area of one colour, named by its first pixel's flat index."""
+    b = len(x)
+    label = torch.arange(PIXELS).expand(b, PIXELS).reshape(b, ART, ART).clone()
+    none = torch.full_like(label, PIXELS)
+    while True:
+        best = label.clone()
+        for dim, shift in ((1, 1), (1, -1), (2, 1), (2, -1)):
+            same = x == x.roll(shift, dim)
+            edge = torch.zeros_like(same)  # roll wraps around: the first row (column) has no neighbour above (left), the last none below (right)
+            edge.select(dim, 0 if shift == 1 else ART - 1).fill_(True)
+            best = torch.minimum(best, torch.where(same & ~edge, label.roll(shift, dim), none))
+        if torch.equal(best, label):
+            return label
+        label = best
+
+
+def _scores(model: Pixel24Model, x: torch.Tensor, conditions: torch.Tensor, generators: list[torch.Generator], guidance: float,
+            component_limit: int = 0) -> torch.Tensor:
+    """(B, 24, 24): each pixel's log-probability of its own colour, with it and a random 1/CRITIC_GROUPS of the image masked.
+
+    ``component_limit`` > 0: a one-colour area of at most that many pixels is masked whole (and its pixels share
+    the area's mean score), so a blotch of wrong pixels cannot vouch for itself; larger areas go pixel by pixel.
+    """
+    k, b = len(model.palette), len(generators)
     groups = torch.stack([torch.randint(CRITIC_GROUPS, (ART, ART), generator=g) for g in generators])
+    if component_limit:
+        label = components(x).view(b, -1)
+        size = torch.zeros(b, PIXELS, dtype=torch.long).scatter_add_(1, label, torch.ones_like(label))
+        small = (size.gather(1, label) <= component_limit).view(b, ART, ART)
+        # an area takes the group its naming pixel drew: all of its pixels are masked together
+        groups = torch.where(small, groups.view(b, -1).gather(1, label).view(b, ART, ART), groups)
     scores = torch.zeros(x.shape)
     for group in range(CRITIC_GROUPS):
         hidden = groups == group
         logp = _logits(model, torch.where(hidden, torch.full_like(x, k), x), conditions, guidance).log_softmax(dim=-1)
         scores = torch.where(hidden, logp.gather(-1, x[..., None])[..., 0], scores)
+    if component_limit:
+        mean = torch.zeros(b, PIXELS).scatter_add_(1, label, scores.view(b, -1)) / size.clamp(min=1)
+        scores = torch.where(small, mean.gather(1, label).view(b, ART, ART), scores)
     return scores
+
+
+def _allowed_colours(x: torch.Tensor, k: int, rare: int) -> torch.Tensor:
+    """(B, K) bool: the colours each image of ``x`` uses on more than ``rare`` pixels (those refinement may draw), and
+    always its commonest colour (an image whose colours are all rare still has one to draw)."""
+    b = len(x)
+    counts = torch.zeros(b, k, dtype=torch.long).scatter_add_(1, x.view(b, -1), torch.ones(b, PIXELS, dtype=torch.long))
+    return (counts > rare) | (counts == counts.max(dim=1, keepdim=True).values)
 
 
 @torch.no_grad()
 def _unmask(model: Pixel24Model, conditions: torch.Tensor, generators: list[torch.Generator], steps: int, guidance: float, temperature: float, *,
-            refine_rounds: int, refine_share: float, refine_steps: int, refine_temperature: float) -> torch.Tensor:
+            refine_rounds: int, refine_share: float, refine_steps: int, refine_temperature: float, refine_components: int = 0,
+            refine_rare_colours: int = 0) -> torch.Tensor:
     """(B, 24, 24) palette indices for one batch: MaskGIT, then ``refine_rounds`` rounds of re-drawing the least likely pixels."""
     k, b = len(model.palette), len(generators)
     x = _fill(model, torch.full((b, ART, ART), k, dtype=torch.long), conditions, generators, steps, guidance, temperature, CHOICE_NOISE)
     redraw = int(round(refine_share * PIXELS))
     for _ in range(refine_rounds if redraw and refine_steps else 0):
         # The least likely `redraw` pixels of each image (ties by position: exactly that many) are masked and drawn again.
-        least = _scores(model, x, conditions, generators, guidance).view(b, -1).argsort(dim=1, stable=True)[:, :redraw]
-        again = torch.zeros(b, PIXELS, dtype=torch.bool).scatter_(1, least, True).view(b, ART, ART)
-        x = _fill(model, torch.where(again, torch.full_like(x, k), x), conditions, generators, refine_steps, guidance, refine_temperature, 0.0)
+        least = _scores(model, x, conditions, generators, guidance, refine_components).view(b, -1).argsort(dim=1, stable=True)[:, :redraw]
+        again = torch.zeros(b, PIXELS, dtype=torch.bool).scatter_(1, least, True)
+        allowed = None
+        if refine_rare_colours:  # colours on at most that many pixels of an image are re-drawn too, from the image's other colours only
+            allowed = _allowed_colours(x, k, refine_rare_colours)
+            again |= ~allowed.gather(1, x.view(b, -1))
+        x = _fill(model, torch.where(again.view(b, ART, ART), torch.full_like(x, k), x), conditions, generators, refine_steps, guidance,
+                  refine_temperature, 0.0, allowed)
     return x
+
+
+def _backgrounds(model: Pixel24Model, text: torch.Tensor, generators: list[torch.Generator], guidance: float, temperature: float) -> torch.Tensor:
+    """(B,) palette indices: each image's background colour drawn from the background head, guided like the pixels.
+
+    ``text`` holds the captioned vectors, then (when guided) the empty-caption ones.
+    """
+    logits = model.net.background_logits(text, model.lab).float().cpu()
+    if guidance != 1.0:
+        cond, uncond = logits.chunk(2)
+        logits = uncond + guidance * (cond - uncond)
+    noise = _gumbel((len(model.palette),), generators)
+    return (logits.log_softmax(dim=-1) / max(temperature, 1e-4) + noise).argmax(dim=-1)
+
+
+def _conditions(model: Pixel24Model, conds: list[Phrases], generators: list[torch.Generator], guidance: float, background_temperature: float) -> torch.Tensor:
+    """The U-Net's conditioning for one batch (captioned, then empty-caption when guided); a model with a background
+    head draws each image's background colour first, the same for both halves."""
+    text = model.net.text(conds)
+    if not model.net.has_background:
+        return text
+    background = _backgrounds(model, text, generators, guidance, background_temperature).to(model.device)
+    if guidance != 1.0:
+        background = torch.cat([background, background])
+    return model.net.condition(text, background, model.lab)
 
 
 def sample(model: Pixel24Model, prompts: list[str], seeds: list[int], **options: float) -> list[list[np.ndarray]]:
     """``images[prompt][seed]`` as (24, 24, 3) uint8 palette colours; a (prompt, seed) pair always gives the same image.
 
-    ``refine_rounds`` rounds each re-draw the ``refine_share`` least likely pixels (0: plain MaskGIT).
+    ``options`` are :func:`sample_pairs`'s.
     """
     flat = sample_pairs(model, [(p, s) for p in prompts for s in seeds], **options)
     return [flat[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(prompts))]
@@ -128,24 +217,35 @@ def sample(model: Pixel24Model, prompts: list[str], seeds: list[int], **options:
 
 @torch.no_grad()
 def sample_pairs(model: Pixel24Model, pairs: list[tuple[str, int]], *, steps: int, guidance_scale: float, temperature: float,
-                 refine_rounds: int = 0, refine_share: float = 0.1, refine_steps: int = 4, refine_temperature: float = 0.3) -> list[np.ndarray]:
-    """The image of each (prompt, seed) pair, in order, drawn SAMPLE_BATCH at a time whatever their prompts."""
+                 refine_rounds: int = 0, refine_share: float = 0.1, refine_steps: int = 4, refine_temperature: float = 0.3, refine_components: int = 0,
+                 refine_rare_colours: int = 0, background_temperature: float = 1.0, batch: int = SAMPLE_BATCH) -> list[np.ndarray]:
+    """The image of each (prompt, seed) pair, in order, drawn ``batch`` at a time whatever their prompts.
+
+    ``refine_rounds`` rounds each re-draw the ``refine_share`` least likely pixels (0: plain MaskGIT); ``refine_components``
+    > 0 scores and re-draws one-colour areas up to that size whole; ``refine_rare_colours`` > 0 also re-draws the pixels of
+    colours that cover at most that many pixels of an image, from the image's other colours. A model with a background head
+    first draws each image's background colour (at ``background_temperature``). Every batch is padded to ``batch`` images
+    (fixed, so an image never depends on its batch-mates).
+    """
     if steps < 1:
         raise UserError(f"sample: steps must be at least 1, got {steps}")
+    if batch < 1:
+        raise UserError(f"sample: batch must be at least 1, got {batch}")
     if not pairs:
         return []
     model.eval()
     encoded = {prompt: encode_prompt(model, prompt)[0] for prompt in dict.fromkeys(p for p, _ in pairs)}
     out: list[np.ndarray] = []
-    for start in range(0, len(pairs), SAMPLE_BATCH):
-        chunk = pairs[start : start + SAMPLE_BATCH]
-        padded = chunk + [chunk[0]] * (SAMPLE_BATCH - len(chunk))
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start : start + batch]
+        padded = chunk + [chunk[0]] * (batch - len(chunk))
         generators = [torch.Generator().manual_seed(int(seed)) for _, seed in padded]
         conds = [encoded[prompt] for prompt, _ in padded]
         if guidance_scale != 1.0:
             conds = conds + [[] for _ in padded]
-        conditions = model.net.text(conds)
+        conditions = _conditions(model, conds, generators, guidance_scale, background_temperature)
         indices = _unmask(model, conditions, generators, steps, guidance_scale, temperature, refine_rounds=refine_rounds, refine_share=refine_share,
-                          refine_steps=refine_steps, refine_temperature=refine_temperature)
+                          refine_steps=refine_steps, refine_temperature=refine_temperature, refine_components=refine_components,
+                          refine_rare_colours=refine_rare_colours)
         out += [model.palette[idx.numpy()] for idx in indices[: len(chunk)]]
     return out

@@ -16,8 +16,9 @@ MAX_PIXEL24_PARAMETERS = 200_000_000
 TRAINING_BYTES_PER_PARAMETER = 20
 
 
-def unet_parameters(channels: list[int], layers: int, in_channels: int = 3, out_channels: int = 3) -> int:
-    """Parameters of pixel24's UNet2DModel (diffusers' layout), counted from the settings alone."""
+def unet_parameters(channels: list[int], layers: int, in_channels: int = 3, out_channels: int = 3, attention_levels: int = 1) -> int:
+    """Parameters of pixel24's UNet2DModel (diffusers' layout), counted from the settings alone (the lowest
+    ``attention_levels`` levels attend)."""
     t = channels[0] * 4  # time-embedding width
 
     def resnet(cin, cout):
@@ -33,10 +34,11 @@ def unet_parameters(channels: list[int], layers: int, in_channels: int = 3, out_
     n = 9 * in_channels * channels[0] + channels[0]  # conv_in
     n += channels[0] * t + t + t * t + t  # time embedding
     last = len(channels) - 1
+    attended = min(attention_levels, len(channels))
     cin = channels[0]
     for i, c in enumerate(channels):  # down blocks
         for j in range(layers):
-            n += resnet(cin if j == 0 else c, c) + (attention(c) if i == last else 0)
+            n += resnet(cin if j == 0 else c, c) + (attention(c) if i > last - attended else 0)
         n += 0 if i == last else resample(c)
         cin = c
     c = channels[-1]
@@ -48,17 +50,37 @@ def unet_parameters(channels: list[int], layers: int, in_channels: int = 3, out_
         skip_in = rev[min(i + 1, last)]
         for j in range(layers + 1):
             skip = skip_in if j == layers else c
-            n += resnet((prev if j == 0 else c) + skip, c) + (attention(c) if i == 0 else 0)
+            n += resnet((prev if j == 0 else c) + skip, c) + (attention(c) if i < attended else 0)
         n += 0 if i == last else resample(c)
     n += 2 * channels[0] + 9 * channels[0] * out_channels + out_channels  # norm_out, conv_out
     return n
 
 
+def background_head_parameters(channels: list[int], in_channels: int, out_channels: int) -> int:
+    """Parameters of the optional background head (model.Pixel24Net): two layers on the caption vector, and the
+    chosen colour's embedding into the conditioning; as wide as the time embedding, so it counts toward the cap."""
+    t = channels[0] * 4
+    return (t * t + t) + (t * out_channels + out_channels) + (in_channels * t + t)
+
+
+# Settings version 2 of pixel24.json lacked. At their defaults they build and draw exactly as version 2 did; a run
+# that sets any of them writes pixel24.json version 3 (model.model_config), which versions reading only 2 refuse.
+VERSION_3_FIELDS = ("attention_levels", "background_head", "background_loss_weight", "recolour_background",
+                    "refine_components", "refine_rare_colours", "background_temperature", "sample_batch")
+# The version-3 settings that are sampler options, by their keyword in sampling.sample.
+SAMPLER_OPTIONS = {"refine_components": "refine_components", "refine_rare_colours": "refine_rare_colours",
+                   "background_temperature": "background_temperature", "sample_batch": "batch"}
+
+
 class Pixel24Settings(_Strict):
     """The native 24×24 model: masked discrete diffusion over a palette of the artist's own colours (trains on a CPU)."""
 
-    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=2, max_length=4, description="U-Net channel widths per resolution level (24 → 12 → 6); attention only at the lowest level. Each must be a multiple of 8. Measured on 2 CPU cores: more steps beat more width for a fixed time.")
+    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=2, max_length=4, description="U-Net channel widths per resolution level (24 → 12 → 6); attention at the lowest level (more with attention_levels). Each must be a multiple of 8. Measured on 2 CPU cores: more steps beat more width for a fixed time.")
     layers_per_block: int = Field(1, ge=1, le=4, description="ResNet layers per U-Net block.")
+    attention_levels: int = Field(1, ge=1, le=4, description="Version 3. How many of the lowest U-Net levels have self-attention: 1 = only 6×6 (version 2's model), 2 = 12×12 too, so pixels far apart at full resolution can agree (costs time per step); more than the levels block_out_channels has is all of them. Anything but 1 makes pixel24.json version 3, and a base with another value is refused.")
+    background_head: bool = Field(False, description="Version 3. Give the model a background head: a small network predicts the picture's background colour (its outer ring's commonest colour) from the caption, that colour is drawn first when sampling and the U-Net is told it, so the whole background is one colour that follows the caption. Off = version 2's model, which sees the whole picture only at 6×6 and left backgrounds patchy. A base without a head gets a new one (the rest of the base is kept).")
+    background_loss_weight: float = Field(0.2, ge=0, le=10, description="Version 3, with background_head only. Weight of the background head's cross-entropy beside the pixels' (one background colour per image against hundreds of masked pixels); the loss log shows the pixels' part alone, on the held-out loss's scale.")
+    recolour_background: float = Field(0.0, ge=0, le=1, description="Version 3, with background_head only. Share of training images whose background (the outer ring's commonest colour and the pixels of that colour touching it) is repainted in the background colour of another training image, the U-Net told the new colour: it learns any background with any figure, where the artist's few images pair each figure with one. The head still learns only from the true caption–colour pairs. 0 = off.")
     colour_dim: int = Field(32, ge=8, le=512, description="Width of the embedding each pixel's colour (or the mask) enters the U-Net as; computed from the colour's CIELAB values, so any palette works.")
     feature_dim: int = Field(64, ge=8, le=512, description="Width of the per-pixel vector the U-Net returns; a palette colour's logit is its dot product with that colour's output embedding.")
     palette_size: int = Field(256, ge=2, le=1024, description="Colours the model may draw, learned from the training images (their exact colours when there are this few). Measured on the 184 Bespoke Punks: 256 colours keep every pixel a mean ΔE76 of 3.1 from its own colour, 512 → 1.6, 128 → 4.9.")
@@ -86,12 +108,27 @@ class Pixel24Settings(_Strict):
     refine_share: float = Field(0.1, gt=0, le=0.5, description="Share of each image's pixels re-drawn per refinement round (measured: 0.1 and 0.15 read alike, 0.25 no better).")
     refine_steps: int = Field(4, ge=1, le=64, description="Unmasking steps that re-draw the refined pixels.")
     refine_temperature: float = Field(0.3, gt=0, le=5, description="Sampling temperature of the re-drawn pixels (lower than `temperature`: they should agree with their surroundings).")
+    refine_components: int = Field(0, ge=0, le=576, description="Version 3. Refine by connected component: an area of one colour of at most this many pixels is scored and re-drawn whole (a blotch of wrong pixels props itself up when each of its pixels is scored with the others shown); larger areas are scored per pixel. 0 = per pixel only (version 2).")
+    refine_rare_colours: int = Field(0, ge=0, le=64, description="Version 3. Refinement also re-draws the pixels of every colour that covers at most this many pixels of an image, and every re-drawn pixel takes one of the image's other colours (the real punks have a median of one colour on a single pixel; stray one-off colours raise that count). 0 = off (version 2).")
+    background_temperature: float = Field(1.0, gt=0, le=5, description="Version 3, with background_head only. Sampling temperature of the background colour the head draws before any pixel (guided like the pixels): lower keeps to the colour the caption names most often.")
+    sample_batch: int = Field(16, ge=1, le=1024, description="Version 3. Images per forward pass when drawing. Fixed per run, so a seed's image never depends on its batch-mates; another value changes the pixels slightly (CPU kernels round differently), so version 2 runs keep 16. Larger batches draw faster on a GPU.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Training seed (weights, data order, masks; 0 to 2**32-1).")
 
     def sampler_options(self) -> dict[str, Any]:
-        """The keyword arguments ``pixel24.sample`` draws with under these settings (also recorded with the samples)."""
-        return {"steps": self.sample_steps, "guidance_scale": self.guidance_scale, "temperature": self.temperature, "refine_rounds": self.refine_rounds,
-                "refine_share": self.refine_share, "refine_steps": self.refine_steps, "refine_temperature": self.refine_temperature}
+        """The keyword arguments ``pixel24.sample`` draws with under these settings (also recorded with the samples).
+
+        Version 3's sampler parts only when set: their defaults draw as version 2 did, and a version-2 run's record stays as it was.
+        """
+        options = {"steps": self.sample_steps, "guidance_scale": self.guidance_scale, "temperature": self.temperature, "refine_rounds": self.refine_rounds,
+                   "refine_share": self.refine_share, "refine_steps": self.refine_steps, "refine_temperature": self.refine_temperature}
+        parts = self.version_3_parts()
+        options.update({SAMPLER_OPTIONS[name]: parts[name] for name in SAMPLER_OPTIONS if name in parts})
+        return options
+
+    def version_3_parts(self) -> dict[str, Any]:
+        """The version-3 settings these settings use (those not at their defaults), by name; empty for a version-2 model."""
+        fields = type(self).model_fields
+        return {name: getattr(self, name) for name in VERSION_3_FIELDS if getattr(self, name) != fields[name].default}
 
     @field_validator("block_out_channels")
     @classmethod
@@ -103,7 +140,9 @@ class Pixel24Settings(_Strict):
 
     @model_validator(mode="after")
     def _fits_in_memory(self) -> "Pixel24Settings":
-        n = unet_parameters(self.block_out_channels, self.layers_per_block, self.colour_dim, self.feature_dim)
+        n = unet_parameters(self.block_out_channels, self.layers_per_block, self.colour_dim, self.feature_dim, self.attention_levels)
+        if self.background_head:
+            n += background_head_parameters(self.block_out_channels, self.colour_dim, self.feature_dim)
         if n > MAX_PIXEL24_PARAMETERS:
             raise ValueError(
                 f"block_out_channels {self.block_out_channels} with layers_per_block {self.layers_per_block} make a U-Net of about "

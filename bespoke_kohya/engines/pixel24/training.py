@@ -5,6 +5,11 @@ u ~ U(0, 1), mask that share of its pixels at random, and minimise cross-entropy
 masked pixels only. Horizontal flips (on by default) double the artist's data without
 changing the style: Bespoke Punks face the viewer.
 
+With a background head (version 3, ``pixel24.background_head``), each image's background colour
+(its outer ring's commonest colour) is told to the U-Net and the head learns it from the caption;
+``recolour_background`` repaints some training backgrounds in another image's colour, so any
+background goes with any figure.
+
 A run is sized in optimiser steps, not epochs: ``pixel24.steps`` is the same amount of
 learning for 20 punks or 500; ``pixel24.epochs`` only says how many checkpoints the
 report compares (one every steps/epochs steps).
@@ -46,8 +51,8 @@ from ...paths import ART, cache_dir
 from .settings import Pixel24Preset, Pixel24Settings
 from ...runfolder import CHECKPOINTS
 from ...runfolder.records import LossLog, LossRow, ValidationRow, read_loss, read_validation, write_validation
-from .model import (CONFIG_NAME, STEM, Pixel24Model, build_model, checkpoint_name, load_checkpoint, load_weights, model_config, read_config,
-                    read_weights, save_checkpoint, write_config)
+from .model import (CONFIG_NAME, STEM, Pixel24Model, Pixel24Net, build_model, checkpoint_name, load_checkpoint, load_weights, model_config,
+                    read_config, read_weights, save_checkpoint, write_config)
 from . import files
 from .palette import build_palette, to_indices
 from .text import Phrases, build_vocab, encode_caption
@@ -153,12 +158,36 @@ def _mask(ratio: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (rank < (ratio * PIXELS).ceil()[:, None]).view(-1, ART, ART)
 
 
-def _masked_loss(model: Pixel24Model, x0: torch.Tensor, masked: torch.Tensor, ratio: torch.Tensor, conds: list[Phrases], label_smoothing: float) -> torch.Tensor:
-    """Cross-entropy of the model's guesses for the masked pixels of ``x0`` (palette indices), given the rest and the captions."""
+def background_indices(indices: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """((N,) each image's background colour: its outer ring's commonest palette index, (N, 24, 24) bool: the pixels of
+    that colour connected to the ring), as :func:`bespoke_kohya.metrics.background_mask` finds them."""
+    from ...metrics import background_mask
+
+    if not len(indices):
+        return np.zeros(0, np.int64), np.zeros((0, ART, ART), bool)
+    masks = np.stack([background_mask(palette[im]) for im in indices])
+    ring = np.concatenate([indices[:, 0], indices[:, -1], indices[:, 1:-1, 0], indices[:, 1:-1, -1]], axis=1)
+    # the ring's commonest index, ties to the lowest (as metrics' border mode, which sorts colours)
+    colours = np.array([np.bincount(r).argmax() for r in ring], np.int64)
+    return colours, masks
+
+
+def _masked_loss(model: Pixel24Model, x0: torch.Tensor, masked: torch.Tensor, ratio: torch.Tensor, conds: list[Phrases], label_smoothing: float,
+                 background: torch.Tensor | None = None, head_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss to minimise, its pixel part): cross-entropy of the model's guesses for the masked pixels of ``x0`` (palette
+    indices) given the rest, the captions and (with a background head) each image's ``background`` colour; plus, weighted
+    per image by ``head_weight``, the head's cross-entropy on that colour."""
     dev, k = model.device, len(model.palette)
     x0, masked, ratio = x0.to(dev), masked.to(dev), ratio.to(dev)
-    logits = model.net(torch.where(masked, torch.full_like(x0, k), x0), ratio, model.net.text(conds), model.lab)
-    return F.cross_entropy(logits.permute(0, 2, 3, 1)[masked], x0[masked], label_smoothing=label_smoothing)
+    text = model.net.text(conds)
+    if background is not None:
+        background = background.to(dev)
+    logits = model.net(torch.where(masked, torch.full_like(x0, k), x0), ratio, model.net.condition(text, background, model.lab), model.lab)
+    pixels = F.cross_entropy(logits.permute(0, 2, 3, 1)[masked], x0[masked], label_smoothing=label_smoothing)
+    if head_weight is None or background is None or not model.net.has_background:
+        return pixels, pixels
+    head = F.cross_entropy(model.net.background_logits(text, model.lab), background, reduction="none")
+    return pixels + (head * head_weight.to(dev)).mean(), pixels
 
 
 @torch.no_grad()
@@ -169,6 +198,7 @@ def heldout_loss(model: Pixel24Model, indices: np.ndarray, captions: list[Phrase
     """
     gen = torch.Generator().manual_seed(VALIDATION_SEED)
     x0 = torch.from_numpy(indices).long()
+    background = torch.from_numpy(background_indices(indices, model.palette)[0]) if model.net.has_background else None
     was_training = model.net.training
     model.net.eval()
     try:
@@ -180,7 +210,8 @@ def heldout_loss(model: Pixel24Model, indices: np.ndarray, captions: list[Phrase
             for i in range(0, len(x0), VALIDATION_BATCH):
                 part = slice(i, i + VALIDATION_BATCH)
                 # Every image masks the same number of pixels, so a batch's mean weighs by its image count.
-                total += _masked_loss(model, x0[part], masked[part], ratio[part], captions[part], label_smoothing).item() * len(x0[part])
+                bg = None if background is None else background[part]
+                total += _masked_loss(model, x0[part], masked[part], ratio[part], captions[part], label_smoothing, bg)[1].item() * len(x0[part])
             per_ratio.append(total / len(x0))
     finally:
         model.net.train(was_training)
@@ -200,6 +231,11 @@ class Loop:
         self.gen = torch.Generator().manual_seed(settings.seed)
         self.step = 0
         self._order: list[int] = []
+        self.background: torch.Tensor | None = None  # (N,) each image's background colour, with a background head
+        self.background_mask: torch.Tensor | None = None  # (N, 24, 24) its background pixels
+        if model.net.has_background:
+            colours, masks = background_indices(indices, model.palette)
+            self.background, self.background_mask = torch.from_numpy(colours), torch.from_numpy(masks)
 
     def _batch(self) -> list[int]:
         while len(self._order) < self.schedule.batch_size:
@@ -207,16 +243,37 @@ class Loop:
         batch, self._order = self._order[: self.schedule.batch_size], self._order[self.schedule.batch_size :]
         return batch
 
-    def _loss(self, batch: list[int]) -> torch.Tensor:
+    def _loss(self, batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss to minimise, its pixel part) of one batch; the random draws of a version-2 model are exactly version 2's."""
         s = self.s
         x0 = self.indices[batch]
-        if s.flip:
-            flip = torch.rand(len(batch), generator=self.gen) < 0.5
+        flip = torch.rand(len(batch), generator=self.gen) < 0.5 if s.flip else None
+        if flip is not None:
             x0 = torch.where(flip[:, None, None], x0.flip(-1), x0)
+        background = head_weight = None
+        if self.background is not None:
+            x0, background, head_weight = self._backgrounds(batch, x0, flip)
         dropped = (torch.rand(len(batch), generator=self.gen) < s.cond_dropout).tolist()
         conds = [[] if d else _drop_phrases(self.captions[i], s.phrase_dropout, self.gen) for i, d in zip(batch, dropped)]
         ratio = torch.cos(torch.rand(len(batch), generator=self.gen) * math.pi / 2).clamp(min=1.0 / PIXELS)
-        return _masked_loss(self.model, x0, _mask(ratio, self.gen), ratio, conds, s.label_smoothing)
+        return _masked_loss(self.model, x0, _mask(ratio, self.gen), ratio, conds, s.label_smoothing, background, head_weight)
+
+    def _backgrounds(self, batch: list[int], x0: torch.Tensor, flip: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images, their background colours, the head's weight per image) for a batch, with ``recolour_background`` of the
+        backgrounds repainted in another training image's colour; the head is not taught those pairs."""
+        assert self.background is not None and self.background_mask is not None
+        s = self.s
+        background, region = self.background[batch], self.background_mask[batch]
+        head_weight = torch.full((len(batch),), s.background_loss_weight)
+        if flip is not None:
+            region = torch.where(flip[:, None, None], region.flip(-1), region)
+        if s.recolour_background > 0:
+            repaint = torch.rand(len(batch), generator=self.gen) < s.recolour_background
+            other = self.background[torch.randint(len(self.background), (len(batch),), generator=self.gen)]
+            background = torch.where(repaint, other, background)
+            x0 = torch.where(repaint[:, None, None] & region, background[:, None, None], x0)
+            head_weight = torch.where(repaint, torch.zeros_like(head_weight), head_weight)
+        return x0, background, head_weight
 
     def run(self, until: int, on_step: Callable[[int, float, float], None] | None = None, should_stop: Callable[[], bool] | None = None) -> bool:
         """Step up to ``until``; False when ``should_stop`` ended it early."""
@@ -227,7 +284,7 @@ class Loop:
             lr = _lr(self.schedule, self.step)
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            loss = self._loss(self._batch())
+            loss, pixels = self._loss(self._batch())
             if not torch.isfinite(loss):
                 raise UserError(f"pixel24: loss became {loss.item()} at step {self.step + 1}; lower pixel24.learning_rate (now {self.schedule.learning_rate:g})")
             self.opt.zero_grad(set_to_none=True)
@@ -240,7 +297,7 @@ class Loop:
                     torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - decay)
             self.step += 1
             if on_step is not None:
-                on_step(self.step, loss.item(), lr)
+                on_step(self.step, pixels.item(), lr)  # the pixels' loss: on the held-out loss's scale (and version 2's)
         return True
 
     @contextmanager
@@ -298,7 +355,13 @@ def base_key(settings: Pixel24Settings) -> str:
 
     shaping = {k: getattr(settings, k) for k in ("block_out_channels", "layers_per_block", "colour_dim", "feature_dim", "text_dim", "palette_size",
                                                   "base_steps", "base_batch_size", "base_learning_rate", "seed", "cond_dropout", "phrase_dropout", "flip", "label_smoothing")}
-    shaping.update(format=FORMAT_VERSION, standin_seed=DEFAULT_SEED)
+    # Version 3's settings join the key only when they shape the model, so a version-2 base keeps its key (and its cache).
+    extra: dict[str, Any] = {}
+    if settings.attention_levels != 1:
+        extra["attention_levels"] = settings.attention_levels
+    if settings.background_head:
+        extra.update(background_head=True, background_loss_weight=settings.background_loss_weight, recolour_background=settings.recolour_background)
+    shaping.update(extra, format=FORMAT_VERSION if extra else 2, standin_seed=DEFAULT_SEED)
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -383,7 +446,7 @@ def _start_model(settings: Pixel24Settings, data: TrainingSet, on_base: Progress
     source = ensure_base(settings, on_base, should_stop) if settings.base == "standin" else _resolve_base_path(settings.base)
     base = load_checkpoint(source, device="cpu")
     ours, theirs = model_config(settings, [], palette)["unet"], base.config["unet"]
-    for key in ("block_out_channels", "layers_per_block", "in_channels", "out_channels"):
+    for key in ("block_out_channels", "layers_per_block", "in_channels", "out_channels", "down_block_types"):
         if ours[key] != theirs[key]:
             raise UserError(f"pixel24.base {source}: the base has {key} = {theirs[key]!r} but the preset says {ours[key]!r}; use the base's settings or pixel24.base = \"none\"")
     vocab = build_vocab(data.captions, settings.vocab_min_count, base=base.vocab)
@@ -392,8 +455,23 @@ def _start_model(settings: Pixel24Settings, data: TrainingSet, on_base: Progress
         notes.append(f"base: {len(vocab) - len(base.vocab)} new caption words added to its {len(base.vocab)}-word vocabulary")
     config = model_config(settings, vocab, palette)
     config["base"] = str(source)
-    model = Pixel24Model(net=base.net, vocab=vocab, palette=palette, config=config, device=torch.device("cpu"))
+    net = base.net
+    if settings.background_head != net.has_background:
+        net = _with_head(base.net, config, len(vocab), settings)
+        notes.append(f"base: {'a new background head added' if settings.background_head else 'its background head left out'}")
+    model = Pixel24Model(net=net, vocab=vocab, palette=palette, config=config, device=torch.device("cpu"))
     return model, notes
+
+
+def _with_head(base: Pixel24Net, config: dict[str, Any], vocab_size: int, settings: Pixel24Settings) -> Pixel24Net:
+    """A network for ``config`` holding ``base``'s weights: a base without a background head gets a new one (from
+    the seed), a base with one loses it."""
+    torch.manual_seed(settings.seed)
+    net = Pixel24Net(config, vocab_size)
+    missing, unexpected = net.load_state_dict(base.state_dict(), strict=False)
+    if any(not key.startswith("background_") for key in [*missing, *unexpected]):
+        raise UserError(f"pixel24.base: its weights do not fit this preset's model beside the background head ({[*missing, *unexpected][:3]}); use pixel24.base = \"none\"")
+    return net
 
 
 # ------------------------------------------------------------------ a run

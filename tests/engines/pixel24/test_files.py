@@ -80,3 +80,54 @@ def test_drawing_a_few_seeds_at_a_time_gives_the_same_pixels(trained: Path) -> N
     parts = [pixel24.sample(model, prompts, chunk, **options) for chunk in chunks]
     for p in range(len(prompts)):
         assert all(np.array_equal(a, b) for a, b in zip(whole[p], [img for part in parts for img in part[p]], strict=True))
+
+
+# ------------------------------------------------------------------ version 3's parts in pixel24.json
+
+V3 = {"block_out_channels": [16, 32], "text_dim": 16, "colour_dim": 8, "feature_dim": 16, "palette_size": 8,
+      "attention_levels": 2, "background_head": True, "recolour_background": 0.5, "refine_components": 8, "sample_batch": 4}
+
+
+def v3_config() -> dict:
+    palette = np.random.default_rng(0).integers(0, 256, (8, 3)).astype(np.uint8)
+    return json.loads(json.dumps(pixel24.model_config(Pixel24Settings(**V3), ["<reserved>", "lady", "lad"], palette)))  # as read from disk
+
+
+def test_a_version_3_config_passes_the_checks() -> None:
+    config = v3_config()
+    assert config["version"] == 3 and config["background"] == {"head": True}
+    assert files.check_config(Path("pixel24.json"), config, unet_config) is config
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["settings"].update(attention_levels=9), r"settings\.attention_levels: Input should be less than or equal to 4"),
+    (lambda c: c["settings"].update(attention_levels=1), r"unet\.down_block_types: .* is not what these widths build"),
+    (lambda c: c["settings"].update(sample_batch=0), r"settings\.sample_batch: Input should be greater than or equal to 1"),
+    (lambda c: c["settings"].update(refine_rare_colours=65), r"settings\.refine_rare_colours: Input should be less than or equal to 64"),
+    (lambda c: c["settings"].update(recolour_background="lots"), r"settings\.recolour_background: Input should be a valid number"),
+    (lambda c: c["settings"].update(background_loss_weight=11), r"settings\.background_loss_weight: Input should be less than or equal to 10"),
+    (lambda c: c["settings"].update(background_temperature=0), r"settings\.background_temperature: Input should be greater than 0"),
+    (lambda c: c.update(background={"head": False}), r"background\.head: Input should be True"),
+    (lambda c: c.update(background={"head": True, "layers": 9}), r"background\.layers: Extra inputs are not permitted"),
+    (lambda c: c.pop("background"), r"background: the file has no background head but settings\.background_head is True"),
+    (lambda c: c.update(version=2), r"settings\.attention_levels: 2 is a version-3 setting in a version-2 pixel24\.json"),
+    (lambda c: c.update(version="3"), r"version: Input should be 2 or 3"),
+    (lambda c: c["unet"].update(block_out_channels=[1024, 512]), r"unet\.block_out_channels: .* million parameters"),  # with 2 attention levels and a head
+])
+def test_tampered_version_3_parts_are_one_line(change, message: str) -> None:
+    config = v3_config()
+    change(config)
+    with pytest.raises(UserError, match=message) as err:
+        files.check_config(Path("pixel24.json"), config, unet_config)
+    assert "\n" not in str(err.value) and str(err.value).startswith("pixel24.json: ")
+
+
+def test_the_parameter_cap_counts_attention_levels_and_the_background_head() -> None:
+    from bespoke_kohya.engines.pixel24.settings import background_head_parameters
+
+    wide = {"block_out_channels": [1024, 512], "layers_per_block": 1}
+    Pixel24Settings(**wide)  # about 193 million parameters: under the cap
+    for more in ({"attention_levels": 2}, {"background_head": True}):  # about 206 and 210 million
+        with pytest.raises(ValueError, match="million parameters"):
+            Pixel24Settings(**wide, **more)
+    assert background_head_parameters([16, 32], 8, 16) == 64 * 64 + 64 + 64 * 16 + 16 + 8 * 64 + 64

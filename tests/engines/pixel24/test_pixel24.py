@@ -480,3 +480,203 @@ def test_resume_with_a_damaged_config_is_one_line(sixteen: Path, tmp_path: Path)
     (tmp_path / "checkpoints" / "pixel24.json").write_text("{not json")
     with pytest.raises(UserError, match="pixel24.json: not valid JSON"):
         pixel24.train(tiny_preset(steps=4, epochs=2), sixteen, tmp_path, device="cpu")
+
+
+# ------------------------------------------------------------------ version 3: background head, components, attention; version 2 kept
+
+# What 3b426a3 (the last commit before version 3 on this layout) trains and draws, computed by running its code on the
+# `trained` fixture's run (tiny_preset() on `sixteen`) and on a seed-0 model; torch 2.13.0+cpu, x86_64, 2 threads.
+BASE_CHECKPOINT_SHA256 = "451265dc5f560aa5b2fd2357b31168d30f31ed117dff30a364d25ec7671090e3"  # pixel24-000002.safetensors, byte for byte
+BASE_SETTINGS_SHA256 = "ecfd49702016a69fd53a361a44a051be2d43be3eca42734d15f8e1fc874fc1ca"  # pixel24.json's settings, json.dumps(sort_keys=True)
+BASE_SAMPLES_SHA256 = "52de309122c37f39d55addebc5f600849a2fa8f5b979820cc7b6a73176791c08"  # sample(), the preset's sampler_options()
+BASE_PAIRS_SHA256 = "a753201abd7b2c54c62058602fcffad1470157e7a25fa41a889d0269f6e3f5cb"  # sample_pairs(), 20 pairs: two batches
+V2_SAMPLES_SHA256 = "f9101b91cf38e02e965c717f6c7c5aa79e44dbf7016f254ba5b5cc9754b50e05"  # the seed-0 model below (fc13de0 drew the same)
+V2_KEYS_SHA256 = "d98aa7dcdbbb2e9d390f35fc0adc31941f56e03e1b14889776252d6abeb58c12"
+BASE_PROMPTS = ["lady, green background", "lad, hair"]
+PAIRS = [(p, s) for s in range(10) for p in ("lady, green background", "lad, blue background, cap")]
+
+
+def _digest(images: list[np.ndarray]) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.stack(images).tobytes()).hexdigest()
+
+
+def _pinned() -> bool:
+    """Whether this machine computes as the one the digests were taken on (other builds or thread counts may round sums differently)."""
+    import platform
+
+    import torch
+
+    return torch.__version__ == "2.13.0+cpu" and platform.machine() == "x86_64" and torch.get_num_threads() == 2
+
+
+def test_default_settings_train_and_draw_exactly_what_3b426a3_did(trained: tuple[Path, dict, list[dict]], model: pixel24.Pixel24Model) -> None:
+    """Every version-3 part is off by default: the run is version 2, its pixel24.json settings are 3b426a3's (no new
+    key, so 3b426a3 reads it), its checkpoint is 3b426a3's byte for byte and it draws 3b426a3's pixels."""
+    import hashlib
+
+    from bespoke_kohya.engines.pixel24.sampling import sample_pairs
+    from bespoke_kohya.engines.pixel24.settings import VERSION_3_FIELDS
+
+    run, result, _ = trained
+    config = json.loads((run / "checkpoints" / "pixel24.json").read_text())
+    assert config["version"] == 2 and "background" not in config and not set(VERSION_3_FIELDS) & set(config["settings"])
+    options = tiny_preset().settings.sampler_options()
+    assert set(options) == {"steps", "guidance_scale", "temperature", "refine_rounds", "refine_share", "refine_steps", "refine_temperature"}
+    drawn = [im for row in pixel24.sample(model, BASE_PROMPTS, [1, 2, 3], **options) for im in row]
+    pairs = sample_pairs(model, PAIRS, **options)
+    explicit = sample_pairs(model, PAIRS, **options, refine_components=0, refine_rare_colours=0, background_temperature=1.0, batch=16)
+    assert all(np.array_equal(a, b) for a, b in zip(pairs, explicit, strict=True))  # the new keywords at their defaults change nothing
+    if not _pinned():
+        pytest.skip("the digests were taken with torch 2.13.0+cpu on x86_64, 2 threads")
+    assert hashlib.sha256((run / result["epochs"][2]).read_bytes()).hexdigest() == BASE_CHECKPOINT_SHA256
+    assert hashlib.sha256(json.dumps(config["settings"], sort_keys=True).encode()).hexdigest() == BASE_SETTINGS_SHA256
+    assert _digest(drawn) == BASE_SAMPLES_SHA256
+    assert _digest(pairs) == BASE_PAIRS_SHA256
+
+
+def test_a_version_2_model_rebuilds_and_samples_as_version_2_did(tmp_path: Path) -> None:
+    """A pixel24.json without version 3's parts builds version 2's network and draws version 2's pixels (the digests:
+    3b426a3's and fc13de0's code, from the same seed-0 weights); saved and loaded again, the same pixels."""
+    import hashlib
+
+    import torch
+
+    from bespoke_kohya.engines.pixel24.model import save_checkpoint, write_config
+    from bespoke_kohya.engines.pixel24.settings import Pixel24Settings
+
+    s = Pixel24Settings(block_out_channels=[16, 32], text_dim=16, colour_dim=8, feature_dim=16, palette_size=8)
+    palette = np.random.default_rng(0).integers(0, 256, (8, 3)).astype(np.uint8)
+    config = pixel24.model_config(s, ["<reserved>", "lady", "lad", "green", "background", "hair"], palette)
+    assert config["version"] == 2 and "background" not in config
+    torch.manual_seed(0)
+    model = pixel24.build_model(config).eval()
+    assert hashlib.sha256(" ".join(sorted(model.net.state_dict())).encode()).hexdigest() == V2_KEYS_SHA256
+
+    def draw(m: pixel24.Pixel24Model, **options: object) -> list[np.ndarray]:
+        knobs = {"steps": 4, "guidance_scale": 2.0, "temperature": 0.7, "refine_rounds": 1, "refine_share": 0.1, "refine_steps": 2, "refine_temperature": 0.3}
+        return [im for row in pixel24.sample(m, BASE_PROMPTS, [1, 2, 3], **{**knobs, **options}) for im in row]
+
+    drawn = draw(model)
+    if _pinned():
+        assert _digest(drawn) == V2_SAMPLES_SHA256
+    write_config(tmp_path / "pixel24.json", config)
+    save_checkpoint(model, tmp_path / "pixel24-000001.safetensors", 1, 1)
+    assert _digest(draw(pixel24.load_checkpoint(tmp_path / "pixel24-000001.safetensors"))) == _digest(drawn)
+    options = Pixel24Settings(sample_steps=4, temperature=0.7, refine_rounds=1, refine_steps=2).sampler_options()
+    assert _digest(draw(model, **options)) == _digest(drawn)  # sampler_options' defaults (besides those set here) draw the same
+
+
+def test_a_config_newer_than_this_code_is_refused(trained: tuple[Path, dict, list[dict]], tmp_path: Path) -> None:
+    run, result, _ = trained
+    shutil.copy(run / result["epochs"][1], tmp_path / "pixel24-000001.safetensors")
+    config = json.loads((run / "checkpoints" / "pixel24.json").read_text())
+    (tmp_path / "pixel24.json").write_text(json.dumps({**config, "version": 4}))
+    with pytest.raises(UserError, match="version 4 is newer than this bespoke-kohya understands"):
+        pixel24.load_checkpoint(tmp_path / "pixel24-000001.safetensors")
+
+
+@pytest.fixture(scope="module")
+def v3_run(sixteen: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A tiny version 3 run: background head, background repainting, attention at both levels."""
+    run = tmp_path_factory.mktemp("run-v3")
+    return run, pixel24.train(tiny_preset(background_head=True, recolour_background=0.5, attention_levels=2), sixteen, run, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def v3(v3_run: tuple[Path, dict]) -> pixel24.Pixel24Model:
+    run, result = v3_run
+    return pixel24.load_checkpoint(run / result["epochs"][2], device="cpu")
+
+
+def test_version_3_parts_are_recorded_and_rebuilt(v3: pixel24.Pixel24Model) -> None:
+    assert v3.config["version"] == 3 and v3.config["background"] == {"head": True}
+    assert v3.config["settings"]["background_head"] is True and v3.config["settings"]["attention_levels"] == 2
+    assert v3.config["unet"]["down_block_types"] == ["AttnDownBlock2D", "AttnDownBlock2D"]
+    assert v3.config["unet"]["up_block_types"] == ["AttnUpBlock2D", "AttnUpBlock2D"]
+    assert v3.net.has_background and any(k.startswith("background_head.") for k in v3.net.state_dict())
+
+
+def test_a_background_head_draws_palette_colours_deterministically_per_seed(v3: pixel24.Pixel24Model) -> None:
+    from bespoke_kohya.engines.pixel24.sampling import sample_pairs
+
+    knobs = {"steps": 4, "guidance_scale": 2.0, "temperature": 0.7, "refine_rounds": 1, "refine_steps": 2, "refine_components": 8, "refine_rare_colours": 2}
+    prompt = "lady, green background"
+    both = pixel24.sample(v3, [prompt], [1, 2], **knobs)
+    alone = pixel24.sample(v3, [prompt], [2], **knobs)
+    assert np.array_equal(both[0][1], alone[0][0]) and not np.array_equal(both[0][0], both[0][1])
+    palette = {tuple(c) for c in v3.palette.tolist()}
+    assert all(colours_of(img) <= palette for img in both[0])
+    small = pixel24.sample(v3, [prompt], [1, 2], **knobs, batch=2)  # another batch size: still one image per seed, independent of the rest
+    assert np.array_equal(small[0][1], pixel24.sample(v3, [prompt], [2], **knobs, batch=2)[0][0])
+    mixed = sample_pairs(v3, [("lad, cap", 5), (prompt, 2)], **knobs)  # the generate stage's mixed batches: the same image per pair
+    assert np.array_equal(mixed[1], alone[0][0])
+
+
+def test_rare_colours_are_redrawn_from_the_image_s_other_colours(model: pixel24.Pixel24Model) -> None:
+    """One round with refine_rare_colours = 3 starts from the MaskGIT draw (the same generators) and re-draws every pixel
+    of a colour on at most 3 of its pixels from its other colours: what is left are the draw's colours on more than 3."""
+    knobs = {"steps": 4, "guidance_scale": 2.0, "temperature": 0.7, "refine_steps": 2}
+    seeds = [1, 2, 3]
+    plain = [im for row in pixel24.sample(model, BASE_PROMPTS, seeds, **knobs, refine_rounds=0) for im in row]
+    cleaned = [im for row in pixel24.sample(model, BASE_PROMPTS, seeds, **knobs, refine_rounds=1, refine_rare_colours=3) for im in row]
+    for before, after in zip(plain, cleaned, strict=True):
+        colours, counts = np.unique(before.reshape(-1, 3), axis=0, return_counts=True)
+        assert colours_of(after) <= {tuple(c) for c, n in zip(colours.tolist(), counts) if n > 3}
+    alone = pixel24.sample(model, BASE_PROMPTS[1:], seeds[2:], **knobs, refine_rounds=1, refine_rare_colours=3)[0][0]
+    assert np.array_equal(alone, cleaned[-1])  # images re-mask different counts, and still never depend on their batch-mates
+
+
+def test_refinement_may_always_draw_an_image_s_commonest_colour() -> None:
+    import torch
+
+    from bespoke_kohya.engines.pixel24.sampling import _allowed_colours
+
+    x = torch.zeros(2, 24, 24, dtype=torch.long)
+    x[0, 0, :2] = 1  # colour 1 on two pixels, colour 2 on one: both rare
+    x[0, 5, 5] = 2
+    x[1] = torch.arange(576).view(24, 24) % 10  # every colour on 57 or 58 pixels: all rare at 64, the commonest (0-5) still allowed
+    assert _allowed_colours(x, 12, 2)[0].tolist() == [True] + [False] * 11
+    assert _allowed_colours(x, 12, 64)[1].tolist() == [c < 6 for c in range(12)]
+
+
+def test_background_indices_are_the_ring_mode_and_what_touches_it() -> None:
+    from bespoke_kohya.engines.pixel24.training import background_indices
+
+    img = np.full((1, 24, 24), 3)
+    img[0, 8:, 6:18] = 1  # a figure reaching the bottom edge
+    img[0, 10:12, 10:12] = 3  # background-coloured pixels inside the figure: not background
+    palette = np.array([[0, 0, 0], [200, 150, 100], [0, 255, 0], [20, 40, 200]], np.uint8)
+    colours, masks = background_indices(img, palette)
+    assert colours.tolist() == [3]
+    assert masks[0].sum() == 24 * 24 - 16 * 12 and not masks[0, 10, 10]
+
+
+def test_components_name_each_one_colour_area() -> None:
+    import torch
+
+    from bespoke_kohya.engines.pixel24.sampling import components
+
+    x = torch.zeros(1, 24, 24, dtype=torch.long)
+    x[0, 2:4, 2:4] = 1  # a 2×2 blotch
+    x[0, 10, :] = 2  # a line across the whole picture (touches both edges: no wrap-around joins)
+    x[0, 0, 23] = 1  # a lone pixel in the top-right corner, not joined to anything across the edge
+    label = components(x)[0]
+    assert set(label[2:4, 2:4].flatten().tolist()) == {2 * 24 + 2}
+    assert set(label[10].tolist()) == {240} and label[0, 23] == 23
+    assert label[0, 0] == label[9, 0] == label[0, 22] == 0  # the background above the line is one area, round the blotch and the corner pixel
+    assert label[11, 0] == label[23, 23] == 11 * 24  # below the line, another
+
+
+def test_a_version_2_base_gets_a_background_head_and_a_sampler_part_alone_makes_version_3(trained: tuple[Path, dict, list[dict]], sixteen: Path, tmp_path: Path) -> None:
+    run, result, _ = trained
+    out = pixel24.train(tiny_preset(steps=1, epochs=1, base=str(run / result["epochs"][2]), background_head=True), sixteen, tmp_path / "ft", device="cpu")
+    assert "base: a new background head added" in out["warnings"]
+    tuned = pixel24.load_checkpoint(tmp_path / "ft" / out["epochs"][1])
+    assert tuned.net.has_background and tuned.config["version"] == 3
+    with pytest.raises(UserError, match="the base has down_block_types"):
+        pixel24.train(tiny_preset(base=str(run / result["epochs"][2]), attention_levels=2), sixteen, tmp_path / "other", device="cpu")
+    settings = tiny_preset(refine_components=8).settings
+    assert pixel24.model_config(settings, ["<reserved>"], np.zeros((2, 3), np.uint8))["version"] == 3
+    assert settings.sampler_options()["refine_components"] == 8
