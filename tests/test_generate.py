@@ -188,7 +188,7 @@ def test_a_second_generate_into_the_same_folder_is_refused_and_changes_nothing(t
 def test_near_copies_of_the_training_punks_are_never_kept(toy_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     names, arts, _ = collection.training_set(collection.RunHandle.open(toy_run))
     monkeypatch.setattr(collection.Drawer, "draw", lambda self, pairs, tick=None: [arts[i % len(arts)] for i in range(len(pairs))])
-    with pytest.raises(UserError, match=r"token 1: none of its 9 candidates passed \(near-copy 9\); the finished tokens are kept"):
+    with pytest.raises(UserError, match=r"token 1: none of its 27 candidates passed, over 3 draws of its traits \(near-copy 27\); the finished tokens are kept"):
         generate(options(toy_run, tmp_path / "copies", count=2))
 
 
@@ -270,3 +270,29 @@ def test_a_resumed_folder_from_elsewhere_is_read_as_untrusted(toy_run: Path, tmp
     os.mkfifo(pilot)
     with pytest.raises(UserError, match="FIFO"):
         generate(options(toy_run, out, count=3, resume=True))
+
+
+def test_a_token_the_model_cannot_draw_in_style_gets_new_traits(toy_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every candidate of token 2's first traits is a near-copy (as a model that cannot draw those traits in style):
+    the token is drawn again with new traits, and the collection goes on with no DNA twice, the same from a resume."""
+    generate(options(toy_run, tmp_path / "plain", count=4))
+    plain = [json.loads((tmp_path / "plain" / "metadata" / f"{n}.json").read_text()) for n in range(1, 5)]
+    hard = plain[1]["generator"]["prompt"]
+    names, arts, _ = collection.training_set(collection.RunHandle.open(toy_run))
+    draw = collection.Drawer.draw
+
+    def cannot(self, pairs, tick=lambda: None):
+        return [arts[0] if prompt == hard else art for (prompt, _), art in zip(pairs, draw(self, pairs, tick))]
+
+    monkeypatch.setattr(collection.Drawer, "draw", cannot)
+    generate(options(toy_run, tmp_path / "hard", count=4))
+    meta = [json.loads((tmp_path / "hard" / "metadata" / f"{n}.json").read_text()) for n in range(1, 5)]
+    assert meta[0] == plain[0] and meta[1]["generator"]["prompt"] != hard
+    candidates = json.loads((tmp_path / "hard" / "candidates" / "2.json").read_text())["candidates"]
+    assert [c["reason"] for c in candidates if c["prompt"] == hard] == ["near-copy"] * 9  # 3 rounds of 3, then new traits
+    dnas = [tuple(map(tuple, m["generator"]["dna"])) for m in meta]
+    assert len(set(dnas)) == 4
+    # Ctrl-C after token 2, then --resume: the tokens after it are planned from the DNA token 2 kept.
+    generate(options(toy_run, tmp_path / "resumed", count=2))
+    generate(options(toy_run, tmp_path / "resumed", count=4, resume=True))
+    assert shas(tmp_path / "resumed", 4) == shas(tmp_path / "hard", 4)

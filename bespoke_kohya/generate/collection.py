@@ -37,9 +37,10 @@ from . import layout
 from .draw import Drawer, candidate_seed, choose_epoch
 from .page import render_page
 from .select import REASONS, Judge, Verdict, best, best_try
-from .traits import TokenTraits, TraitRules, Vocabulary, attributes, collection_traits, draw_traits, read_rules, vocabulary
+from .traits import TokenTraits, TraitRules, Vocabulary, attributes, draw_traits, plan_traits, read_rules, token_traits, vocabulary
 
 FORMAT = 1
+REDRAWS = 3  # draws of traits a token gets: when none of a draw's candidates may be kept, the model may not draw those traits in style
 PILOT = 48  # pilot draws the critic learns "what the model draws" from (a fixed set: the collection depends on it)
 MAX_COUNT = 10_000
 MAX_CANDIDATES = 16
@@ -80,6 +81,7 @@ class Token:
     art: np.ndarray
     verdict: Verdict
     drawn: int  # candidates drawn for it
+    dna: tuple[tuple[str, str], ...]  # the traits it was drawn with (before its image renamed a background); no other token has them
 
 
 @dataclass
@@ -147,11 +149,6 @@ def settings_record(o: GenerateOptions, run: RunHandle, epoch: int, checkpoint_s
             **({"control": str(o.control)} if o.control is not None else {})}
 
 
-def plan_tokens(vocab: Vocabulary, rules: TraitRules, seed: int, count: int, full_prompt: Callable[[str], str]) -> list[tuple[TokenTraits, str]]:
-    """Every token's traits and prompt, 1..count (each DNA once)."""
-    return [(traits, full_prompt(traits.body())) for traits in collection_traits(vocab, rules, seed, count)]
-
-
 def pilot_pairs(vocab: Vocabulary, rules: TraitRules, o: GenerateOptions, full_prompt: Callable[[str], str]) -> list[tuple[str, int]]:
     """The pilot draws' (prompt, seed): traits drawn as tokens' are (rules included), from a stream of their own (n = 0)."""
     rng = np.random.default_rng([o.seed, 0])
@@ -197,13 +194,14 @@ def generate(o: GenerateOptions, console: Any = None) -> Result:
     with run_lock(out, GENERATE):
         settings = settings_record(o, run, epoch, file_sha256(checkpoint), rules)
         layout.check_settings(out, settings, o.resume)
-        plan = plan_tokens(vocab, rules, o.seed, o.count, preset.sample.full_prompt)
         done = layout.finished_tokens(out, o.count)
+        taken = layout.finished_dna(out, done)
         say = (lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)) if o.progress else (lambda line: None)
         if o.num_gpus > 1:
             from .parallel import draw_in_parallel
 
-            first = [(plan[n - 1][1], candidate_seed(o.seed, n, k)) for n in range(done + 1, o.count + 1) for k in range(o.candidates)]
+            plan = plan_traits(vocab, rules, o.seed, taken, done + 1, o.count)  # a token given new traits later draws its own
+            first = [(preset.sample.full_prompt(plan[n].body()), candidate_seed(o.seed, n, k)) for n in plan for k in range(o.candidates)]
             wanted = ([] if (out / layout.PILOT).is_file() else pilot_pairs(vocab, rules, o, preset.sample.full_prompt)) + first
             say(f"drawing {len(wanted)} candidates with {o.num_gpus} processes")
             drawer.ready = draw_in_parallel(run.dir, epoch, o.device, wanted, out, o.num_gpus, o.control)
@@ -213,77 +211,109 @@ def generate(o: GenerateOptions, console: Any = None) -> Result:
         for n in range(1, done + 1):  # the finished tokens stand against the rest exactly as when they were made
             judge.accept(n, layout.read_token_art(out, n))
         rejections = layout.rejection_counts(out, done)
-        _draw_tokens(out, plan, done, drawer, judge, o, rejections, run, epoch, settings, say)
+        _draw_tokens(out, vocab, rules, preset.sample.full_prompt, taken, done, drawer, judge, o, rejections, run, epoch, settings)
         result = Result(out, o.count, drawer.drawn, rejections, time.perf_counter() - started, resumed_from=done)
         doc = layout.write_collection(out, settings, o.count, vocab.table(), rejections)
         result.page = layout.write_page(out, render_page(out, doc, names, arts))
     return result
 
 
-def _draw_tokens(out: Path, plan: list[tuple[TokenTraits, str]], done: int, drawer: Drawer, judge: Judge, o: GenerateOptions,
-                 rejections: dict[str, int], run: RunHandle, epoch: int, settings: dict[str, Any], say: Callable[[str], None]) -> None:
-    """Tokens done+1..count, in order, written as each is chosen; the candidates of the next few tokens are drawn together."""
+def _draw_tokens(out: Path, vocab: Vocabulary, rules: TraitRules, full_prompt: Callable[[str], str], taken: set[tuple[tuple[str, str], ...]],
+                 done: int, drawer: Drawer, judge: Judge, o: GenerateOptions, rejections: dict[str, int], run: RunHandle, epoch: int,
+                 settings: dict[str, Any]) -> None:
+    """Tokens done+1..count, in order, written as each is chosen; the first candidates of the next few tokens are drawn
+    together, with the traits planned for them (drawn again for a token whose plan changed when an earlier one got new traits)."""
     from ..progress import counter
 
     batch = max(1, 16 // o.candidates)  # tokens whose first candidates share one draw call (pixel24 draws 16 at a time)
-    pending = list(range(done + 1, len(plan) + 1))
-    drawn: dict[int, list[tuple[int, np.ndarray]]] = {}  # token -> [(candidate k, art)]
+    drawn: dict[int, tuple[str, list[tuple[int, np.ndarray]]]] = {}  # token -> (its prompt, [(candidate k, art)])
+
     def status() -> str:
         left_out = ", ".join(f"{k} {v}" for k, v in sorted(rejections.items()))
         return f"{drawer.drawn} candidates drawn" + (f", left out: {left_out}" if left_out else "")
 
-    with counter("tokens", len(pending), o.progress, status=status) as tick:
-        for n in pending:
-            if n not in drawn:
-                ahead = [m for m in pending if m >= n][:batch]
-                pairs = [(plan[m - 1][1], candidate_seed(o.seed, m, k)) for m in ahead for k in range(o.candidates)]
-                for (m, k), art in zip([(m, k) for m in ahead for k in range(o.candidates)], drawer.draw(pairs)):
-                    drawn.setdefault(m, []).append((k, art))
-            token = _choose(n, plan[n - 1], drawn.pop(n), drawer, judge, o, rejections, out)
+    with counter("tokens", o.count - done, o.progress, status=status) as tick:
+        for n in range(done + 1, o.count + 1):
+            ahead = plan_traits(vocab, rules, o.seed, taken, n, min(n + batch - 1, o.count))
+            prompts = {m: full_prompt(traits.body()) for m, traits in ahead.items()}
+            if drawn.get(n, ("",))[0] != prompts[n]:
+                todo = [m for m in ahead if drawn.get(m, ("",))[0] != prompts[m]]
+                arts = iter(drawer.draw([(prompts[m], candidate_seed(o.seed, m, k)) for m in todo for k in range(o.candidates)]))
+                for m in todo:
+                    drawn[m] = (prompts[m], [(k, next(arts)) for k in range(o.candidates)])
+            token = _token(n, ahead[n], drawn.pop(n)[1], vocab, rules, full_prompt, taken, drawer, judge, o, rejections, out)
+            taken.add(token.dna)
             judge.accept(n, token.art)
             layout.write_token(out, token, _metadata(token, o, run, epoch, settings))
             tick()
 
 
-def _choose(n: int, planned: tuple[TokenTraits, str], candidates: list[tuple[int, np.ndarray]], drawer: Drawer, judge: Judge,
-            o: GenerateOptions, rejections: dict[str, int], out: Path) -> Token:
-    """Token ``n``: judge its candidates, drawing K more each round until one is kept.
+Judged = tuple[int, np.ndarray, Verdict, TokenTraits, str]  # candidate k, its art, its verdict, the traits and prompt it was drawn with
 
-    The critic and the background colour are soft rules: when every candidate of every round is left out and some
+
+def _token(n: int, traits: TokenTraits, first: list[tuple[int, np.ndarray]], vocab: Vocabulary, rules: TraitRules, full_prompt: Callable[[str], str],
+           taken: set[tuple[tuple[str, str], ...]], drawer: Drawer, judge: Judge, o: GenerateOptions, rejections: dict[str, int], out: Path) -> Token:
+    """Token ``n``: its candidates judged round by round, and when none may be kept, the same with new traits (up to REDRAWS).
+
+    The critic and the background colour are soft rules: when every candidate of a draw's rounds is left out and some
     only by those, the best of them is kept (a prompt the model draws poorly still gets its best try), and a
     background the image contradicts becomes the colour it shows in the token's attributes; a near-copy, a
-    duplicate or an off-style image never is kept.
+    duplicate or an off-style image never is: the token then gets new traits (the model may not draw these in style).
     """
-    traits, prompt = planned
-    records: list[dict[str, Any]] = []
-    judged: list[tuple[int, np.ndarray, Verdict]] = []
+    judged: list[Judged] = []
+    chosen = None
+    for redraw in range(REDRAWS):
+        if redraw:
+            traits, _ = token_traits(vocab, rules, o.seed, n, taken | {t.dna for _, _, _, t, _ in judged}, redraw)
+            first = []
+        prompt = full_prompt(traits.body())
+        offset = len(judged)
+        judged += _rounds(n, prompt, traits, first, offset, drawer, judge, o)
+        verdicts = [v for _, _, v, _, _ in judged[offset:]]
+        chosen = best(verdicts)
+        chosen = best_try(verdicts) if chosen is None else chosen
+        if chosen is not None:
+            chosen += offset
+            break
+    _record_candidates(out, n, judged, chosen, o, rejections)
+    if chosen is None:
+        why = ", ".join(f"{reason} {sum(v.reason == reason for _, _, v, _, _ in judged)}" for reason in REASONS
+                        if any(v.reason == reason for _, _, v, _, _ in judged))
+        raise UserError(f"token {n}: none of its {len(judged)} candidates passed, over {REDRAWS} draws of its traits ({why}); the finished tokens "
+                        f"are kept. Try another epoch (--epoch), more candidates (--candidates, --rounds), or train longer; then run again with --resume")
+    k, art, verdict, traits, prompt = judged[chosen]
+    dna = traits.dna
+    if "background" in {r for r, _ in verdict.reasons}:  # the traits are its attributes unless its image contradicts them
+        traits = TokenTraits({**traits.values, "background": verdict.border}, traits.phrases)
+    return Token(n, traits, prompt, candidate_seed(o.seed, n, k), art, verdict, len(judged), dna)
+
+
+def _rounds(n: int, prompt: str, traits: TokenTraits, first: list[tuple[int, np.ndarray]], offset: int, drawer: Drawer, judge: Judge,
+            o: GenerateOptions) -> list[Judged]:
+    """Up to ``o.rounds`` rounds of K candidates of one prompt (``first``: the first round, drawn already), until one passes every rule."""
+    judged: list[Judged] = []
     for round_ in range(o.rounds):
-        if round_:
-            ks = range(round_ * o.candidates, (round_ + 1) * o.candidates)
-            candidates = list(zip(ks, drawer.draw([(prompt, candidate_seed(o.seed, n, k)) for k in ks])))
-        verdicts = judge.judge([art for _, art in candidates], prompt)
-        judged += [(k, art, v) for (k, art), v in zip(candidates, verdicts)]
+        if round_ or not first:
+            ks = range(offset + round_ * o.candidates, offset + (round_ + 1) * o.candidates)
+            first = list(zip(ks, drawer.draw([(prompt, candidate_seed(o.seed, n, k)) for k in ks])))
+        verdicts = judge.judge([art for _, art in first], prompt)
+        judged += [(k, art, v, traits, prompt) for (k, art), v in zip(first, verdicts)]
         if best(verdicts) is not None:
             break
-    chosen = best([v for _, _, v in judged])
-    if chosen is None:
-        chosen = best_try([v for _, _, v in judged])
-        if chosen is None:
-            why = ", ".join(f"{reason} {sum(v.reason == reason for _, _, v in judged)}" for reason in REASONS if any(v.reason == reason for _, _, v in judged))
-            raise UserError(f"token {n}: none of its {len(judged)} candidates passed ({why}); the finished tokens are kept. "
-                            f"Try another epoch (--epoch), more candidates (--candidates, --rounds), or train longer; then run again with --resume")
-        if "background" in {r for r, _ in judged[chosen][2].reasons}:  # the traits are its attributes unless its image contradicts them
-            traits = TokenTraits({**traits.values, "background": judged[chosen][2].border}, traits.phrases)
-    for i, (k, art, v) in enumerate(judged):
+    return judged
+
+
+def _record_candidates(out: Path, n: int, judged: list[Judged], chosen: int | None, o: GenerateOptions, rejections: dict[str, int]) -> None:
+    """candidates/<n>.json (and the left-out ones' images), and the rejections counted by reason."""
+    records = []
+    for i, (k, art, v, _traits, prompt) in enumerate(judged):
         kept = i == chosen
-        records.append({"k": k, "seed": candidate_seed(o.seed, n, k), "kept": kept, "reason": None if kept else v.reason, "detail": v.detail,
-                        "broke": [r for r, _ in v.reasons],
-                        "critic": round(v.score, 4), "nearest": v.nearest, "nearest_distance": round(v.nearest_distance, 4), "art": art})
+        records.append({"k": k, "seed": candidate_seed(o.seed, n, k), "prompt": prompt, "kept": kept, "reason": None if kept else v.reason,
+                        "detail": v.detail, "broke": [r for r, _ in v.reasons], "critic": round(v.score, 4), "nearest": v.nearest,
+                        "nearest_distance": round(v.nearest_distance, 4), "art": art})
         if not kept and v.reason:
             rejections[v.reason] = rejections.get(v.reason, 0) + 1
     layout.write_candidates(out, n, records)
-    k, art, verdict = judged[chosen]
-    return Token(n, traits, prompt, candidate_seed(o.seed, n, k), art, verdict, len(judged))
 
 
 def _metadata(token: Token, o: GenerateOptions, run: RunHandle, epoch: int, settings: dict[str, Any]) -> dict[str, Any]:
@@ -296,6 +326,7 @@ def _metadata(token: Token, o: GenerateOptions, run: RunHandle, epoch: int, sett
         "attributes": attributes(token.traits),
         "generator": {"run": run.record.id, "epoch": epoch, "checkpoint_sha256": settings["checkpoint_sha256"], "prompt": token.prompt,
                       "seed": token.seed, "critic_score": round(token.verdict.score, 4), "candidates_drawn": token.drawn,
+                      "dna": [list(pair) for pair in token.dna],
                       "nearest_training_punk": token.verdict.nearest, "nearest_distance": round(token.verdict.nearest_distance, 4),
                       "image_24": f"{layout.IMAGES}/{layout.image_name(token.n)}"},
     }

@@ -160,6 +160,18 @@ def read_metadata(out: Path, n: int) -> dict[str, Any]:
     return doc
 
 
+def finished_dna(out: Path, done: int) -> set[tuple[tuple[str, str], ...]]:
+    """The traits (DNA) tokens 1..done were drawn with, from their metadata: the tokens after them must not repeat one."""
+    taken = set()
+    for n in range(1, done + 1):
+        dna = (read_metadata(out, n).get("generator") or {}).get("dna")
+        if not (isinstance(dna, list) and dna and all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in dna)):
+            raise UserError(f"{out / METADATA / f'{n}.json'}: generator.dna is missing or not a list of [trait, value] pairs; "
+                            "delete that token's metadata and images and run generate again with --resume")
+        taken.add(tuple(sorted((t, v) for t, v in dna)))
+    return taken
+
+
 def _sha256(path: Path) -> str:
     data = read_regular(path, limit=MAX_IMAGE_BYTES, what="image", fix="delete that token's metadata and images and run generate again with --resume")
     if data is None:

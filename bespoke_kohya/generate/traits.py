@@ -280,29 +280,41 @@ def draw_traits(vocab: Vocabulary, rules: TraitRules, rng: np.random.Generator) 
     return TokenTraits(values, phrases)
 
 
-def token_traits(vocab: Vocabulary, rules: TraitRules, seed: int, n: int, taken: set[tuple[tuple[str, str], ...]]) -> tuple[TokenTraits, int]:
+def token_traits(vocab: Vocabulary, rules: TraitRules, seed: int, n: int, taken: set[tuple[tuple[str, str], ...]],
+                 redraw: int = 0) -> tuple[TokenTraits, int]:
     """Token ``n``'s traits: the first draw of its own random stream that is allowed and whose DNA no earlier token has.
 
     Depends only on the seed, ``n`` and the earlier tokens' DNAs (``taken``), so a shorter collection is the start of a longer one.
+    ``redraw`` > 0: a stream of its own for a token whose earlier traits the model could not draw in style.
     Returns (traits, the attempt that gave them).
     """
     for attempt in range(MAX_DRAWS):
-        drawn = draw_traits(vocab, rules, np.random.default_rng([seed, n, attempt, 0]))
+        drawn = draw_traits(vocab, rules, np.random.default_rng([seed, n, attempt, redraw]))
         if drawn is not None and drawn.dna not in taken:
             return drawn, attempt
     raise UserError(f"token {n}: {MAX_DRAWS} draws of traits all repeat an earlier token's or hit --traits' exclusions; "
                     f"the captions' vocabulary has too few combinations for this collection: make it smaller (--count) or allow more values")
 
 
-def collection_traits(vocab: Vocabulary, rules: TraitRules, seed: int, count: int) -> list[TokenTraits]:
-    """Tokens 1..count's traits, each DNA once (a shorter collection is the start of a longer one)."""
-    taken: set[tuple[tuple[str, str], ...]] = set()
-    out = []
-    for n in range(1, count + 1):
+def plan_traits(vocab: Vocabulary, rules: TraitRules, seed: int, taken: set[tuple[tuple[str, str], ...]], first: int, last: int) -> dict[int, TokenTraits]:
+    """Tokens first..last's traits, each DNA once, given the DNAs of the tokens before ``first`` (``taken``).
+
+    It is a plan: a token whose traits the model cannot draw in style gets new ones (`token_traits` with a
+    ``redraw``), and the tokens after it are then planned again from the DNAs actually kept.
+    """
+    taken = set(taken)
+    out = {}
+    for n in range(first, last + 1):
         traits, _ = token_traits(vocab, rules, seed, n, taken)
         taken.add(traits.dna)
-        out.append(traits)
+        out[n] = traits
     return out
+
+
+def collection_traits(vocab: Vocabulary, rules: TraitRules, seed: int, count: int) -> list[TokenTraits]:
+    """Tokens 1..count's traits when every token keeps its first draw (a shorter collection is the start of a longer one)."""
+    plan = plan_traits(vocab, rules, seed, set(), 1, count)
+    return [plan[n] for n in range(1, count + 1)]
 
 
 def attributes(traits: TokenTraits) -> list[dict[str, Any]]:
