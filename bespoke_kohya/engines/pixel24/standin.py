@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import pickle
 import sys
 from dataclasses import dataclass
@@ -417,8 +416,9 @@ def _write_punk(folder: Path, index: int, punks: CryptoPunks, seed: int) -> None
 
 def default_standin_dir() -> Path:
     """Where ``make train`` keeps the stand-in: ``$BESPOKE_CACHE/standin-cryptopunks`` (default ``~/.cache/bespoke-kohya``)."""
-    cache = Path(os.environ.get("BESPOKE_CACHE", Path.home() / ".cache" / "bespoke-kohya"))
-    return cache / f"standin-cryptopunks-s{DEFAULT_SEED}"
+    from ...paths import cache_dir
+
+    return cache_dir() / f"standin-cryptopunks-s{DEFAULT_SEED}"
 
 
 def ensure_standin(out: Path | None = None, console: _Console | None = None) -> Path:
