@@ -31,7 +31,7 @@ from bespoke_kohya.runfolder import unsampled_epochs
 from bespoke_kohya.captions import lint
 from bespoke_kohya.dataset import check_dataset
 from bespoke_kohya.errors import UserError
-from bespoke_kohya.presets import validate_preset, Preset
+from bespoke_kohya.presets import validate_preset
 from bespoke_kohya.runfolder import run_document as read_run, write_run_document
 from bespoke_kohya.runfolder.records import SampledEpoch, SampleImage, Samples, write_samples
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bespoke_kohya.errors import UserError
-from bespoke_kohya.presets import validate_preset, PRESETS_DIR, Preset, apply_overrides, available_presets, explain, load_preset, read_preset_data
+from bespoke_kohya.presets import validate_preset, PRESETS_DIR, apply_overrides, available_presets, explain, load_preset, read_preset_data
 
 EXPECTED = {"pixel24", "pixnite_sd15", "sd15_192", "sd15_512", "sd15_576", "sd15_576_controlnet", "sd15_576_full", "sd15_576_ti", "sdxl_24_native", "sdxl_512"}
 

@@ -108,7 +108,7 @@ def test_the_quick_start_as_written_ends_in_a_report_with_pictures(small_punks: 
     printed = re.search(r"^next: bespoke-kohya report --run (\S+)$", trained.stdout, re.M)
     assert printed, trained.stdout
     run_dir = Path(printed[1])
-    assert re.search(rf"^sampling epoch\(s\) 1, 2 \(training finished\)", trained.stdout, re.M), trained.stdout
+    assert re.search(r"^sampling epoch\(s\) 1, 2 \(training finished\)", trained.stdout, re.M), trained.stdout
     samples = json.loads((run_dir / "samples" / "samples.json").read_text(encoding="utf-8"))
     assert sorted(samples["epochs"]) == ["1", "2"]  # train drew every epoch itself
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from bespoke_kohya.dataset import check_dataset
 from bespoke_kohya.errors import UserError
-from bespoke_kohya.presets import available_presets, load_preset
+from bespoke_kohya.presets import load_preset
 from bespoke_kohya.render import render
 
 DATA = Path(__file__).parent / "data"

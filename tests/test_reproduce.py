@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from bespoke_kohya.dataset import check_dataset, prepare

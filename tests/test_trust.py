@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from bespoke_kohya.errors import UserError
-from bespoke_kohya.runfolder import run_document, samples_document
+from bespoke_kohya.runfolder import run_document
 from tests.helpers.punks import copy_punks, make_punk
 from tests.helpers.trust import build_tiny_run, copy_run, error_line, run_cli, snapshot
 

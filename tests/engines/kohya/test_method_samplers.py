@@ -19,7 +19,6 @@ from PIL import Image
 
 from bespoke_kohya import sample
 from bespoke_kohya.engines.kohya import method_samplers as methods
-from bespoke_kohya.engines.kohya import sampler as kohya
 from bespoke_kohya.engines.protocol import SampleJob
 from bespoke_kohya.errors import UserError
 from bespoke_kohya.presets import validate_preset

@@ -17,7 +17,7 @@ from safetensors.numpy import save_file
 from bespoke_kohya.engines.kohya import preflight
 from bespoke_kohya.errors import UserError
 from bespoke_kohya.engines.kohya.preflight import GIB, Check, Gpu, GpuProbe, HubAnswer, Level, RunNeeds, Probes
-from bespoke_kohya.presets import validate_preset, PRESETS_DIR, Preset, available_presets, load_preset, read_preset_data
+from bespoke_kohya.presets import validate_preset, PRESETS_DIR, available_presets, load_preset, read_preset_data
 from bespoke_kohya.engines.kohya.vendor import SD_SCRIPTS_TAG, SdScripts, find_sd_scripts
 
 REPO = Path(__file__).resolve().parents[3]
