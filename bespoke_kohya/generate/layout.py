@@ -132,9 +132,9 @@ def read_pilot(path: Path) -> np.ndarray:
 
 
 def write_candidates(out: Path, n: int, records: list[dict[str, Any]]) -> None:
-    """Token n's candidates: the left-out ones' images, then the record of all of them."""
+    """Token n's candidates: the images of those not kept, then the record of all of them."""
     for r in records:
-        if r["reason"]:
+        if not r["kept"]:  # every one not kept, left out or merely not the best: the artist may prefer another
             save_png_atomic(r["art"], out / CANDIDATES / f"{n}-{r['k']}.png")
     write_json_atomic(out / CANDIDATES / f"{n}.json", {"token": n, "candidates": [{k: v for k, v in r.items() if k != "art"} for r in records]})
 
