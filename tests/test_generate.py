@@ -296,3 +296,28 @@ def test_a_token_the_model_cannot_draw_in_style_gets_new_traits(toy_run: Path, t
     generate(options(toy_run, tmp_path / "resumed", count=2))
     generate(options(toy_run, tmp_path / "resumed", count=4, resume=True))
     assert shas(tmp_path / "resumed", 4) == shas(tmp_path / "hard", 4)
+
+
+def test_off_style_is_beyond_the_training_range_and_the_model_s_median_draw() -> None:
+    """A tight training set (flat backgrounds: 2 ring colours) and a model whose draws have 4–9: the worse half of what
+    it draws is off-style, its better half is not (a collection can be made); within the training range nothing is."""
+    from bespoke_kohya.distinguish import train_critic
+    from bespoke_kohya.metrics import Reference, ring_colours
+
+    rng = np.random.default_rng(0)
+
+    def punk(ring: int) -> np.ndarray:
+        art = np.full((24, 24, 3), 90, np.uint8)
+        art[6:20, 7:17] = (200, 150, 120)  # a face
+        art[0, 1:ring] = rng.integers(0, 255, (ring - 1, 3))  # ring - 1 other colours in the top row of the border
+        return art
+
+    training = np.stack([punk(2) for _ in range(24)])
+    pilot = np.stack([punk(4 + i % 6) for i in range(24)])  # ring colours 4..9: median 6.5
+    assert {ring_colours(a) for a in pilot} == {4, 5, 6, 7, 8, 9}
+    judge = select.Judge.make([f"t{i}" for i in range(24)], training, Reference.from_images([f"t{i}" for i in range(24)], training),
+                              train_critic(training, pilot), pilot)
+    verdicts = judge.judge([punk(3), punk(6), punk(8)], "lad")
+    off = [dict(v.reasons).get("off-style") for v in verdicts]  # (they are near-copies too: the first reason, not the one tested)
+    assert [o is not None for o in off] == [False, False, True]
+    assert "and the model's median draw 6.5" in off[2]
