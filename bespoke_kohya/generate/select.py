@@ -7,10 +7,12 @@
 3. ``background``: the prompt names one background colour and the most common colour of the
    outer ring of pixels does not answer to it (metrics.caption_adherence's test).
 4. ``off-style``: a style metric beyond the training images' 95th percentile, where the real punks
-   are rarely found, and beyond the model's own median pilot draw: too many colours in the outer
-   ring (a patchy background), too many colours in all, too many orphan pixels (speckle). The second
-   bound matters for a tight training set (the CryptoPunks stand-in: ring colours at most 4) and a
-   model that cannot reach it yet: its worse half is still left out, and a collection can be made.
+   are rarely found, and beyond the worst tenth of the model's own pilot draws: too many colours in
+   the outer ring (a patchy background), too many colours in all, too many orphan pixels (speckle).
+   ``style``: the same beyond the training range and the model's median draw only (its worse half).
+   The model's bounds matter for a tight training set (the CryptoPunks stand-in: ring colours at most
+   4) and a model that cannot reach it yet: its worse draws are still left out, and a collection can
+   be made; on the Bespoke Punks the training range is the bound.
 5. ``critic``: the critic (the two-sample test's CNN trained on the training images against the
    engine's own pilot draws) scores the candidate below all but the worst CRITIC_QUANTILE of the
    pilot draws: it looks most like what the model draws and least like what the artist draws
@@ -28,14 +30,15 @@ import numpy as np
 from ..distinguish import NEAR_COPY_DELTA_E, NEAR_COPY_SHARE, critic_scores
 from ..metrics import Reference, _labs, background_colour_names, border_colour, colour_name, colour_names, difference_matrix, style_values
 
-REASONS = ("near-copy", "duplicate", "background", "off-style", "critic")
+REASONS = ("near-copy", "duplicate", "background", "off-style", "style", "critic")
 CRITIC_QUANTILE = 0.2  # candidates the critic scores below this share of the pilot draws are left out
 # Style metrics whose values beyond the real set's 95th percentile are flaws a person sees at once.
 UPPER_LIMITS = ("ring_colours", "distinct_colours", "orphan_pixels")
-PILOT_QUANTILE = 0.5  # ... and beyond this share of the model's own pilot draws (its worse half)
+STYLE_QUANTILE = 0.5  # `style` (soft): beyond the training range and this share of the model's own pilot draws (its worse half)
+OFF_STYLE_QUANTILE = 0.9  # `off-style` (hard): beyond the training range and this share of them (its worst tenth)
 
 
-SOFT = ("background", "critic")  # a token whose candidates all fail keeps its best try when only these objected
+SOFT = ("background", "style", "critic")  # a token whose candidates all fail keeps its best try when only these objected
 
 
 @dataclass
@@ -70,7 +73,7 @@ class Judge:
     labs: np.ndarray
     critic: object
     critic_floor: float  # the pilot draws' CRITIC_QUANTILE critic score
-    limits: dict[str, tuple[float, float]] = field(default_factory=dict)  # style metric -> (training set's 95th pct, pilot median)
+    limits: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # metric -> (training 95th pct, pilot median, pilot 90th pct)
     tokens: list[np.ndarray] = field(default_factory=list)  # accepted tokens' 24×24 art, in order
     token_ids: list[int] = field(default_factory=list)
 
@@ -82,8 +85,8 @@ class Judge:
         limits = {}
         for key in UPPER_LIMITS:
             if (span := ranges.range_of(key)) is not None:
-                model = float(np.quantile([v[key] for v in drawn], PILOT_QUANTILE)) if drawn else -np.inf
-                limits[key] = (float(span[1]), model)
+                model = [float(np.quantile([v[key] for v in drawn], q)) if drawn else -np.inf for q in (STYLE_QUANTILE, OFF_STYLE_QUANTILE)]
+                limits[key] = (float(span[1]), *model)
         return cls(list(names), _labs(arts), critic, floor, limits)
 
     def accept(self, n: int, art: np.ndarray) -> None:
@@ -119,15 +122,21 @@ class Judge:
             seen = colour_names(border_colour(art))
             if not wanted & seen:
                 found.append(("background", f"the prompt asks for a {'/'.join(sorted(wanted))} background, the border is {'/'.join(sorted(seen))}"))
-        values = style_values(art)
-        for key, (real, model) in self.limits.items():
-            if values[key] > max(real, model):
-                model_too = f" and the model's median draw {model:.3g}" if model > real else ""
-                found.append(("off-style", f"{key.replace('_', ' ')} {values[key]:.3g} above the training punks' 95th percentile {real:.3g}{model_too}"))
-                break
+        found += self._style(style_values(art))
         if score < self.critic_floor:
             found.append(("critic", f"the critic scores it {score:.2f}, below {CRITIC_QUANTILE:.0%} of the model's pilot draws ({self.critic_floor:.2f})"))
         return found
+
+
+    def _style(self, values: dict[str, float]) -> list[tuple[str, str]]:
+        """``off-style`` (the first metric beyond its hard bound), else ``style`` (the first beyond its soft one), else nothing."""
+        for reason, which, model_words in (("off-style", 2, "the worst tenth of the model's draws"), ("style", 1, "the model's median draw")):
+            for key, bounds in self.limits.items():
+                real, model = bounds[0], bounds[which]
+                if values[key] > max(real, model):
+                    beyond = f" and {model_words} {model:.3g}" if model > real else ""
+                    return [(reason, f"{key.replace('_', ' ')} {values[key]:.3g} above the training punks' 95th percentile {real:.3g}{beyond}")]
+        return []
 
 
 def best(verdicts: list[Verdict]) -> int | None:
@@ -140,4 +149,4 @@ def best_try(verdicts: list[Verdict]) -> int | None:
     """When every candidate was left out: the best of those only the soft rules objected to (the critic's alone first,
     then the critic's score), or None when each breaks a hard rule (a copy, a duplicate, off-style)."""
     soft = [i for i, v in enumerate(verdicts) if v.soft]
-    return max(soft, key=lambda i: ("background" not in {r for r, _ in verdicts[i].reasons}, verdicts[i].score, -i)) if soft else None
+    return max(soft, key=lambda i: (-len(verdicts[i].reasons), "background" not in {r for r, _ in verdicts[i].reasons}, verdicts[i].score, -i)) if soft else None
