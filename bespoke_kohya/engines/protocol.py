@@ -284,6 +284,12 @@ def prompt_ids(prompts: list[str]) -> list[str]:
     return [f"p{i + 1:0{width}d}" for i in range(len(prompts))]
 
 
+def pair_prompt_ids(pairs: list[tuple[str, int]]) -> dict[str, str]:
+    """Each distinct prompt of (prompt, seed) pairs -> its id, in order of first appearance (as `prompt_ids` numbers a suite)."""
+    prompts = list(dict.fromkeys(p for p, _ in pairs))
+    return dict(zip(prompts, prompt_ids(prompts)))
+
+
 def draw_pairs(sampler: EpochSampler, job: SampleJob, pairs: list[tuple[str, int]], write: ImageWriter) -> None:
     """Draw each (prompt, seed) of ``pairs`` with ``job``'s checkpoint (a collection's candidates: every token its own prompt).
 

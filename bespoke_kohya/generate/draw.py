@@ -53,7 +53,6 @@ class Drawer:
     def __init__(self, run: RunHandle, checkpoint: Path, device: str | None, control: Path | None = None) -> None:
         from ..sample import check_control, postprocess_options_for
 
-        self.run, self.device = run, device
         self.preset = run.record.preset_model(run.dir)
         self.job = SampleJob(1, checkpoint)
         self.post = postprocess_options_for(self.preset.sample, run, None)

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import json
 from collections import Counter
 from pathlib import Path
@@ -27,7 +26,7 @@ from PIL import Image
 from ..atomic import write_atomic, write_json_atomic
 from ..errors import UserError
 from ..images import load_rgb, save_png_atomic
-from ..regular import open_regular, read_regular
+from ..regular import read_regular
 
 SETTINGS = "generate.json"
 PILOT = "pilot.safetensors"
@@ -115,15 +114,14 @@ def write_pilot(path: Path, pilot: np.ndarray) -> None:
 
 
 def read_pilot(path: Path) -> np.ndarray:
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load
 
     fix = "delete it and run generate again with --resume"
-    fd = open_regular(path, fix=fix)  # a FIFO or link in its place is refused, never waited on or followed
-    if fd is None:
+    data = read_regular(path, limit=MAX_IMAGE_BYTES, what="pilot file", fix=fix)  # a FIFO or link in its place is refused
+    if data is None:
         raise UserError(f"{path}: missing; {fix}")
-    os.close(fd)
     try:
-        art = load_file(str(path))["art"]
+        art = load(data)["art"]
     except Exception as exc:  # safetensors raises its own error type
         raise UserError(f"{path}: unreadable ({exc.__class__.__name__}); delete it and run generate again with --resume") from None
     if art.dtype != np.uint8 or art.ndim != 4 or art.shape[1:] != (24, 24, 3):

@@ -28,7 +28,7 @@ import torch
 
 from ...errors import UserError
 from ...paths import hub_offline
-from ..protocol import SampleJob, prompt_ids
+from ..protocol import SampleJob, pair_prompt_ids, prompt_ids
 from .preflight import safetensors_keys
 from .sampler import DiffusersSampler, _dtype_kwargs, _load, _quiet_loaders, draw_image
 
@@ -300,7 +300,7 @@ class ControlNetSampler(DiffusersSampler):
             for prompt, seed in pairs:
                 super().draw(job, [prompt], [seed], write)
             return
-        ids = dict(zip(dict.fromkeys(p for p, _ in pairs), prompt_ids(list(dict.fromkeys(p for p, _ in pairs)))))
+        ids = pair_prompt_ids(pairs)
         items = []
         for prompt, seed in pairs:
             pick = int.from_bytes(hashlib.sha256(f"{prompt}\0{seed}".encode()).digest()[:4], "big") % len(self.controls)

@@ -10,7 +10,7 @@ from ...errors import UserError
 from ...interrupts import termination_as_interrupt
 from ...runfolder import Status
 from ...runfolder.records import RunHandle
-from ..protocol import BaseEngine, BaseRef, CommandGroups, Outcome, Progress, SampleJob, SampleOptions, TrainOptions, TrainSession, check_suite, prompt_ids
+from ..protocol import BaseEngine, BaseRef, CommandGroups, Outcome, Progress, SampleJob, SampleOptions, TrainOptions, TrainSession, check_suite, pair_prompt_ids, prompt_ids
 from .settings import Pixel24Preset
 
 # pixel24.base values that name no file: the stand-in base trained on this machine, or nothing.
@@ -176,7 +176,7 @@ class Pixel24Sampler:
 
         from .sampling import sample_pairs
 
-        ids = dict(zip(dict.fromkeys(p for p, _ in pairs), prompt_ids(list(dict.fromkeys(p for p, _ in pairs)))))
+        ids = pair_prompt_ids(pairs)
         for (prompt, seed), pixels in zip(pairs, sample_pairs(self._model(job), pairs, **self.preset.pixel24.sampler_options())):
             write(Image.fromarray(pixels), ids[prompt], prompt, seed)
 
