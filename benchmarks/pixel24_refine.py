@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--dataset", type=Path, default=DEFAULT_BESPOKE)
     ap.add_argument("--variant", action="append", default=[], metavar='LABEL={"key": value}', help="another variant (repeatable)")
     ap.add_argument("--no-defaults", action="store_true", help="only the --variant rows (and the run's own settings)")
+    ap.add_argument("--skip-own", action="store_true", help="leave out the run's own settings' row (measured already)")
     ap.add_argument("--one-seed-set", action="store_true", help="seeds 1–8 only (half the time, twice the noise)")
     ap.add_argument("--save", type=Path, help="write each variant's first 160 images as LABEL.npy into this folder")
     args = ap.parse_args()
@@ -82,6 +83,8 @@ def main() -> None:
     real = np.stack([load_rgb(p) for p in sorted(args.dataset.glob("*.png"))])
     training = np.stack([load_rgb(p) for p in sorted((args.work / "train-164").glob("*.png"))])
     variants = [VARIANTS[0]] if args.no_defaults else list(VARIANTS)
+    if args.skip_own:
+        variants = variants[1:]
     for text in args.variant:
         label, _, knobs = text.partition("=")
         variants.append((label, json.loads(knobs)))

@@ -150,6 +150,7 @@ class Pixel24Model:
     path: Path | None = None
     _index: dict[str, int] = field(default_factory=dict, repr=False)
     _lab: torch.Tensor | None = field(default=None, repr=False)
+    _names: list[frozenset[str]] | None = field(default=None, repr=False)  # the colour names of each palette colour (sampling)
 
     def __post_init__(self) -> None:
         self._index = {w: i for i, w in enumerate(self.vocab)}
@@ -165,7 +166,7 @@ class Pixel24Model:
         return self._lab
 
     def set_palette(self, palette: np.ndarray) -> None:
-        self.palette, self._lab = palette, None
+        self.palette, self._lab, self._names = palette, None, None
         self.config["palette"] = to_hex(palette)
 
     def to(self, device: torch.device | str) -> "Pixel24Model":

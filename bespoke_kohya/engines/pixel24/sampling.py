@@ -23,7 +23,11 @@ averaged over 4 draws): 2 rounds of 10% took it from 0.76 to 0.71, colours per i
 Version 3's parts, all off by default (version 2's pixels): ``refine_components`` scores and
 re-draws a small one-colour area whole, ``refine_rare_colours`` re-draws the pixels of colours an
 image uses on only a few pixels, from its other colours; a model with a background head draws
-each image's background colour first; ``batch`` sets the images per forward pass. Every image
+each image's background colour first (``background_from_caption``: among the palette colours of the
+colour a prompt names, then ``background_repaint``: the drawn background repainted in it before
+refinement, and ``background_flatten``: its near shades reached from the edge painted flat after;
+measured, the head alone followed a caption's colour 0.40 of the time, told the name 0.89, repainted
+0.98); ``batch`` sets the images per forward pass. Every image
 follows its own unmasking schedule (from its own masked count), so an image never depends on
 its batch-mates even when refinement re-masks different counts per image.
 """
@@ -163,10 +167,15 @@ def _allowed_colours(x: torch.Tensor, k: int, rare: int) -> torch.Tensor:
 @torch.no_grad()
 def _unmask(model: Pixel24Model, conditions: torch.Tensor, generators: list[torch.Generator], steps: int, guidance: float, temperature: float, *,
             refine_rounds: int, refine_share: float, refine_steps: int, refine_temperature: float, refine_components: int = 0,
-            refine_rare_colours: int = 0) -> torch.Tensor:
-    """(B, 24, 24) palette indices for one batch: MaskGIT, then ``refine_rounds`` rounds of re-drawing the least likely pixels."""
+            refine_rare_colours: int = 0, background: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 24, 24) palette indices for one batch: MaskGIT, then ``refine_rounds`` rounds of re-drawing the least likely pixels.
+
+    ``background`` (B,): each image's background repainted in that colour after MaskGIT, before refinement.
+    """
     k, b = len(model.palette), len(generators)
     x = _fill(model, torch.full((b, ART, ART), k, dtype=torch.long), conditions, generators, steps, guidance, temperature, CHOICE_NOISE)
+    if background is not None:
+        x = repaint_backgrounds(model, x, background)
     redraw = int(round(refine_share * PIXELS))
     for _ in range(refine_rounds if redraw and refine_steps else 0):
         # The least likely `redraw` pixels of each image (ties by position: exactly that many) are masked and drawn again.
@@ -181,29 +190,82 @@ def _unmask(model: Pixel24Model, conditions: torch.Tensor, generators: list[torc
     return x
 
 
-def _backgrounds(model: Pixel24Model, text: torch.Tensor, generators: list[torch.Generator], guidance: float, temperature: float) -> torch.Tensor:
+def named_backgrounds(model: Pixel24Model, prompt: str) -> torch.Tensor | None:
+    """(K,) bool: the palette colours answering to the background colour ``prompt`` names ("deep purple background" ->
+    the purples, by :mod:`bespoke_kohya.metrics`' colour-name table), or None when it names none or no palette colour
+    answers to it (the head then chooses from all)."""
+    from ...metrics import background_colour_names, colour_names
+
+    wanted = background_colour_names(prompt)
+    if wanted is None:
+        return None
+    if model._names is None:  # once per model: the names each palette colour answers to
+        model._names = [colour_names(colour) for colour in model.palette]
+    allowed = torch.tensor([bool(wanted & names) for names in model._names])
+    return allowed if bool(allowed.any()) else None
+
+
+def _backgrounds(model: Pixel24Model, text: torch.Tensor, generators: list[torch.Generator], guidance: float, temperature: float,
+                 allowed: list[torch.Tensor | None] | None = None) -> torch.Tensor:
     """(B,) palette indices: each image's background colour drawn from the background head, guided like the pixels.
 
-    ``text`` holds the captioned vectors, then (when guided) the empty-caption ones.
+    ``text`` holds the captioned vectors, then (when guided) the empty-caption ones; ``allowed[i]`` (K,) bool, when
+    given, restricts image i's draw to those colours (the caption's named colour).
     """
     logits = model.net.background_logits(text, model.lab).float().cpu()
     if guidance != 1.0:
         cond, uncond = logits.chunk(2)
         logits = uncond + guidance * (cond - uncond)
+    logp = logits.log_softmax(dim=-1)
+    for i, colours in enumerate(allowed or []):
+        if colours is not None:
+            logp[i] = torch.where(colours, logp[i], torch.full_like(logp[i], -math.inf))
     noise = _gumbel((len(model.palette),), generators)
-    return (logits.log_softmax(dim=-1) / max(temperature, 1e-4) + noise).argmax(dim=-1)
+    return (logp / max(temperature, 1e-4) + noise).argmax(dim=-1)
 
 
-def _conditions(model: Pixel24Model, conds: list[Phrases], generators: list[torch.Generator], guidance: float, background_temperature: float) -> torch.Tensor:
-    """The U-Net's conditioning for one batch (captioned, then empty-caption when guided); a model with a background
-    head draws each image's background colour first, the same for both halves."""
+def _conditions(model: Pixel24Model, conds: list[Phrases], generators: list[torch.Generator], guidance: float, background_temperature: float,
+                allowed: list[torch.Tensor | None] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the U-Net's conditioning for one batch, captioned then empty-caption when guided; each image's background colour
+    (B,) or None): a model with a background head draws each image's background colour first (from ``allowed`` where
+    given), the same for both halves."""
     text = model.net.text(conds)
     if not model.net.has_background:
-        return text
-    background = _backgrounds(model, text, generators, guidance, background_temperature).to(model.device)
+        return text, None
+    drawn = _backgrounds(model, text, generators, guidance, background_temperature, allowed)
+    background = drawn.to(model.device)
     if guidance != 1.0:
         background = torch.cat([background, background])
-    return model.net.condition(text, background, model.lab)
+    return model.net.condition(text, background, model.lab), drawn
+
+
+def repaint_backgrounds(model: Pixel24Model, x: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """``x`` with each image's background (its outer ring's commonest colour and the pixels of it touching the ring, as
+    training finds it) in the colour ``background`` the head drew, where the U-Net drew another."""
+    from .training import background_indices
+
+    _, region = background_indices(x.numpy(), model.palette)
+    return torch.where(torch.from_numpy(region), background[:, None, None], x)
+
+
+def flatten_backgrounds(model: Pixel24Model, x: torch.Tensor, background: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """``x`` with every pixel within ``tolerance`` ΔE76 of its image's ``background`` colour, and reached from the outer
+    ring through such pixels, painted that exact colour: a background drawn as a grain of near shades becomes flat."""
+    lab = model.lab.cpu()
+    close = (lab[x] - lab[background][:, None, None]).norm(dim=-1) <= tolerance
+    ring = torch.zeros(ART, ART, dtype=torch.bool)
+    ring[0], ring[-1], ring[:, 0], ring[:, -1] = True, True, True, True
+    region = close & ring
+    while True:  # grow through 4-neighbours that are close too
+        grown = region.clone()
+        grown[:, 1:] |= region[:, :-1]
+        grown[:, :-1] |= region[:, 1:]
+        grown[:, :, 1:] |= region[:, :, :-1]
+        grown[:, :, :-1] |= region[:, :, 1:]
+        grown &= close
+        if torch.equal(grown, region):
+            return torch.where(region, background[:, None, None], x)
+        region = grown
 
 
 def sample(model: Pixel24Model, prompts: list[str], seeds: list[int], **options: float) -> list[list[np.ndarray]]:
@@ -218,13 +280,17 @@ def sample(model: Pixel24Model, prompts: list[str], seeds: list[int], **options:
 @torch.no_grad()
 def sample_pairs(model: Pixel24Model, pairs: list[tuple[str, int]], *, steps: int, guidance_scale: float, temperature: float,
                  refine_rounds: int = 0, refine_share: float = 0.1, refine_steps: int = 4, refine_temperature: float = 0.3, refine_components: int = 0,
-                 refine_rare_colours: int = 0, background_temperature: float = 1.0, batch: int = SAMPLE_BATCH) -> list[np.ndarray]:
+                 refine_rare_colours: int = 0, background_temperature: float = 1.0, background_from_caption: bool = False,
+                 background_repaint: bool = False, background_flatten: float = 0.0, batch: int = SAMPLE_BATCH) -> list[np.ndarray]:
     """The image of each (prompt, seed) pair, in order, drawn ``batch`` at a time whatever their prompts.
 
     ``refine_rounds`` rounds each re-draw the ``refine_share`` least likely pixels (0: plain MaskGIT); ``refine_components``
     > 0 scores and re-draws one-colour areas up to that size whole; ``refine_rare_colours`` > 0 also re-draws the pixels of
     colours that cover at most that many pixels of an image, from the image's other colours. A model with a background head
-    first draws each image's background colour (at ``background_temperature``). Every batch is padded to ``batch`` images
+    first draws each image's background colour (at ``background_temperature``; with ``background_from_caption``, among the
+    palette colours answering to the colour the prompt names for its background, where it names one; with
+    ``background_repaint``, the background MaskGIT drew is repainted in that colour before refinement; with
+    ``background_flatten`` > 0, the finished image's background pixels within that ΔE76 of it are painted it). Every batch is padded to ``batch`` images
     (fixed, so an image never depends on its batch-mates).
     """
     if steps < 1:
@@ -235,6 +301,7 @@ def sample_pairs(model: Pixel24Model, pairs: list[tuple[str, int]], *, steps: in
         return []
     model.eval()
     encoded = {prompt: encode_prompt(model, prompt)[0] for prompt in dict.fromkeys(p for p, _ in pairs)}
+    named = {prompt: named_backgrounds(model, prompt) for prompt in encoded} if background_from_caption and model.net.has_background else {}
     out: list[np.ndarray] = []
     for start in range(0, len(pairs), batch):
         chunk = pairs[start : start + batch]
@@ -243,9 +310,12 @@ def sample_pairs(model: Pixel24Model, pairs: list[tuple[str, int]], *, steps: in
         conds = [encoded[prompt] for prompt, _ in padded]
         if guidance_scale != 1.0:
             conds = conds + [[] for _ in padded]
-        conditions = _conditions(model, conds, generators, guidance_scale, background_temperature)
+        allowed = [named.get(prompt) for prompt, _ in padded] if named else None
+        conditions, background = _conditions(model, conds, generators, guidance_scale, background_temperature, allowed)
         indices = _unmask(model, conditions, generators, steps, guidance_scale, temperature, refine_rounds=refine_rounds, refine_share=refine_share,
                           refine_steps=refine_steps, refine_temperature=refine_temperature, refine_components=refine_components,
-                          refine_rare_colours=refine_rare_colours)
+                          refine_rare_colours=refine_rare_colours, background=background if background_repaint else None)
+        if background is not None and background_flatten > 0:
+            indices = flatten_backgrounds(model, indices, background, background_flatten)
         out += [model.palette[idx.numpy()] for idx in indices[: len(chunk)]]
     return out

@@ -66,10 +66,11 @@ def background_head_parameters(channels: list[int], in_channels: int, out_channe
 # Settings version 2 of pixel24.json lacked. At their defaults they build and draw exactly as version 2 did; a run
 # that sets any of them writes pixel24.json version 3 (model.model_config), which versions reading only 2 refuse.
 VERSION_3_FIELDS = ("attention_levels", "background_head", "background_loss_weight", "recolour_background",
-                    "refine_components", "refine_rare_colours", "background_temperature", "sample_batch")
+                    "refine_components", "refine_rare_colours", "background_temperature", "background_from_caption", "background_repaint", "background_flatten", "sample_batch")
 # The version-3 settings that are sampler options, by their keyword in sampling.sample.
 SAMPLER_OPTIONS = {"refine_components": "refine_components", "refine_rare_colours": "refine_rare_colours",
-                   "background_temperature": "background_temperature", "sample_batch": "batch"}
+                   "background_temperature": "background_temperature", "background_from_caption": "background_from_caption",
+                   "background_repaint": "background_repaint", "background_flatten": "background_flatten", "sample_batch": "batch"}
 
 
 class Pixel24Settings(_Strict):
@@ -111,6 +112,9 @@ class Pixel24Settings(_Strict):
     refine_components: int = Field(0, ge=0, le=576, description="Version 3. Refine by connected component: an area of one colour of at most this many pixels is scored and re-drawn whole (a blotch of wrong pixels props itself up when each of its pixels is scored with the others shown); larger areas are scored per pixel. 0 = per pixel only (version 2).")
     refine_rare_colours: int = Field(0, ge=0, le=64, description="Version 3. Refinement also re-draws the pixels of every colour that covers at most this many pixels of an image, and every re-drawn pixel takes one of the image's other colours (the real punks have a median of one colour on a single pixel; stray one-off colours raise that count). 0 = off (version 2).")
     background_temperature: float = Field(1.0, gt=0, le=5, description="Version 3, with background_head only. Sampling temperature of the background colour the head draws before any pixel (guided like the pixels): lower keeps to the colour the caption names most often.")
+    background_from_caption: bool = Field(False, description="Version 3, with background_head only. When a prompt names its background's colour (\"deep purple background\"; read as the report's caption adherence reads it, by bespoke_kohya.metrics' colour-name table), the head draws the background only among the palette colours of that name; a prompt naming none, or a colour the palette lacks, leaves the head free. The head alone learns colour words from a few hundred captions and often drew another colour.")
+    background_repaint: bool = Field(False, description="Version 3, with background_head only. After MaskGIT, repaint each image's background (its outer ring's commonest colour and the pixels of it touching the ring: what recolour_background repaints in training) in the colour the head drew, before refinement; the U-Net, told a colour, still sometimes draws another.")
+    background_flatten: float = Field(0.0, ge=0, le=50, description="Version 3, with background_head only. After refinement, paint every pixel within this ΔE76 of the background colour the head drew, and reached from the outer ring through such pixels, that exact colour: the U-Net draws a background as a grain of near shades of it, where the artist's is one flat colour. 0 = off; a figure's colour this close to the background and touching it is painted too, so keep it small.")
     sample_batch: int = Field(16, ge=1, le=1024, description="Version 3. Images per forward pass when drawing. Fixed per run, so a seed's image never depends on its batch-mates; another value changes the pixels slightly (CPU kernels round differently), so version 2 runs keep 16. Larger batches draw faster on a GPU.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Training seed (weights, data order, masks; 0 to 2**32-1).")
 

@@ -658,6 +658,53 @@ def test_a_named_background_colour_restricts_the_head_to_palette_colours_of_that
     assert all(np.array_equal(x, y) for x, y in zip(a[0], b[0]))  # nothing named: the same pixels as without the option
 
 
+def _stub(palette: list[list[int]]) -> object:
+    """What repaint_backgrounds and flatten_backgrounds read of a model: its palette and the palette's CIELAB."""
+    from types import SimpleNamespace
+
+    from bespoke_kohya.engines.pixel24.palette import palette_lab
+
+    colours = np.array(palette, np.uint8)
+    return SimpleNamespace(palette=colours, lab=palette_lab(colours))
+
+
+def test_repaint_puts_the_told_colour_where_the_drawn_background_was() -> None:
+    from bespoke_kohya.engines.pixel24.sampling import repaint_backgrounds
+
+    model = _stub([[40, 90, 200], [200, 60, 60], [230, 200, 170], [0, 0, 0]])  # blue, red, skin, black
+    x = torch.full((1, 24, 24), 1)  # the U-Net drew a red background …
+    x[0, 6:, 6:18] = 2  # … round a figure,
+    x[0, 10, 10] = 1  # with a red pixel inside it (not background: it does not touch the ring's red)
+    x[0, 8:10, 8:16] = 3
+    out = repaint_backgrounds(model, x, torch.tensor([0]))  # the head drew blue
+    assert (out[0, :6] == 0).all() and (out[0, :, :6] == 0).all() and out[0, 10, 10] == 1
+    assert torch.equal(out[0, 6:, 6:18], x[0, 6:, 6:18])  # the figure is untouched
+
+
+def test_flatten_paints_near_shades_reached_from_the_ring_and_nothing_else() -> None:
+    from bespoke_kohya.engines.pixel24.sampling import flatten_backgrounds
+
+    model = _stub([[40, 90, 200], [44, 94, 206], [230, 200, 170], [46, 96, 208]])  # blue, two shades of it, skin
+    x = torch.zeros((1, 24, 24), dtype=torch.long)
+    x[0, ::3, ::5] = 1  # a grain of a near shade all over the background
+    x[0, 8:, 6:18] = 2  # a figure reaching the bottom edge
+    x[0, 12, 12] = 3  # a near shade inside the figure: not reached from the ring through near shades
+    out = flatten_backgrounds(model, x, torch.tensor([0]), tolerance=8.0)
+    assert (out[0][x[0] == 1] == 0).all() and out[0, 12, 12] == 3 and (out[0, 8:, 6:18][x[0, 8:, 6:18] == 2] == 2).all()
+    assert torch.equal(flatten_backgrounds(model, x, torch.tensor([0]), tolerance=1.0), x)  # the shades are ~4 ΔE away: kept at 1
+
+
+def test_caption_named_repainted_flattened_backgrounds_answer_to_the_caption(v3: pixel24.Pixel24Model) -> None:
+    from bespoke_kohya.metrics import border_colour, colour_names
+
+    knobs = {"steps": 4, "guidance_scale": 2.0, "temperature": 0.7, "refine_rounds": 1, "refine_steps": 2}
+    told = {"background_from_caption": True, "background_repaint": True, "background_flatten": 8.0}
+    drawn = pixel24.sample(v3, ["lady, green background"], list(range(8)), **knobs, **told)[0]
+    assert all("green" in colour_names(border_colour(img)) for img in drawn)
+    again = pixel24.sample(v3, ["lady, green background"], [3], **knobs, **told)[0][0]
+    assert np.array_equal(again, drawn[3])  # still one image per seed
+
+
 def test_rare_colours_are_redrawn_from_the_image_s_other_colours(model: pixel24.Pixel24Model) -> None:
     """One round with refine_rare_colours = 3 starts from the MaskGIT draw (the same generators) and re-draws every pixel
     of a colour on at most 3 of its pixels from its other colours: what is left are the draw's colours on more than 3."""
