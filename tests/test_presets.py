@@ -150,6 +150,16 @@ def test_seeds_outside_32_bits_are_refused(override: str):
     assert load_preset("pixel24", ["pixel24.seed=4294967295"]).pixel24.seed == 2**32 - 1
 
 
+def test_background_settings_without_the_head_are_refused_not_ignored():
+    """pixel24.background_repaint (and the head's other settings) without pixel24.background_head would draw exactly as
+    without them: one line saying what to set, instead of a setting that silently does nothing."""
+    with pytest.raises(UserError) as e:
+        load_preset("pixel24", ["pixel24.background_repaint=true", "pixel24.background_flatten=8"])
+    message = str(e.value)
+    assert "pixel24.background_repaint, pixel24.background_flatten" in message and "pixel24.background_head = true" in message and "\n" not in message
+    assert load_preset("pixel24", ["pixel24.background_head=true", "pixel24.background_repaint=true"]).pixel24.background_repaint
+
+
 def test_huge_pixel24_unet_is_refused_before_allocating():
     """Issue 12 (accepted silently): block_out_channels=[4096,4096,4096] with layers_per_block=4 (~17 B parameters)."""
     with pytest.raises(UserError) as e:

@@ -68,6 +68,9 @@ def background_head_parameters(channels: list[int], in_channels: int, out_channe
 VERSION_3_FIELDS = ("attention_levels", "background_head", "background_loss_weight", "recolour_background",
                     "refine_components", "refine_rare_colours", "background_temperature", "background_from_caption", "background_repaint", "background_flatten", "sample_batch")
 # The version-3 settings that are sampler options, by their keyword in sampling.sample.
+# Settings that act only through the background head: set without it they would change nothing, so they are refused.
+HEAD_ONLY_FIELDS = ("background_loss_weight", "recolour_background", "background_temperature", "background_from_caption", "background_repaint",
+                    "background_flatten")
 SAMPLER_OPTIONS = {"refine_components": "refine_components", "refine_rare_colours": "refine_rare_colours",
                    "background_temperature": "background_temperature", "background_from_caption": "background_from_caption",
                    "background_repaint": "background_repaint", "background_flatten": "background_flatten", "sample_batch": "batch"}
@@ -141,6 +144,16 @@ class Pixel24Settings(_Strict):
         if bad:
             raise ValueError(f"every width must be a multiple of 8 (at least 8), got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _head_settings_need_the_head(self) -> "Pixel24Settings":
+        if not self.background_head:
+            fields = type(self).model_fields
+            set_alone = [name for name in HEAD_ONLY_FIELDS if getattr(self, name) != fields[name].default]
+            if set_alone:
+                raise ValueError(f"{', '.join('pixel24.' + n for n in set_alone)} act only through the background head, which is off: "
+                                 f"also set pixel24.background_head = true, or leave {'them' if len(set_alone) > 1 else 'it'} at the default")
+        return self
 
     @model_validator(mode="after")
     def _fits_in_memory(self) -> "Pixel24Settings":
