@@ -247,13 +247,17 @@ def background_mask(img: np.ndarray) -> np.ndarray:
     matches within a tolerance is the grain this metric exists to catch.
     """
     colour, _ = _border_mode(img)
-    same = (img == colour).all(axis=-1)
-    ring = np.zeros(same.shape, bool)
+    return ring_connected((img == colour).all(axis=-1))
+
+
+def ring_connected(allowed: np.ndarray) -> np.ndarray:
+    """``(H, W)`` bool: the pixels of ``allowed`` reached from the outer ring through ``allowed`` pixels (4-neighbour)."""
+    ring = np.zeros(allowed.shape, bool)
     ring[0] = ring[-1] = True
     ring[:, 0] = ring[:, -1] = True
-    mask = same & ring
+    mask = allowed & ring
     while True:
-        grown = _dilate4(mask) & same
+        grown = _dilate4(mask) & allowed
         if np.array_equal(grown, mask):
             return mask
         mask = grown

@@ -251,21 +251,12 @@ def repaint_backgrounds(model: Pixel24Model, x: torch.Tensor, background: torch.
 def flatten_backgrounds(model: Pixel24Model, x: torch.Tensor, background: torch.Tensor, tolerance: float) -> torch.Tensor:
     """``x`` with every pixel within ``tolerance`` ΔE76 of its image's ``background`` colour, and reached from the outer
     ring through such pixels, painted that exact colour: a background drawn as a grain of near shades becomes flat."""
+    from ...metrics import ring_connected
+
     lab = model.lab.cpu()
     close = (lab[x] - lab[background][:, None, None]).norm(dim=-1) <= tolerance
-    ring = torch.zeros(ART, ART, dtype=torch.bool)
-    ring[0], ring[-1], ring[:, 0], ring[:, -1] = True, True, True, True
-    region = close & ring
-    while True:  # grow through 4-neighbours that are close too
-        grown = region.clone()
-        grown[:, 1:] |= region[:, :-1]
-        grown[:, :-1] |= region[:, 1:]
-        grown[:, :, 1:] |= region[:, :, :-1]
-        grown[:, :, :-1] |= region[:, :, 1:]
-        grown &= close
-        if torch.equal(grown, region):
-            return torch.where(region, background[:, None, None], x)
-        region = grown
+    region = torch.from_numpy(np.stack([ring_connected(image) for image in close.numpy()]))
+    return torch.where(region, background[:, None, None], x)
 
 
 def sample(model: Pixel24Model, prompts: list[str], seeds: list[int], **options: float) -> list[list[np.ndarray]]:

@@ -67,10 +67,10 @@ def background_head_parameters(channels: list[int], in_channels: int, out_channe
 # that sets any of them writes pixel24.json version 3 (model.model_config), which versions reading only 2 refuse.
 VERSION_3_FIELDS = ("attention_levels", "background_head", "background_loss_weight", "recolour_background",
                     "refine_components", "refine_rare_colours", "background_temperature", "background_from_caption", "background_repaint", "background_flatten", "sample_batch")
-# The version-3 settings that are sampler options, by their keyword in sampling.sample.
 # Settings that act only through the background head: set without it they would change nothing, so they are refused.
 HEAD_ONLY_FIELDS = ("background_loss_weight", "recolour_background", "background_temperature", "background_from_caption", "background_repaint",
                     "background_flatten")
+# The version-3 settings that are sampler options, by their keyword in sampling.sample.
 SAMPLER_OPTIONS = {"refine_components": "refine_components", "refine_rare_colours": "refine_rare_colours",
                    "background_temperature": "background_temperature", "background_from_caption": "background_from_caption",
                    "background_repaint": "background_repaint", "background_flatten": "background_flatten", "sample_batch": "batch"}
@@ -134,8 +134,12 @@ class Pixel24Settings(_Strict):
 
     def version_3_parts(self) -> dict[str, Any]:
         """The version-3 settings these settings use (those not at their defaults), by name; empty for a version-2 model."""
+        return self._not_default(VERSION_3_FIELDS)
+
+    def _not_default(self, names: tuple[str, ...]) -> dict[str, Any]:
+        """Those of the settings ``names`` that are not at their defaults, by name."""
         fields = type(self).model_fields
-        return {name: getattr(self, name) for name in VERSION_3_FIELDS if getattr(self, name) != fields[name].default}
+        return {name: getattr(self, name) for name in names if getattr(self, name) != fields[name].default}
 
     @field_validator("block_out_channels")
     @classmethod
@@ -148,8 +152,7 @@ class Pixel24Settings(_Strict):
     @model_validator(mode="after")
     def _head_settings_need_the_head(self) -> "Pixel24Settings":
         if not self.background_head:
-            fields = type(self).model_fields
-            set_alone = [name for name in HEAD_ONLY_FIELDS if getattr(self, name) != fields[name].default]
+            set_alone = list(self._not_default(HEAD_ONLY_FIELDS))
             if set_alone:
                 raise ValueError(f"{', '.join('pixel24.' + n for n in set_alone)} act only through the background head, which is off: "
                                  f"also set pixel24.background_head = true, or leave {'them' if len(set_alone) > 1 else 'it'} at the default")
