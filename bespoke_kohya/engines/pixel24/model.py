@@ -151,6 +151,7 @@ class Pixel24Model:
     _index: dict[str, int] = field(default_factory=dict, repr=False)
     _lab: torch.Tensor | None = field(default=None, repr=False)
     _names: list[frozenset[str]] | None = field(default=None, repr=False)  # the colour names of each palette colour (sampling)
+    _compiled: Any = field(default=None, repr=False)  # torch.compile of net, after compile()
 
     def __post_init__(self) -> None:
         self._index = {w: i for i, w in enumerate(self.vocab)}
@@ -169,6 +170,19 @@ class Pixel24Model:
         self.palette, self._lab, self._names = palette, None, None
         self.config["palette"] = to_hex(palette)
 
+    def compile(self) -> None:
+        """From now on :meth:`logits` runs the network through torch.compile (settings.compile); once per model."""
+        if self._compiled is None:
+            require_compiler()
+            # dynamic=False: training and drawing each use one fixed batch shape, so each compiles once
+            self._compiled = torch.compile(self.net, dynamic=False)
+
+    def logits(self, indices: torch.Tensor, mask_ratio: torch.Tensor, conditions: torch.Tensor, *, compiled: bool = True) -> torch.Tensor:
+        """The network's (B, K, 24, 24) logits (Pixel24Net.forward), compiled after :meth:`compile` unless ``compiled`` is
+        False (a pass of another batch shape, which would compile again)."""
+        net = self._compiled if compiled and self._compiled is not None else self.net
+        return net(indices, mask_ratio, conditions, self.lab)
+
     def to(self, device: torch.device | str) -> "Pixel24Model":
         self.device = torch.device(device)
         self.net.to(self.device)
@@ -180,6 +194,14 @@ class Pixel24Model:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu").contiguous() for k, v in self.net.state_dict().items()}
+
+
+def require_compiler() -> None:
+    """torch.compile on a CPU builds C++ kernels: without a compiler it would fail deep inside torch at the first call."""
+    import shutil
+
+    if not any(shutil.which(name) for name in ("g++", "clang++", "c++")):
+        raise UserError("pixel24.compile = true needs a C++ compiler (g++ or clang++) on PATH; install one, or set pixel24.compile=false")
 
 
 def model_config(settings: Pixel24Settings, vocab: list[str], palette: np.ndarray) -> dict[str, Any]:

@@ -72,10 +72,10 @@ def _logits(model: Pixel24Model, x: torch.Tensor, conditions: torch.Tensor, guid
     x = x.to(model.device)
     ratio = (x == k).float().mean(dim=(1, 2))
     if guidance != 1.0:
-        cond, uncond = model.net(torch.cat([x, x]), torch.cat([ratio, ratio]), conditions, model.lab).chunk(2)
+        cond, uncond = model.logits(torch.cat([x, x]), torch.cat([ratio, ratio]), conditions).chunk(2)
         logits = uncond + guidance * (cond - uncond)
     else:
-        logits = model.net(x, ratio, conditions, model.lab)
+        logits = model.logits(x, ratio, conditions)
     return logits.permute(0, 2, 3, 1).float().cpu()
 
 
@@ -272,7 +272,7 @@ def sample(model: Pixel24Model, prompts: list[str], seeds: list[int], **options:
 def sample_pairs(model: Pixel24Model, pairs: list[tuple[str, int]], *, steps: int, guidance_scale: float, temperature: float,
                  refine_rounds: int = 0, refine_share: float = 0.1, refine_steps: int = 4, refine_temperature: float = 0.3, refine_components: int = 0,
                  refine_rare_colours: int = 0, background_temperature: float = 1.0, background_from_caption: bool = False,
-                 background_repaint: bool = False, background_flatten: float = 0.0, batch: int = SAMPLE_BATCH) -> list[np.ndarray]:
+                 background_repaint: bool = False, background_flatten: float = 0.0, batch: int = SAMPLE_BATCH, compile: bool = False) -> list[np.ndarray]:
     """The image of each (prompt, seed) pair, in order, drawn ``batch`` at a time whatever their prompts.
 
     ``refine_rounds`` rounds each re-draw the ``refine_share`` least likely pixels (0: plain MaskGIT); ``refine_components``
@@ -282,7 +282,7 @@ def sample_pairs(model: Pixel24Model, pairs: list[tuple[str, int]], *, steps: in
     palette colours answering to the colour the prompt names for its background, where it names one; with
     ``background_repaint``, the background MaskGIT drew is repainted in that colour before refinement; with
     ``background_flatten`` > 0, the finished image's background pixels within that ΔE76 of it are painted it). Every batch is padded to ``batch`` images
-    (fixed, so an image never depends on its batch-mates).
+    (fixed, so an image never depends on its batch-mates, and a compiled network, ``compile``, compiles once).
     """
     if steps < 1:
         raise UserError(f"sample: steps must be at least 1, got {steps}")
@@ -291,6 +291,8 @@ def sample_pairs(model: Pixel24Model, pairs: list[tuple[str, int]], *, steps: in
     if not pairs:
         return []
     model.eval()
+    if compile:
+        model.compile()
     encoded = {prompt: encode_prompt(model, prompt)[0] for prompt in dict.fromkeys(p for p, _ in pairs)}
     named = {prompt: named_backgrounds(model, prompt) for prompt in encoded} if background_from_caption and model.net.has_background else {}
     out: list[np.ndarray] = []

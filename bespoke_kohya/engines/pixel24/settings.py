@@ -66,14 +66,14 @@ def background_head_parameters(channels: list[int], in_channels: int, out_channe
 # Settings version 2 of pixel24.json lacked. At their defaults they build and draw exactly as version 2 did; a run
 # that sets any of them writes pixel24.json version 3 (model.model_config), which versions reading only 2 refuse.
 VERSION_3_FIELDS = ("attention_levels", "background_head", "background_loss_weight", "recolour_background",
-                    "refine_components", "refine_rare_colours", "background_temperature", "background_from_caption", "background_repaint", "background_flatten", "sample_batch")
+                    "refine_components", "refine_rare_colours", "background_temperature", "background_from_caption", "background_repaint", "background_flatten", "sample_batch", "compile")
 # Settings that act only through the background head: set without it they would change nothing, so they are refused.
 HEAD_ONLY_FIELDS = ("background_loss_weight", "recolour_background", "background_temperature", "background_from_caption", "background_repaint",
                     "background_flatten")
 # The version-3 settings that are sampler options, by their keyword in sampling.sample.
 SAMPLER_OPTIONS = {"refine_components": "refine_components", "refine_rare_colours": "refine_rare_colours",
                    "background_temperature": "background_temperature", "background_from_caption": "background_from_caption",
-                   "background_repaint": "background_repaint", "background_flatten": "background_flatten", "sample_batch": "batch"}
+                   "background_repaint": "background_repaint", "background_flatten": "background_flatten", "sample_batch": "batch", "compile": "compile"}
 
 
 class Pixel24Settings(_Strict):
@@ -119,6 +119,7 @@ class Pixel24Settings(_Strict):
     background_repaint: bool = Field(False, description="Version 3, with background_head only. After MaskGIT, repaint each image's background (its outer ring's commonest colour and the pixels of it touching the ring: what recolour_background repaints in training) in the colour the head drew, before refinement; the U-Net, told a colour, still sometimes draws another.")
     background_flatten: float = Field(0.0, ge=0, le=50, description="Version 3, with background_head only. After refinement, paint every pixel within this ΔE76 of the background colour the head drew, and reached from the outer ring through such pixels, that exact colour: the U-Net draws a background as a grain of near shades of it, where the artist's is one flat colour. 0 = off; a figure's colour this close to the background and touching it is painted too, so keep it small.")
     sample_batch: int = Field(16, ge=1, le=1024, description="Version 3. Images per forward pass when drawing. Fixed per run, so a seed's image never depends on its batch-mates; another value changes the pixels slightly (CPU kernels round differently), so version 2 runs keep 16. Larger batches draw faster on a GPU.")
+    compile: bool = Field(False, description="Version 3. Run the U-Net through torch.compile when training and drawing (the fixed batch shapes compile once per process): faster on a CPU (benchmarks/README.md), at the cost of compiling first (about 90 s the first time on a machine, seconds after, from torch's cache) and of needing a C++ compiler (g++ or clang++). The compiled kernels round differently, so the same seed draws slightly different pixels than without it.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Training seed (weights, data order, masks; 0 to 2**32-1).")
 
     def sampler_options(self) -> dict[str, Any]:

@@ -173,7 +173,7 @@ def background_indices(indices: np.ndarray, palette: np.ndarray) -> tuple[np.nda
 
 
 def _masked_loss(model: Pixel24Model, x0: torch.Tensor, masked: torch.Tensor, ratio: torch.Tensor, conds: list[Phrases], label_smoothing: float,
-                 background: torch.Tensor | None = None, head_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 background: torch.Tensor | None = None, head_weight: torch.Tensor | None = None, *, compiled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss to minimise, its pixel part): cross-entropy of the model's guesses for the masked pixels of ``x0`` (palette
     indices) given the rest, the captions and (with a background head) each image's ``background`` colour; plus, weighted
     per image by ``head_weight``, the head's cross-entropy on that colour."""
@@ -182,7 +182,7 @@ def _masked_loss(model: Pixel24Model, x0: torch.Tensor, masked: torch.Tensor, ra
     text = model.net.text(conds)
     if background is not None:
         background = background.to(dev)
-    logits = model.net(torch.where(masked, torch.full_like(x0, k), x0), ratio, model.net.condition(text, background, model.lab), model.lab)
+    logits = model.logits(torch.where(masked, torch.full_like(x0, k), x0), ratio, model.net.condition(text, background, model.lab), compiled=compiled)
     pixels = F.cross_entropy(logits.permute(0, 2, 3, 1)[masked], x0[masked], label_smoothing=label_smoothing)
     if head_weight is None or background is None or not model.net.has_background:
         return pixels, pixels
@@ -211,7 +211,7 @@ def heldout_loss(model: Pixel24Model, indices: np.ndarray, captions: list[Phrase
                 part = slice(i, i + VALIDATION_BATCH)
                 # Every image masks the same number of pixels, so a batch's mean weighs by its image count.
                 bg = None if background is None else background[part]
-                total += _masked_loss(model, x0[part], masked[part], ratio[part], captions[part], label_smoothing, bg)[1].item() * len(x0[part])
+                total += _masked_loss(model, x0[part], masked[part], ratio[part], captions[part], label_smoothing, bg, compiled=False)[1].item() * len(x0[part])
             per_ratio.append(total / len(x0))
     finally:
         model.net.train(was_training)
@@ -229,6 +229,8 @@ class Loop:
         self.opt = torch.optim.AdamW(self.params, lr=schedule.learning_rate, weight_decay=0.01, betas=(0.9, 0.99))
         self.ema = [p.detach().clone() for p in self.params] if schedule.ema_decay > 0 else None
         self.gen = torch.Generator().manual_seed(settings.seed)
+        if settings.compile:
+            model.compile()
         self.step = 0
         self._order: list[int] = []
         self.background: torch.Tensor | None = None  # (N,) each image's background colour, with a background head
@@ -359,6 +361,8 @@ def base_key(settings: Pixel24Settings) -> str:
     extra: dict[str, Any] = {}
     if settings.attention_levels != 1:
         extra["attention_levels"] = settings.attention_levels
+    if settings.compile:  # compiled kernels round differently: another base, bit for bit
+        extra["compile"] = True
     if settings.background_head:
         extra.update(background_head=True, background_loss_weight=settings.background_loss_weight, recolour_background=settings.recolour_background)
     shaping.update(extra, format=FORMAT_VERSION if extra else 2, standin_seed=DEFAULT_SEED)

@@ -771,3 +771,34 @@ def test_a_version_2_base_gets_a_background_head_and_a_sampler_part_alone_makes_
     settings = tiny_preset(refine_components=8).settings
     assert pixel24.model_config(settings, ["<reserved>"], np.zeros((2, 3), np.uint8))["version"] == 3
     assert settings.sampler_options()["refine_components"] == 8
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++", "c++")), reason="torch.compile on a CPU needs a C++ compiler")
+def test_a_compiled_run_trains_and_draws_what_the_eager_network_computes(sixteen: Path, tmp_path: Path) -> None:
+    """pixel24.compile: the compiled network's logits are the eager ones up to rounding, and drawing stays one image per seed."""
+    run = tmp_path / "run"
+    result = pixel24.train(tiny_preset(compile=True, background_head=True), sixteen, run, device="cpu")
+    assert result["steps"] == 4
+    model = pixel24.load_checkpoint(run / result["epochs"][2], device="cpu")
+    assert model.config["settings"]["compile"] is True and model.config["version"] == 3
+    x = torch.randint(len(model.palette) + 1, (4, 24, 24), generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        cond = model.net.condition(model.net.text([[[1]], [[2]], [], []]), torch.tensor([0, 1, 2, 3]), model.lab)
+        eager = model.logits(x, torch.full((4,), 0.5), cond)
+        model.compile()
+        compiled = model.logits(x, torch.full((4,), 0.5), cond)
+    assert model._compiled is not None and torch.allclose(eager, compiled, atol=1e-4, rtol=1e-4)
+    knobs = {"steps": 4, "guidance_scale": 2.0, "temperature": 0.7, "batch": 4, "compile": True}
+    both = pixel24.sample(model, ["lady, green background"], [1, 2], **knobs)
+    alone = pixel24.sample(model, ["lady, green background"], [2], **knobs)
+    assert np.array_equal(both[0][1], alone[0][0]) and not np.array_equal(both[0][0], both[0][1])
+
+
+def test_compile_without_a_cpp_compiler_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bespoke_kohya.engines.pixel24 import model as model_module
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(UserError, match="pixel24.compile = true needs a C\\+\\+ compiler"):
+        model_module.require_compiler()
