@@ -196,11 +196,18 @@ class Pixel24Model:
         return {k: v.detach().to("cpu").contiguous() for k, v in self.net.state_dict().items()}
 
 
-def require_compiler() -> None:
-    """torch.compile on a CPU builds C++ kernels: without a compiler it would fail deep inside torch at the first call."""
+CPP_COMPILERS = ("g++", "clang++", "c++")  # what torch.compile's CPU backend builds its kernels with
+
+
+def has_compiler() -> bool:
     import shutil
 
-    if not any(shutil.which(name) for name in ("g++", "clang++", "c++")):
+    return any(shutil.which(name) for name in CPP_COMPILERS)
+
+
+def require_compiler() -> None:
+    """torch.compile on a CPU builds C++ kernels: without a compiler it would fail deep inside torch at the first call."""
+    if not has_compiler():
         raise UserError("pixel24.compile = true needs a C++ compiler (g++ or clang++) on PATH; install one, or set pixel24.compile=false")
 
 

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from bespoke_kohya.engines.pixel24 import api as pixel24
+from bespoke_kohya.engines.pixel24.model import has_compiler
 from bespoke_kohya.errors import UserError
 from bespoke_kohya.presets import validate_preset, Preset
 from bespoke_kohya.runfolder.records import read_validation
@@ -774,7 +775,7 @@ def test_a_version_2_base_gets_a_background_head_and_a_sampler_part_alone_makes_
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++", "c++")), reason="torch.compile on a CPU needs a C++ compiler")
+@pytest.mark.skipif(not has_compiler(), reason="torch.compile on a CPU needs a C++ compiler")
 def test_a_compiled_run_trains_and_draws_what_the_eager_network_computes(sixteen: Path, tmp_path: Path) -> None:
     """pixel24.compile: the compiled network's logits are the eager ones up to rounding, and drawing stays one image per seed."""
     run = tmp_path / "run"
