@@ -171,15 +171,16 @@ class Pixel24Model:
         self.config["palette"] = to_hex(palette)
 
     def compile(self) -> None:
-        """From now on :meth:`logits` runs the network through torch.compile (settings.compile); once per model."""
+        """From now on :meth:`logits` runs the network through torch.compile (settings.compile, for drawing); once per model."""
         if self._compiled is None:
             require_compiler()
-            # dynamic=False: training and drawing each use one fixed batch shape, so each compiles once
+            # dynamic=False: drawing uses one fixed batch shape, so it compiles once
             self._compiled = torch.compile(self.net, dynamic=False)
 
     def logits(self, indices: torch.Tensor, mask_ratio: torch.Tensor, conditions: torch.Tensor, *, compiled: bool = True) -> torch.Tensor:
         """The network's (B, K, 24, 24) logits (Pixel24Net.forward), compiled after :meth:`compile` unless ``compiled`` is
-        False (a pass of another batch shape, which would compile again)."""
+        False (training, whose gradients torch's compiler gets wrong for this network; or a pass of another batch shape,
+        which would compile again)."""
         net = self._compiled if compiled and self._compiled is not None else self.net
         return net(indices, mask_ratio, conditions, self.lab)
 

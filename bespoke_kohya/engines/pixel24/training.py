@@ -173,16 +173,20 @@ def background_indices(indices: np.ndarray, palette: np.ndarray) -> tuple[np.nda
 
 
 def _masked_loss(model: Pixel24Model, x0: torch.Tensor, masked: torch.Tensor, ratio: torch.Tensor, conds: list[Phrases], label_smoothing: float,
-                 background: torch.Tensor | None = None, head_weight: torch.Tensor | None = None, *, compiled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                 background: torch.Tensor | None = None, head_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss to minimise, its pixel part): cross-entropy of the model's guesses for the masked pixels of ``x0`` (palette
     indices) given the rest, the captions and (with a background head) each image's ``background`` colour; plus, weighted
-    per image by ``head_weight``, the head's cross-entropy on that colour."""
+    per image by ``head_weight``, the head's cross-entropy on that colour.
+
+    Always the eager network, even on a model compiled for drawing: torch 2.13's inductor computes wrong gradients for
+    this U-Net (the mid block's all zero, 0.35 relative error in all; aot_eager is exact), and a model trained through
+    it drew flat, unreal punks (benchmarks/README.md, "pixel24.compile")."""
     dev, k = model.device, len(model.palette)
     x0, masked, ratio = x0.to(dev), masked.to(dev), ratio.to(dev)
     text = model.net.text(conds)
     if background is not None:
         background = background.to(dev)
-    logits = model.logits(torch.where(masked, torch.full_like(x0, k), x0), ratio, model.net.condition(text, background, model.lab), compiled=compiled)
+    logits = model.logits(torch.where(masked, torch.full_like(x0, k), x0), ratio, model.net.condition(text, background, model.lab), compiled=False)
     pixels = F.cross_entropy(logits.permute(0, 2, 3, 1)[masked], x0[masked], label_smoothing=label_smoothing)
     if head_weight is None or background is None or not model.net.has_background:
         return pixels, pixels
@@ -211,7 +215,7 @@ def heldout_loss(model: Pixel24Model, indices: np.ndarray, captions: list[Phrase
                 part = slice(i, i + VALIDATION_BATCH)
                 # Every image masks the same number of pixels, so a batch's mean weighs by its image count.
                 bg = None if background is None else background[part]
-                total += _masked_loss(model, x0[part], masked[part], ratio[part], captions[part], label_smoothing, bg, compiled=False)[1].item() * len(x0[part])
+                total += _masked_loss(model, x0[part], masked[part], ratio[part], captions[part], label_smoothing, bg)[1].item() * len(x0[part])
             per_ratio.append(total / len(x0))
     finally:
         model.net.train(was_training)
@@ -229,8 +233,6 @@ class Loop:
         self.opt = torch.optim.AdamW(self.params, lr=schedule.learning_rate, weight_decay=0.01, betas=(0.9, 0.99))
         self.ema = [p.detach().clone() for p in self.params] if schedule.ema_decay > 0 else None
         self.gen = torch.Generator().manual_seed(settings.seed)
-        if settings.compile:
-            model.compile()
         self.step = 0
         self._order: list[int] = []
         self.background: torch.Tensor | None = None  # (N,) each image's background colour, with a background head
@@ -361,8 +363,6 @@ def base_key(settings: Pixel24Settings) -> str:
     extra: dict[str, Any] = {}
     if settings.attention_levels != 1:
         extra["attention_levels"] = settings.attention_levels
-    if settings.compile:  # compiled kernels round differently: another base, bit for bit
-        extra["compile"] = True
     if settings.background_head:
         extra.update(background_head=True, background_loss_weight=settings.background_loss_weight, recolour_background=settings.recolour_background)
     shaping.update(extra, format=FORMAT_VERSION if extra else 2, standin_seed=DEFAULT_SEED)

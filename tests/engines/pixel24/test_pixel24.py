@@ -776,13 +776,16 @@ def test_a_version_2_base_gets_a_background_head_and_a_sampler_part_alone_makes_
 
 @pytest.mark.slow
 @pytest.mark.skipif(not has_compiler(), reason="torch.compile on a CPU needs a C++ compiler")
-def test_a_compiled_run_trains_and_draws_what_the_eager_network_computes(sixteen: Path, tmp_path: Path) -> None:
-    """pixel24.compile: the compiled network's logits are the eager ones up to rounding, and drawing stays one image per seed."""
-    run = tmp_path / "run"
-    result = pixel24.train(tiny_preset(compile=True, background_head=True), sixteen, run, device="cpu")
-    assert result["steps"] == 4
-    model = pixel24.load_checkpoint(run / result["epochs"][2], device="cpu")
+def test_a_compile_run_trains_eagerly_and_draws_what_the_eager_network_computes(sixteen: Path, tmp_path: Path) -> None:
+    """pixel24.compile: training is the eager run's bit for bit (torch's compiler gets this U-Net's gradients wrong), and the
+    compiled network's logits are the eager ones up to rounding, drawing one image per seed."""
+    runs = {flag: tmp_path / f"run-{flag}" for flag in (True, False)}
+    results = {flag: pixel24.train(tiny_preset(compile=flag, background_head=True), sixteen, runs[flag], device="cpu") for flag in runs}
+    assert results[True]["steps"] == 4
+    model = pixel24.load_checkpoint(runs[True] / results[True]["epochs"][2], device="cpu")
+    eager_run = pixel24.load_checkpoint(runs[False] / results[False]["epochs"][2], device="cpu")
     assert model.config["settings"]["compile"] is True and model.config["version"] == 3
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), eager_run.state_dict().values()))
     x = torch.randint(len(model.palette) + 1, (4, 24, 24), generator=torch.Generator().manual_seed(0))
     model.eval()
     with torch.no_grad():
@@ -795,6 +798,25 @@ def test_a_compiled_run_trains_and_draws_what_the_eager_network_computes(sixteen
     both = pixel24.sample(model, ["lady, green background"], [1, 2], **knobs)
     alone = pixel24.sample(model, ["lady, green background"], [2], **knobs)
     assert np.array_equal(both[0][1], alone[0][0]) and not np.array_equal(both[0][0], both[0][1])
+
+
+def test_the_training_loss_never_runs_a_compiled_network() -> None:
+    """A model compiled for drawing (sampling each epoch in the training process) still trains through the eager network."""
+    from bespoke_kohya.engines.pixel24.training import _masked_loss
+
+    from bespoke_kohya.engines.pixel24.settings import Pixel24Settings
+
+    settings = Pixel24Settings(block_out_channels=[16, 32], text_dim=16, colour_dim=8, feature_dim=16, palette_size=8)
+    model = pixel24.build_model(pixel24.model_config(settings, ["<reserved>", "lad", "lady"], np.zeros((8, 3), np.uint8)))
+
+    def broken(*_args: object) -> torch.Tensor:
+        raise AssertionError("the training loss ran the compiled network")
+
+    model._compiled = broken
+    x0 = torch.zeros(2, 24, 24, dtype=torch.long)
+    loss, _ = _masked_loss(model, x0, torch.ones(2, 24, 24, dtype=torch.bool), torch.ones(2), [[[0]], []], 0.0)
+    loss.backward()
+    assert torch.isfinite(loss)
 
 
 def test_compile_without_a_cpp_compiler_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
