@@ -9,7 +9,7 @@ import pytest
 from bespoke_kohya.errors import UserError
 from bespoke_kohya.presets import validate_preset, PRESETS_DIR, apply_overrides, available_presets, explain, load_preset, read_preset_data
 
-EXPECTED = {"pixel24", "pixnite_sd15", "sd15_192", "sd15_512", "sd15_576", "sd15_576_controlnet", "sd15_576_full", "sd15_576_ti", "sdxl_24_native", "sdxl_512"}
+EXPECTED = {"pixel24", "pixel24_long", "pixnite_sd15", "sd15_192", "sd15_512", "sd15_576", "sd15_576_controlnet", "sd15_576_full", "sd15_576_ti", "sdxl_24_native", "sdxl_512"}
 
 
 def test_every_preset_file_validates():
@@ -19,6 +19,15 @@ def test_every_preset_file_validates():
         assert preset.name == name
         text = (PRESETS_DIR / f"{name}.toml").read_text()
         assert text.startswith("#"), f"{name}.toml should open with a comment giving its command"
+
+
+def test_pixel24_long_is_pixel24_with_the_version_3_recipe_and_more_steps():
+    """The README's second pixel24 setting: what benchmarks/README.md measured (e5), and nothing else changed."""
+    short, long = load_preset("pixel24").pixel24, load_preset("pixel24_long").pixel24
+    differ = {k for k in type(short).model_fields if getattr(short, k) != getattr(long, k)}
+    assert differ == {"steps", "background_head", "recolour_background", "refine_components", "refine_rare_colours", "background_from_caption",
+                      "background_repaint", "background_flatten", "sample_batch"}
+    assert long.steps == 9000 and long.background_flatten == 14 and long.sample_batch == 40 and not long.compile
 
 
 def test_sd15_512_is_the_documented_recipe():
