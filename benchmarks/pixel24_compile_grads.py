@@ -22,7 +22,6 @@ sys.path.insert(0, str(REPO))
 
 from bespoke_kohya.engines.pixel24 import api as pixel24  # noqa: E402
 from bespoke_kohya.engines.pixel24.model import Pixel24Model  # noqa: E402
-from bespoke_kohya.engines.pixel24.training import _masked_loss  # noqa: E402
 from bespoke_kohya.presets import load_preset  # noqa: E402
 
 
@@ -35,9 +34,9 @@ def model_of(args: argparse.Namespace) -> Pixel24Model:
     return pixel24.build_model(pixel24.model_config(settings, ["<reserved>"] + [f"w{i}" for i in range(40)], palette))
 
 
-def _compiled_loss(model: Pixel24Model, batch: tuple) -> torch.Tensor:
-    """The training loss's pixel part through model._compiled (training itself never uses it)."""
-    x0, masked, ratio, conds, background, _ = batch
+def pixel_loss(model: Pixel24Model, batch: tuple) -> torch.Tensor:
+    """The training loss's pixel part, through model._compiled when set (training itself never uses it), else eager."""
+    x0, masked, ratio, conds, background = batch
     k = len(model.palette)
     text = model.net.text(conds)
     cond = model.net.condition(text, background, model.lab) if model.net.has_background else text
@@ -57,32 +56,28 @@ def main() -> None:
     k, n = len(model.palette), args.batch
     ratio = torch.rand(n, generator=g).clamp(min=0.05)
     batch = (torch.randint(k, (n, 24, 24), generator=g), torch.rand(n, 24, 24, generator=g) < ratio[:, None, None], ratio,
-             [[[1, 2]], [[3]]] * (n // 2), torch.randint(k, (n,), generator=g), None)
+             [[[1, 2]], [[3]]] * (n // 2), torch.randint(k, (n,), generator=g))
     names = [name for name, p in model.net.named_parameters() if p.requires_grad]
-    eager_loss, eager = _eager_pixels(model, batch)
+    model._compiled = None
+    eager_loss, eager = gradients(model, batch)
     flat = torch.cat([e.flatten() for e in eager])
     print(f"torch {torch.__version__}; eager loss {eager_loss:.6f}")
     for backend in ("aot_eager", "inductor"):
         torch._dynamo.reset()
         model._compiled = torch.compile(model.net, backend=backend, dynamic=False)
-        _through(model, batch)  # the first call compiles; measure the second, as a training step would run
-        loss, grads = _through(model, batch)
+        gradients(model, batch)  # the first call compiles; measure the second, as a training step would run
+        loss, grads = gradients(model, batch)
         error = (flat - torch.cat([c.flatten() for c in grads])).norm().item() / flat.norm().item()
         zero = [name for name, e, c in zip(names, eager, grads) if e.norm() > 0 and c.norm() == 0]
         print(f"{backend:10s} loss {loss:.6f}  gradient relative error {error:.2e}  zero where eager is not: {len(zero)} of {len(names)}"
               + (f" (e.g. {', '.join(zero[:3])})" if zero else ""))
 
 
-def _eager_pixels(model: Pixel24Model, batch: tuple) -> tuple[float, list[torch.Tensor]]:
-    model._compiled = None
-    return _through(model, batch)
-
-
-def _through(model: Pixel24Model, batch: tuple) -> tuple[float, list[torch.Tensor]]:
+def gradients(model: Pixel24Model, batch: tuple) -> tuple[float, list[torch.Tensor]]:
     params = [p for p in model.net.parameters() if p.requires_grad]
     for p in params:
         p.grad = None
-    loss = _compiled_loss(model, batch)  # model.logits falls back to the eager net when nothing is compiled
+    loss = pixel_loss(model, batch)
     loss.backward()
     return loss.item(), [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
 
