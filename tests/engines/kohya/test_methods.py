@@ -23,7 +23,7 @@ from bespoke_kohya.presets import PRESETS_DIR, apply_overrides, available_preset
 DATA = Path(__file__).resolve().parents[2] / "data"
 REPO = Path(__file__).resolve().parents[3]
 METHOD_PRESETS = {"full": "sd15_576_full", "textual_inversion": "sd15_576_ti", "controlnet": "sd15_576_controlnet"}
-KOHYA_PRESETS = [n for n in available_presets() if n != "pixel24"]
+KOHYA_PRESETS = [n for n in available_presets() if read_preset_data(PRESETS_DIR / f"{n}.toml").get("engine", "kohya") == "kohya"]
 
 
 def preset(name: str, *overrides: str):
