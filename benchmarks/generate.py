@@ -37,13 +37,20 @@ TEST_SEEDS = (0, 1, 2, 3)
 TARGET = 0.08
 
 
+def candidate_image(out: Path, n: int, record: dict) -> Path:
+    """The image of one of token n's candidates: the token's own when it was kept, else its saved copy."""
+    path = out / layout.IMAGES / layout.image_name(n) if record.get("kept") else layout.candidate_path(out, n, record["k"])
+    if path is None:
+        raise SystemExit(f"{out / layout.CANDIDATES}/{n}.json: a candidate without a number (k)")
+    return path
+
+
 def first_draws(out: Path, count: int) -> np.ndarray:
     """Each token's candidate k = 0: the image an unselected collection would hold."""
     arts = []
     for n in range(1, count + 1):
         first = next(c for c in layout.read_candidates(out, n) if c["k"] == 0)
-        path = out / layout.IMAGES / layout.image_name(n) if first.get("kept") else out / layout.CANDIDATES / f"{n}-0.png"
-        arts.append(load_rgb(path))
+        arts.append(load_rgb(candidate_image(out, n, first)))
     return np.stack(arts)
 
 

@@ -35,7 +35,7 @@ from bespoke_kohya.generate.collection import training_set  # noqa: E402
 from bespoke_kohya.generate.select import SOFT  # noqa: E402
 from bespoke_kohya.images import load_rgb  # noqa: E402
 from bespoke_kohya.runfolder.records import RunHandle  # noqa: E402
-from benchmarks.generate import DEFAULT_BESPOKE, measure  # noqa: E402
+from benchmarks.generate import DEFAULT_BESPOKE, candidate_image, measure  # noqa: E402
 
 GROUPS = 4  # pixel (r, c) is in group (r % 2) * 2 + c % 2
 WORST = 0.05
@@ -70,8 +70,7 @@ def scores(logp: np.ndarray) -> dict[str, np.ndarray]:
 def candidates(out: Path, n: int) -> list[tuple[dict, np.ndarray]]:
     found = []
     for c in layout.read_candidates(out, n):
-        path = out / layout.IMAGES / layout.image_name(n) if c.get("kept") else out / layout.CANDIDATES / f"{n}-{c['k']}.png"
-        found.append((c, load_rgb(path)))
+        found.append((c, load_rgb(candidate_image(out, n, c))))
     return found
 
 

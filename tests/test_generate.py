@@ -272,6 +272,24 @@ def test_a_resumed_folder_from_elsewhere_is_read_as_untrusted(toy_run: Path, tmp
         generate(options(toy_run, out, count=3, resume=True))
 
 
+def test_a_candidate_record_naming_another_file_is_never_read_for_the_page(toy_run: Path, tmp_path: Path) -> None:
+    """candidates/<n>.json is read back from disk: a `k` that is not a candidate number names no image."""
+    from bespoke_kohya.generate import layout, page
+
+    out = tmp_path / "c"
+    generate(options(toy_run, out, count=1))
+    assert layout.candidate_path(out, 1, 2) == out / "candidates" / "1-2.png"
+    assert all(layout.candidate_path(out, 1, k) is None for k in ("../../secret", True, -1, 1.0, None))
+    secret = out / "candidates" / "1-..png"  # what `k = "."` would have named
+    Image.fromarray(np.full((24, 24, 3), 7, np.uint8)).save(secret)
+    doc = json.loads((out / "candidates" / "1.json").read_text(encoding="utf-8"))
+    doc["candidates"] = [{"k": ".", "reason": "critic", "detail": "tampered"}]
+    (out / "candidates" / "1.json").write_text(json.dumps(doc), encoding="utf-8")
+    collection = json.loads((out / "collection.json").read_text(encoding="utf-8"))
+    html = page.render_page(out, collection, [], np.zeros((0, 24, 24, 3), np.uint8))
+    assert "tampered" not in html
+
+
 def test_a_token_the_model_cannot_draw_in_style_gets_new_traits(toy_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every candidate of token 2's first traits is a near-copy (as a model that cannot draw those traits in style):
     the token is drawn again with new traits, and the collection goes on with no DNA twice, the same from a resume."""

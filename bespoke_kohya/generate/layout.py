@@ -41,6 +41,14 @@ def image_name(n: int, scale: int = 1) -> str:
     return f"{n}.png" if scale == 1 else f"{n}-{24 * scale}.png"
 
 
+def candidate_path(out: Path, n: int, k: Any) -> Path | None:
+    """Where candidate ``k`` of token ``n`` left out is kept; None unless ``k`` (read from candidates/<n>.json) is a
+    candidate number, so a record naming another file is never followed."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        return None
+    return out / CANDIDATES / f"{n}-{k}.png"
+
+
 def open_folder(out: Path, resume: bool) -> Path:
     """The collection folder: new (refused when it exists), or with --resume one that generate made."""
     out = Path(out)
@@ -133,7 +141,9 @@ def write_candidates(out: Path, n: int, records: list[dict[str, Any]]) -> None:
     """Token n's candidates: the images of those not kept, then the record of all of them."""
     for r in records:
         if not r["kept"]:  # every one not kept, left out or merely not the best: the artist may prefer another
-            save_png_atomic(r["art"], out / CANDIDATES / f"{n}-{r['k']}.png")
+            path = candidate_path(out, n, r["k"])
+            assert path is not None  # k is the collection's own counter
+            save_png_atomic(r["art"], path)
     write_json_atomic(out / CANDIDATES / f"{n}.json", {"token": n, "candidates": [{k: v for k, v in r.items() if k != "art"} for r in records]})
 
 

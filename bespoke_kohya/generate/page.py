@@ -43,8 +43,8 @@ def render_page(out: Path, doc: dict[str, Any], names: list[str], arts: np.ndarr
     rejected = []
     for n in range(1, doc["count"] + 1):
         for c in layout.read_candidates(out, n):
-            path = out / layout.CANDIDATES / f"{n}-{c.get('k')}.png"
-            if c.get("reason") and path.is_file() and len(rejected) < REJECTED_SHOWN:
+            path = layout.candidate_path(out, n, c.get("k"))
+            if c.get("reason") and path is not None and path.is_file() and len(rejected) < REJECTED_SHOWN:
                 rejected.append({"token": n, "reason": c["reason"], "detail": c.get("detail", ""), "src": _art_uri(load_rgb(path))})
     settings = doc["settings"]
     return _environment().get_template("collection.html.j2").render(
