@@ -179,8 +179,8 @@ def _masked_loss(model: Pixel24Model, x0: torch.Tensor, masked: torch.Tensor, ra
     per image by ``head_weight``, the head's cross-entropy on that colour.
 
     Always the eager network, even on a model compiled for drawing: torch 2.13's inductor computes wrong gradients for
-    this U-Net (the mid block's all zero, 0.35 relative error in all; aot_eager is exact), and a model trained through
-    it drew flat, unreal punks (benchmarks/README.md, "pixel24.compile")."""
+    this U-Net (134 of its 207 parameters get none, 0.48-0.85 relative error; aot_eager is exact), and a model trained
+    through it drew flat, unreal punks (benchmarks/README.md, "Why e3 failed"; benchmarks/pixel24_compile_grads.py)."""
     dev, k = model.device, len(model.palette)
     x0, masked, ratio = x0.to(dev), masked.to(dev), ratio.to(dev)
     text = model.net.text(conds)

@@ -52,7 +52,8 @@ def fakes(**overrides: object) -> Probes:
 def test_every_kohya_preset_has_a_plan_and_pixel24_none():
     plans = {name: RunNeeds.from_resolved(validate_preset(read_preset_data(PRESETS_DIR / f"{name}.toml"), "test preset").model_dump(mode="json"))
              for name in available_presets(PRESETS_DIR)}
-    assert plans.pop("pixel24") is None and plans.pop("pixel24_long") is None
+    native = [name for name in plans if read_preset_data(PRESETS_DIR / f"{name}.toml")["engine"] == "pixel24"]
+    assert "pixel24" in native and all(plans.pop(name) is None for name in native)
     assert len(plans) >= 5 and all(p is not None and p.family in ("sd15", "sdxl") and p.samples_per_epoch > 0 for p in plans.values())
 
 

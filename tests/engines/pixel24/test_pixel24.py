@@ -802,9 +802,8 @@ def test_a_compile_run_trains_eagerly_and_draws_what_the_eager_network_computes(
 
 def test_the_training_loss_never_runs_a_compiled_network() -> None:
     """A model compiled for drawing (sampling each epoch in the training process) still trains through the eager network."""
-    from bespoke_kohya.engines.pixel24.training import _masked_loss
-
     from bespoke_kohya.engines.pixel24.settings import Pixel24Settings
+    from bespoke_kohya.engines.pixel24.training import _masked_loss
 
     settings = Pixel24Settings(block_out_channels=[16, 32], text_dim=16, colour_dim=8, feature_dim=16, palette_size=8)
     model = pixel24.build_model(pixel24.model_config(settings, ["<reserved>", "lad", "lady"], np.zeros((8, 3), np.uint8)))
