@@ -89,17 +89,25 @@ def _remask(x: torch.Tensor, masked: torch.Tensor, confidence: torch.Tensor, sti
     return torch.where(again.view(b, ART, ART), torch.full_like(x, k), x)
 
 
+def _unguided(conditions: torch.Tensor, b: int) -> torch.Tensor:
+    """The captioned half of a batch's conditioning (all of it when drawing without guidance): a pass at guidance 1."""
+    return conditions[:b]
+
+
 def _fill(model: Pixel24Model, x: torch.Tensor, conditions: torch.Tensor, generators: list[torch.Generator], steps: int, guidance: float,
-          temperature: float, choice_noise: float, allowed: torch.Tensor | None = None) -> torch.Tensor:
+          temperature: float, choice_noise: float, allowed: torch.Tensor | None = None, guided_steps: int = 0) -> torch.Tensor:
     """``x`` with its masked pixels drawn over ``steps`` steps, each image's masked share following a cosine down to none.
 
-    ``allowed`` (B, K) bool: the colours each image may draw (None: all).
+    ``allowed`` (B, K) bool: the colours each image may draw (None: all). ``guided_steps`` > 0: only the first that many
+    steps are guided, the rest run the captioned pass alone (half the images per pass); 0: every step is guided.
     """
     k, b = len(model.palette), len(generators)
     start = (x == k).view(b, -1).sum(dim=1).tolist()  # per image, so that an image's schedule never depends on its batch-mates
     for step in range(steps):
         masked = x == k
-        logp = (_logits(model, x, conditions, guidance) / max(temperature, 1e-4)).log_softmax(dim=-1)
+        guided = not guided_steps or step < guided_steps
+        step_conditions, step_guidance = (conditions, guidance) if guided else (_unguided(conditions, b), 1.0)
+        logp = (_logits(model, x, step_conditions, step_guidance) / max(temperature, 1e-4)).log_softmax(dim=-1)
         if allowed is not None:
             logp = torch.where(allowed[:, None, None, :], logp, torch.full_like(logp, -math.inf))
         drawn = (logp + _gumbel((ART, ART, k), generators)).argmax(dim=-1)  # Gumbel-max: a draw at this temperature
@@ -167,15 +175,19 @@ def _allowed_colours(x: torch.Tensor, k: int, rare: int) -> torch.Tensor:
 @torch.no_grad()
 def _unmask(model: Pixel24Model, conditions: torch.Tensor, generators: list[torch.Generator], steps: int, guidance: float, temperature: float, *,
             refine_rounds: int, refine_share: float, refine_steps: int, refine_temperature: float, refine_components: int = 0,
-            refine_rare_colours: int = 0, background: torch.Tensor | None = None) -> torch.Tensor:
+            refine_rare_colours: int = 0, background: torch.Tensor | None = None, guided_steps: int = 0, refine_guidance: bool = True) -> torch.Tensor:
     """(B, 24, 24) palette indices for one batch: MaskGIT, then ``refine_rounds`` rounds of re-drawing the least likely pixels.
 
-    ``background`` (B,): each image's background repainted in that colour after MaskGIT, before refinement.
+    ``background`` (B,): each image's background repainted in that colour after MaskGIT, before refinement. ``guided_steps``:
+    see :func:`_fill`; ``refine_guidance`` False: refinement scores and re-draws with the captioned pass alone.
     """
     k, b = len(model.palette), len(generators)
-    x = _fill(model, torch.full((b, ART, ART), k, dtype=torch.long), conditions, generators, steps, guidance, temperature, CHOICE_NOISE)
+    x = _fill(model, torch.full((b, ART, ART), k, dtype=torch.long), conditions, generators, steps, guidance, temperature, CHOICE_NOISE,
+              guided_steps=guided_steps)
     if background is not None:
         x = repaint_backgrounds(model, x, background)
+    if not refine_guidance:
+        conditions, guidance = _unguided(conditions, b), 1.0
     redraw = int(round(refine_share * PIXELS))
     for _ in range(refine_rounds if redraw and refine_steps else 0):
         # The least likely `redraw` pixels of each image (ties by position: exactly that many) are masked and drawn again.
@@ -272,7 +284,8 @@ def sample(model: Pixel24Model, prompts: list[str], seeds: list[int], **options:
 def sample_pairs(model: Pixel24Model, pairs: list[tuple[str, int]], *, steps: int, guidance_scale: float, temperature: float,
                  refine_rounds: int = 0, refine_share: float = 0.1, refine_steps: int = 4, refine_temperature: float = 0.3, refine_components: int = 0,
                  refine_rare_colours: int = 0, background_temperature: float = 1.0, background_from_caption: bool = False,
-                 background_repaint: bool = False, background_flatten: float = 0.0, batch: int = SAMPLE_BATCH, compile: bool = False) -> list[np.ndarray]:
+                 background_repaint: bool = False, background_flatten: float = 0.0, batch: int = SAMPLE_BATCH, compile: bool = False,
+                 guided_steps: int = 0, refine_guidance: bool = True) -> list[np.ndarray]:
     """The image of each (prompt, seed) pair, in order, drawn ``batch`` at a time whatever their prompts.
 
     ``refine_rounds`` rounds each re-draw the ``refine_share`` least likely pixels (0: plain MaskGIT); ``refine_components``
@@ -281,7 +294,9 @@ def sample_pairs(model: Pixel24Model, pairs: list[tuple[str, int]], *, steps: in
     first draws each image's background colour (at ``background_temperature``; with ``background_from_caption``, among the
     palette colours answering to the colour the prompt names for its background, where it names one; with
     ``background_repaint``, the background MaskGIT drew is repainted in that colour before refinement; with
-    ``background_flatten`` > 0, the finished image's background pixels within that ΔE76 of it are painted it). Every batch is padded to ``batch`` images
+    ``background_flatten`` > 0, the finished image's background pixels within that ΔE76 of it are painted it). ``guided_steps`` > 0 guides only
+    the first that many MaskGIT steps and ``refine_guidance`` False none of refinement's passes (the captioned pass alone: half the
+    images per pass, as guidance interval methods do). Every batch is padded to ``batch`` images
     (fixed, so an image never depends on its batch-mates, and a compiled network, ``compile``, compiles once).
     """
     if steps < 1:
@@ -307,7 +322,8 @@ def sample_pairs(model: Pixel24Model, pairs: list[tuple[str, int]], *, steps: in
         conditions, background = _conditions(model, conds, generators, guidance_scale, background_temperature, allowed)
         indices = _unmask(model, conditions, generators, steps, guidance_scale, temperature, refine_rounds=refine_rounds, refine_share=refine_share,
                           refine_steps=refine_steps, refine_temperature=refine_temperature, refine_components=refine_components,
-                          refine_rare_colours=refine_rare_colours, background=background if background_repaint else None)
+                          refine_rare_colours=refine_rare_colours, background=background if background_repaint else None,
+                          guided_steps=guided_steps, refine_guidance=refine_guidance)
         if background is not None and background_flatten > 0:
             indices = flatten_backgrounds(model, indices, background, background_flatten)
         out += [model.palette[idx.numpy()] for idx in indices[: len(chunk)]]

@@ -66,14 +66,16 @@ def background_head_parameters(channels: list[int], in_channels: int, out_channe
 # Settings version 2 of pixel24.json lacked. At their defaults they build and draw exactly as version 2 did; a run
 # that sets any of them writes pixel24.json version 3 (model.model_config), which versions reading only 2 refuse.
 VERSION_3_FIELDS = ("attention_levels", "background_head", "background_loss_weight", "recolour_background",
-                    "refine_components", "refine_rare_colours", "background_temperature", "background_from_caption", "background_repaint", "background_flatten", "sample_batch", "compile")
+                    "refine_components", "refine_rare_colours", "background_temperature", "background_from_caption", "background_repaint", "background_flatten", "sample_batch", "compile",
+                    "guided_steps", "refine_guidance")
 # Settings that act only through the background head: set without it they would change nothing, so they are refused.
 HEAD_ONLY_FIELDS = ("background_loss_weight", "recolour_background", "background_temperature", "background_from_caption", "background_repaint",
                     "background_flatten")
 # The version-3 settings that are sampler options, by their keyword in sampling.sample.
 SAMPLER_OPTIONS = {"refine_components": "refine_components", "refine_rare_colours": "refine_rare_colours",
                    "background_temperature": "background_temperature", "background_from_caption": "background_from_caption",
-                   "background_repaint": "background_repaint", "background_flatten": "background_flatten", "sample_batch": "batch", "compile": "compile"}
+                   "background_repaint": "background_repaint", "background_flatten": "background_flatten", "sample_batch": "batch", "compile": "compile",
+                   "guided_steps": "guided_steps", "refine_guidance": "refine_guidance"}
 
 
 class Pixel24Settings(_Strict):
@@ -120,6 +122,8 @@ class Pixel24Settings(_Strict):
     background_flatten: float = Field(0.0, ge=0, le=50, description="Version 3, with background_head only. After refinement, paint every pixel within this ΔE76 of the background colour the head drew, and reached from the outer ring through such pixels, that exact colour: the U-Net draws a background as a grain of near shades of it, where the artist's is one flat colour. 0 = off; a figure's colour this close to the background and touching it is painted too, so keep it small.")
     sample_batch: int = Field(16, ge=1, le=1024, description="Version 3. Images per forward pass when drawing. Fixed per run, so a seed's image never depends on its batch-mates; another value changes the pixels slightly (CPU kernels round differently), so version 2 runs keep 16. Larger batches draw faster on a GPU.")
     compile: bool = Field(False, description="Version 3. Draw through torch.compile of the U-Net (the fixed batch shape compiles once per process): faster drawing once compiled (many candidates in `generate`; benchmarks/README.md), at the cost of compiling first (about 20-90 s per process) and of needing a C++ compiler (g++ or clang++). Training always runs the eager network: torch 2.13's compiler computes wrong gradients for this U-Net (a run trained through it drew flat punks, two-sample 0.93 against 0.78), and the real run was only 1.03x faster. The compiled kernels round differently, so a seed may draw slightly different pixels than without it.")
+    guided_steps: int = Field(0, ge=0, le=576, description="Version 3. Only the first this many of the sample_steps MaskGIT steps use classifier-free guidance; the later ones, which fill the last pixels with most of the picture drawn, run the captioned pass alone (half the images per pass: faster drawing). 0 = every step guided (version 2).")
+    refine_guidance: bool = Field(True, description="Version 3. Refinement scores and re-draws pixels with classifier-free guidance, as MaskGIT draws them; false: with the captioned pass alone (half the images per refinement pass: faster drawing).")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Training seed (weights, data order, masks; 0 to 2**32-1).")
 
     def sampler_options(self) -> dict[str, Any]:

@@ -706,6 +706,31 @@ def test_caption_named_repainted_flattened_backgrounds_answer_to_the_caption(v3:
     assert np.array_equal(again, drawn[3])  # still one image per seed
 
 
+def test_guided_steps_and_refine_guidance_halve_the_images_of_the_later_passes(model: pixel24.Pixel24Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guidance doubles a pass (captioned + empty caption); guided_steps guides only the first MaskGIT steps, refine_guidance
+    False none of refinement's 2 × (4 scoring + 2 drawing) passes. At their values that mean "all", the pixels are the default's."""
+    knobs = {"steps": 4, "guidance_scale": 2.0, "temperature": 0.7, "refine_rounds": 2, "refine_steps": 2, "batch": 3}
+    seeds = [1, 2]
+    batches: list[int] = []
+    real = type(model).logits
+
+    def counted(self, indices, *args, **kwargs):  # the real network, its batch recorded
+        batches.append(len(indices))
+        return real(self, indices, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "logits", counted)
+    default = pixel24.sample(model, BASE_PROMPTS, seeds, **knobs)
+    passes = 4 + 2 * (4 + 2)  # per batch of 3 images; 4 images make 2 batches
+    assert batches == [6] * 2 * passes
+    assert all(np.array_equal(a, b) for a, b in zip(np.concatenate(default), np.concatenate(pixel24.sample(model, BASE_PROMPTS, seeds, **knobs, guided_steps=4, refine_guidance=True))))
+    batches.clear()
+    fast = pixel24.sample(model, BASE_PROMPTS, seeds, **knobs, guided_steps=1, refine_guidance=False)
+    assert batches == ([6] + [3] * (passes - 1)) * 2
+    assert not all(np.array_equal(a, b) for a, b in zip(np.concatenate(default), np.concatenate(fast)))
+    alone = pixel24.sample(model, BASE_PROMPTS[-1:], seeds[-1:], **knobs, guided_steps=1, refine_guidance=False)[0][0]
+    assert np.array_equal(alone, fast[-1][-1])  # still one image per seed, whatever its batch-mates
+
+
 def test_rare_colours_are_redrawn_from_the_image_s_other_colours(model: pixel24.Pixel24Model) -> None:
     """One round with refine_rare_colours = 3 starts from the MaskGIT draw (the same generators) and re-draws every pixel
     of a colour on at most 3 of its pixels from its other colours: what is left are the draw's colours on more than 3."""
