@@ -11,6 +11,13 @@ each token's candidates that no hard rule left out (near-copy, duplicate, off-st
 each score, and prints the two-sample test against the real punks (mean of four test seeds, as
 generate.py) for: the first candidate (no selection), the collection's own choice (the critic), and
 the first candidate that passes every rule (the rules' rejections without the critic's choice), and each likelihood choice.
+
+Two choices by nearness to the run's training punks, with the near-copy rule's own distance (the share of
+pixels more than ΔE 3 apart): the candidate nearest any training punk, and the highest realism score
+(Kynkäänniemi et al. 2019: max over training punks r of r's distance to its k-th nearest training punk
+divided by the candidate's distance to r, k = 3). Both pull towards the training punks, which are part
+of the real set the test compares with, so each also prints the mean distance to the nearest of the 20
+held-out punks the run never saw (the dataset's punks not in its data/): a choice that is really more punk-like moves that too.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bespoke_kohya import metrics  # noqa: E402
 from bespoke_kohya.engines.pixel24 import api as pixel24  # noqa: E402
 from bespoke_kohya.engines.pixel24.palette import to_indices  # noqa: E402
 from bespoke_kohya.engines.pixel24.sampling import encode_prompt  # noqa: E402
@@ -39,6 +47,7 @@ from benchmarks.generate import DEFAULT_BESPOKE, candidate_image, measure  # noq
 
 GROUPS = 4  # pixel (r, c) is in group (r % 2) * 2 + c % 2
 WORST = 0.05
+REALISM_K = 3
 
 
 @torch.no_grad()
@@ -67,6 +76,19 @@ def scores(logp: np.ndarray) -> dict[str, np.ndarray]:
     return {"mean": flat.mean(axis=1), "worst 5%": flat[:, :worst].mean(axis=1)}
 
 
+def realism(query: np.ndarray, training: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distance of each query to its nearest training punk, its realism score), distance = share of pixels > ΔE 3 apart."""
+    ref = metrics._labs(training)
+    radius = np.sort(metrics.difference_matrix(ref, ref), axis=1)[:, REALISM_K]  # column 0 is the punk itself
+    d = metrics.difference_matrix(metrics._labs(query), ref)
+    return d.min(axis=1), (radius[None, :] / np.maximum(d, 1e-3)).max(axis=1)
+
+
+def nearest_share(images: np.ndarray, others: np.ndarray) -> float:
+    """Mean over ``images`` of the distance to the nearest of ``others`` (share of pixels > ΔE 3 apart)."""
+    return float(metrics.difference_matrix(metrics._labs(images), metrics._labs(others)).min(axis=1).mean())
+
+
 def candidates(out: Path, n: int) -> list[tuple[dict, np.ndarray]]:
     found = []
     for c in layout.read_candidates(out, n):
@@ -80,16 +102,21 @@ def main() -> None:
     ap.add_argument("--collection", type=Path, required=True)
     ap.add_argument("--dataset", type=Path, default=DEFAULT_BESPOKE)
     ap.add_argument("--epoch", type=int, default=None)
+    ap.add_argument("--only", action="append", default=[], metavar="TEXT", help="measure only the choices whose name contains TEXT (repeatable)")
     args = ap.parse_args()
     settings = json.loads((args.collection / "collection.json").read_text())
     count = len(settings["tokens"])
     epoch = args.epoch or settings["settings"]["epoch"]
     model = pixel24.load_checkpoint(args.run / "checkpoints" / pixel24.checkpoint_name(epoch), device="cpu")
     run = RunHandle.open(args.run)
-    _, training, _ = training_set(run)
-    real = np.stack([load_rgb(p) for p in sorted(args.dataset.glob("*.png"))])
+    names, training, _ = training_set(run)
+    real_paths = sorted(args.dataset.glob("*.png"))
+    real = np.stack([load_rgb(p) for p in real_paths])
+    trained = set(names)
+    held = np.stack([load_rgb(p) for p in real_paths if p.stem not in trained])  # the benchmark's 20 held out
     chosen: dict[str, list[np.ndarray]] = {"first candidate (no selection)": [], "the collection's (critic)": [], "first passing every rule": [],
-                                           "likelihood: mean": [], "likelihood: worst 5%": []}
+                                           "likelihood: mean": [], "likelihood: worst 5%": [], "nearest a training punk": [],
+                                           "realism score": []}
     for n in range(1, count + 1):
         found = candidates(args.collection, n)
         arts = np.stack([a for _, a in found])
@@ -101,13 +128,19 @@ def main() -> None:
         chosen["first passing every rule"].append(next((a for c, a in sorted(found, key=lambda f: f[0]["k"]) if c.get("kept") or c.get("reason") is None), arts[0]))
         for name, key in (("likelihood: mean", "mean"), ("likelihood: worst 5%", "worst 5%")):
             chosen[name].append(arts[max(usable, key=lambda i: s[key][i])] if usable else arts[0])
+        near, real_score = realism(arts, training)
+        chosen["nearest a training punk"].append(arts[min(usable, key=lambda i: near[i])] if usable else arts[0])
+        chosen["realism score"].append(arts[max(usable, key=lambda i: real_score[i])] if usable else arts[0])
     print(f"{count} tokens, epoch {epoch}; against {len(real)} real punks")
-    print("| choice | two-sample (4 test seeds) | each | near-copies | colours | ring colours | orphans |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"held out: {len(held)} punks the run never trained on")
+    print("| choice | two-sample (4 test seeds) | each | near-copies | colours | ring colours | orphans | nearest held-out (share > ΔE 3) |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, arts in chosen.items():
+        if args.only and not any(text in name for text in args.only):
+            continue
         m = measure(np.stack(arts), real, training)
         print(f"| {name} | {m['two_sample']:.3f} | {', '.join(f'{v:.2f}' for v in m['two_sample_each'])} | {m['near_copies']:.3f} | "
-              f"{m['colours']:.0f} | {m['ring_colours']:.0f} | {m['orphans']:.3f} |")
+              f"{m['colours']:.0f} | {m['ring_colours']:.0f} | {m['orphans']:.3f} | {nearest_share(np.stack(arts), held):.3f} |")
 
 
 if __name__ == "__main__":

@@ -340,3 +340,35 @@ def test_off_style_is_beyond_the_training_range_and_the_model_s_own_worst_draws(
     style = [next(((r, d) for r, d in v.reasons if r in ("style", "off-style")), None) for v in verdicts]  # (near-copies too: not tested here)
     assert [s and s[0] for s in style] == [None, None, "style", "off-style"]
     assert "and the model's median draw 6.5" in style[2][1] and "the worst tenth of the model's draws 9" in style[3][1]
+
+
+def test_of_the_passing_candidates_the_one_inside_the_training_punks_neighbourhoods_is_kept() -> None:
+    """The realism score (Kynkäänniemi et al. 2019) with the near-copy rule's distance: training punks in two tight
+    families, one candidate 15% of its pixels from a family (new, and inside it) and one 40% from everything; the first
+    is kept in whichever place it is drawn, a near-copy never is, and with no candidate passing none is."""
+    from bespoke_kohya.distinguish import train_critic
+    from bespoke_kohya.metrics import Reference
+
+    rng = np.random.default_rng(1)
+    families = [rng.integers(0, 255, (24, 24, 3)).astype(np.uint8) for _ in range(2)]
+
+    def changed(art: np.ndarray, share: float) -> np.ndarray:
+        out = art.copy().reshape(-1, 3)
+        picked = rng.choice(576, int(share * 576), replace=False)
+        out[picked] = 255 - out[picked]  # far more than ΔE 3 from what was there
+        return out.reshape(24, 24, 3)
+
+    training = np.stack([changed(families[i % 2], 0.05) for i in range(12)])  # each ~10% from its family's others
+    names = [f"t{i}" for i in range(12)]
+    pilot = np.stack([changed(families[i % 2], 0.5) for i in range(12)])
+    judge = select.Judge.make(names, training, Reference.from_images(names, training), train_critic(training, pilot), pilot)
+    judge.critic_floor, judge.limits = -np.inf, {}  # only the realism score and the near-copy rule at work here
+    inside, outside, copy = changed(families[0], 0.15), changed(families[1], 0.4), training[2].copy()
+    for order in ([outside, inside], [inside, outside]):
+        verdicts = judge.judge(order, "lad")
+        assert [v.reason for v in verdicts] == [None, None]
+        kept = select.best(verdicts)
+        assert kept is not None and np.array_equal(order[kept], inside) and verdicts[kept].realism > verdicts[1 - kept].realism
+    verdicts = judge.judge([copy, outside], "lad")
+    assert verdicts[0].reason == "near-copy" and verdicts[0].realism > verdicts[1].realism and select.best(verdicts) == 1
+    assert select.best(judge.judge([copy], "lad")) is None

@@ -4,7 +4,7 @@ In order: the epoch (the report's recommendation unless ``--epoch``), the trait 
 the run's own captions, every token's traits (unique, deterministic, `--traits` rules), a
 critic trained on the training images against pilot draws of the engine's sampler, then per
 token K candidates drawn with seeds of its own, post-processed to 24×24 exactly as `sample`
-does, judged (select.py) and the best kept; tokens whose candidates are all rejected get
+does, judged (select.py) and the most realistic of those passing kept; tokens whose candidates are all rejected get
 K more, up to ``rounds`` times.
 
 Token n depends only on the seed, n, the run, the epoch and the settings: its traits come from
@@ -309,7 +309,7 @@ def _record_candidates(out: Path, n: int, judged: list[Judged], chosen: int | No
     for i, (k, art, v, _traits, prompt) in enumerate(judged):
         kept = i == chosen
         records.append({"k": k, "seed": candidate_seed(o.seed, n, k), "prompt": prompt, "kept": kept, "reason": None if kept else v.reason,
-                        "detail": v.detail, "broke": [r for r, _ in v.reasons], "critic": round(v.score, 4), "nearest": v.nearest,
+                        "detail": v.detail, "broke": [r for r, _ in v.reasons], "critic": round(v.score, 4), "realism": round(v.realism, 4), "nearest": v.nearest,
                         "nearest_distance": round(v.nearest_distance, 4), "art": art})
         if not kept and v.reason:
             rejections[v.reason] = rejections.get(v.reason, 0) + 1
@@ -325,7 +325,8 @@ def _metadata(token: Token, o: GenerateOptions, run: RunHandle, epoch: int, sett
         "image": f"{o.base_uri.rstrip('/')}/{image}" if o.base_uri else f"{layout.IMAGES}/{image}",
         "attributes": attributes(token.traits),
         "generator": {"run": run.record.id, "epoch": epoch, "checkpoint_sha256": settings["checkpoint_sha256"], "prompt": token.prompt,
-                      "seed": token.seed, "critic_score": round(token.verdict.score, 4), "candidates_drawn": token.drawn,
+                      "seed": token.seed, "critic_score": round(token.verdict.score, 4), "realism_score": round(token.verdict.realism, 4),
+                      "candidates_drawn": token.drawn,
                       "dna": [list(pair) for pair in token.dna],
                       "nearest_training_punk": token.verdict.nearest, "nearest_distance": round(token.verdict.nearest_distance, 4),
                       "image_24": f"{layout.IMAGES}/{layout.image_name(token.n)}"},

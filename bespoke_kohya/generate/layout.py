@@ -208,7 +208,7 @@ def write_collection(out: Path, settings: dict[str, Any], count: int, vocabulary
     metas = [read_metadata(out, n) for n in range(1, count + 1)]
     proof, shas = provenance(out, count)
     listed = [{"token": n, "name": m.get("name"), "image": m.get("image"), "sha256": sha, "attributes": m.get("attributes", []),
-               **{k: (m.get("generator") or {}).get(k) for k in ("prompt", "seed", "critic_score", "candidates_drawn", "nearest_training_punk", "nearest_distance")}}
+               **{k: (m.get("generator") or {}).get(k) for k in ("prompt", "seed", "critic_score", "realism_score", "candidates_drawn", "nearest_training_punk", "nearest_distance")}}
               for n, (m, sha) in enumerate(zip(metas, shas), start=1)]
     doc = {"version": 1, "settings": settings, "count": count, "provenance_sha256": proof, "tokens": listed, "rarity": rarity(listed),
            "rejections": dict(sorted(rejections.items())), "candidates_drawn": sum(t["candidates_drawn"] or 0 for t in listed),
