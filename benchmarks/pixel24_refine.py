@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "benchmark-pixel24" / "work", help="the --keep folder of benchmarks/pixel24.py")
     ap.add_argument("--run", default="run-new", help="the run folder inside --work")
     ap.add_argument("--dataset", type=Path, default=DEFAULT_BESPOKE)
+    ap.add_argument("--epoch", type=int, default=None, help="the checkpoint to draw (default: the run's last)")
     ap.add_argument("--variant", action="append", default=[], metavar='LABEL={"key": value}', help="another variant (repeatable)")
     ap.add_argument("--no-defaults", action="store_true", help="only the --variant rows (and the run's own settings)")
     ap.add_argument("--skip-own", action="store_true", help="leave out the run's own settings' row (measured already)")
@@ -76,7 +77,7 @@ def main() -> None:
     run, prompts_file = args.work / args.run, args.work / "held-out-prompts-new.txt"
     if not prompts_file.is_file():
         raise SystemExit(f"{prompts_file}: not found; run `benchmarks/pixel24.py --part new --keep` first (or pass --work)")
-    last = max(int(k) for k in json.loads((run / "run.json").read_text())["epochs"])
+    last = args.epoch or max(int(k) for k in json.loads((run / "run.json").read_text())["epochs"])
     model = pixel24.load_checkpoint(run / "checkpoints" / pixel24.checkpoint_name(last), device="cpu")
     own = validate_preset(json.loads((run / "run.json").read_text())["resolved"], f"{run}/run.json").pixel24.sampler_options()  # as `sample` draws
     prompts = prompts_file.read_text(encoding="utf-8").splitlines()

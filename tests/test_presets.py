@@ -9,7 +9,7 @@ import pytest
 from bespoke_kohya.errors import UserError
 from bespoke_kohya.presets import validate_preset, PRESETS_DIR, apply_overrides, available_presets, explain, load_preset, read_preset_data
 
-EXPECTED = {"pixel24", "pixel24_long", "pixnite_sd15", "sd15_192", "sd15_512", "sd15_576", "sd15_576_controlnet", "sd15_576_full", "sd15_576_ti", "sdxl_24_native", "sdxl_512"}
+EXPECTED = {"pixel24", "pixel24_long", "pixel24_v3", "pixnite_sd15", "sd15_192", "sd15_512", "sd15_576", "sd15_576_controlnet", "sd15_576_full", "sd15_576_ti", "sdxl_24_native", "sdxl_512"}
 
 
 def test_every_preset_file_validates():
@@ -30,7 +30,14 @@ def test_pixel24_long_is_pixel24_with_the_version_3_recipe_and_more_steps():
     assert long.steps == 9000 and long.background_flatten == 14 and long.sample_batch == 40 and not long.compile
 
 
-def test_sd15_512_is_the_documented_recipe():
+def test_pixel24_v3_is_pixel24_long_in_4000_steps_of_a_19000_step_schedule():
+    """The README's 20-minute version-3 setting: what benchmarks/README.md measured (e9), and nothing else changed."""
+    long, v3 = load_preset("pixel24_long").pixel24, load_preset("pixel24_v3").pixel24
+    differ = {k for k in type(long).model_fields if getattr(long, k) != getattr(v3, k)}
+    assert differ == {"steps", "schedule_steps"} and (v3.steps, v3.schedule_steps) == (4000, 19000)
+
+
+def test_sd15_512_is_the_documented_recipe():def test_sd15_512_is_the_documented_recipe():
     p = load_preset("sd15_512")
     k = p.kohya
     assert p.script == "train_network.py"

@@ -141,14 +141,16 @@ class Schedule:
     learning_rate: float
     warmup_steps: int
     ema_decay: float
+    horizon: int = 0  # the steps the cosine spans (0: steps); a longer one stops the run partway down it
 
 
 def _lr(schedule: Schedule, step: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak (a quieter end gives cleaner samples)."""
-    warmup = min(schedule.warmup_steps, schedule.steps // 4)
+    """Linear warm-up, then cosine decay to 10% of the peak at ``horizon`` (a quieter end gives cleaner samples)."""
+    span = schedule.horizon or schedule.steps
+    warmup = min(schedule.warmup_steps, span // 4)
     if warmup and step < warmup:
         return schedule.learning_rate * (step + 1) / warmup
-    progress = (step - warmup) / max(1, schedule.steps - warmup)
+    progress = (step - warmup) / max(1, span - warmup)
     return schedule.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -545,7 +547,7 @@ def train(
         model.config["dataset"] = {"path": str(Path(dataset_dir).resolve()), "images": len(data.names), "heldout": len(held.names)}
         write_config(ckpt_dir / CONFIG_NAME, model.config)
     model.to(dev)
-    schedule = Schedule(settings.steps, settings.batch_size, settings.learning_rate, settings.warmup_steps, settings.ema_decay)
+    schedule = Schedule(settings.steps, settings.batch_size, settings.learning_rate, settings.warmup_steps, settings.ema_decay, settings.schedule_steps)
     encoded = [encode_caption(model.vocab_index, c)[0] for c in data.captions]
     loop = Loop(model, to_indices(data.images, model.palette), encoded, settings, schedule)
     held_indices, held_captions = to_indices(held.images, model.palette), [encode_caption(model.vocab_index, c)[0] for c in held.captions]

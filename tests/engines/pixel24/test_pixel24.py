@@ -849,3 +849,17 @@ def test_compile_without_a_cpp_compiler_is_one_line(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(UserError, match="pixel24.compile = true needs a C\\+\\+ compiler"):
         model_module.require_compiler()
+
+
+def test_schedule_steps_stop_the_run_partway_down_a_longer_cosine() -> None:
+    """A run of 3,800 steps on a 19,000-step schedule takes, step for step, the learning rates of the first 3,800 steps of
+    a 19,000-step run (the measured e8 epoch 1); 0 keeps today's schedule, which ends at 10% of the peak."""
+    from bespoke_kohya.engines.pixel24.settings import Pixel24Settings
+    from bespoke_kohya.engines.pixel24.training import Schedule, _lr
+
+    short = Schedule(3800, 32, 1e-3, 100, 0.999, horizon=19000)
+    long = Schedule(19000, 32, 1e-3, 100, 0.999)
+    assert [_lr(short, s) for s in range(0, 3800, 7)] == [_lr(long, s) for s in range(0, 3800, 7)]
+    assert _lr(short, 3799) > 0.9e-3 and _lr(Schedule(3800, 32, 1e-3, 100, 0.999), 3799) == pytest.approx(1e-4, rel=1e-3)
+    assert Schedule(3800, 32, 1e-3, 100, 0.999) == Schedule(3800, 32, 1e-3, 100, 0.999, horizon=0)
+    assert "schedule_steps" in Pixel24Settings(schedule_steps=19000).version_3_parts() and not Pixel24Settings().version_3_parts()
