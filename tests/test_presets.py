@@ -37,7 +37,7 @@ def test_pixel24_v3_is_pixel24_long_in_4000_steps_of_a_19000_step_schedule():
     assert differ == {"steps", "schedule_steps"} and (v3.steps, v3.schedule_steps) == (4000, 19000)
 
 
-def test_sd15_512_is_the_documented_recipe():def test_sd15_512_is_the_documented_recipe():
+def test_sd15_512_is_the_documented_recipe():
     p = load_preset("sd15_512")
     k = p.kohya
     assert p.script == "train_network.py"
