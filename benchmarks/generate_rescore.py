@@ -14,8 +14,7 @@ the first candidate that passes every rule (the rules' rejections without the cr
 
 Two choices by nearness to the run's training punks, with the near-copy rule's own distance (the share of
 pixels more than ΔE 3 apart): the candidate nearest any training punk, and the highest realism score
-(Kynkäänniemi et al. 2019: max over training punks r of r's distance to its k-th nearest training punk
-divided by the candidate's distance to r, k = 3). Both pull towards the training punks, which are part
+(Kynkäänniemi et al. 2019, as `generate` computes it: generate/select.py). Both pull towards the training punks, which are part
 of the real set the test compares with, so each also prints the mean distance to the nearest of the 20
 held-out punks the run never saw (the dataset's punks not in its data/): a choice that is really more punk-like moves that too.
 """
@@ -34,20 +33,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bespoke_kohya import metrics  # noqa: E402
+from bespoke_kohya.distinguish import NEAR_COPY_DELTA_E  # noqa: E402
 from bespoke_kohya.engines.pixel24 import api as pixel24  # noqa: E402
 from bespoke_kohya.engines.pixel24.palette import to_indices  # noqa: E402
 from bespoke_kohya.engines.pixel24.sampling import encode_prompt  # noqa: E402
 from bespoke_kohya.engines.pixel24.training import background_indices  # noqa: E402
 from bespoke_kohya.generate import layout  # noqa: E402
 from bespoke_kohya.generate.collection import training_set  # noqa: E402
-from bespoke_kohya.generate.select import SOFT  # noqa: E402
+from bespoke_kohya.generate.select import SOFT, neighbourhoods, realism_scores  # noqa: E402
 from bespoke_kohya.images import load_rgb  # noqa: E402
 from bespoke_kohya.runfolder.records import RunHandle  # noqa: E402
 from benchmarks.generate import DEFAULT_BESPOKE, candidate_image, measure  # noqa: E402
 
 GROUPS = 4  # pixel (r, c) is in group (r % 2) * 2 + c % 2
 WORST = 0.05
-REALISM_K = 3
 
 
 @torch.no_grad()
@@ -76,17 +75,16 @@ def scores(logp: np.ndarray) -> dict[str, np.ndarray]:
     return {"mean": flat.mean(axis=1), "worst 5%": flat[:, :worst].mean(axis=1)}
 
 
-def realism(query: np.ndarray, training: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distance of each query to its nearest training punk, its realism score), distance = share of pixels > ΔE 3 apart."""
-    ref = metrics._labs(training)
-    radius = np.sort(metrics.difference_matrix(ref, ref), axis=1)[:, REALISM_K]  # column 0 is the punk itself
-    d = metrics.difference_matrix(metrics._labs(query), ref)
-    return d.min(axis=1), (radius[None, :] / np.maximum(d, 1e-3)).max(axis=1)
+def realism(query: np.ndarray, training_labs: np.ndarray, reference: np.ndarray, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distance of each query to its nearest training punk, its realism score as `generate` computes it), distance =
+    share of pixels > ΔE 3 apart; ``reference``, ``radii`` from select.neighbourhoods(training_labs)."""
+    d = metrics.difference_matrix(metrics._labs(query), training_labs, threshold=NEAR_COPY_DELTA_E)
+    return d.min(axis=1), realism_scores(d[:, reference], radii)
 
 
 def nearest_share(images: np.ndarray, others: np.ndarray) -> float:
     """Mean over ``images`` of the distance to the nearest of ``others`` (share of pixels > ΔE 3 apart)."""
-    return float(metrics.difference_matrix(metrics._labs(images), metrics._labs(others)).min(axis=1).mean())
+    return float(metrics.difference_matrix(metrics._labs(images), metrics._labs(others), threshold=NEAR_COPY_DELTA_E).min(axis=1).mean())
 
 
 def candidates(out: Path, n: int) -> list[tuple[dict, np.ndarray]]:
@@ -114,6 +112,8 @@ def main() -> None:
     real = np.stack([load_rgb(p) for p in real_paths])
     trained = set(names)
     held = np.stack([load_rgb(p) for p in real_paths if p.stem not in trained])  # the benchmark's 20 held out
+    training_labs = metrics._labs(training)
+    reference, radii = neighbourhoods(training_labs)  # once: the training punks' neighbourhoods do not change between tokens
     chosen: dict[str, list[np.ndarray]] = {"first candidate (no selection)": [], "the collection's (critic)": [], "first passing every rule": [],
                                            "likelihood: mean": [], "likelihood: worst 5%": [], "nearest a training punk": [],
                                            "realism score": []}
@@ -128,7 +128,7 @@ def main() -> None:
         chosen["first passing every rule"].append(next((a for c, a in sorted(found, key=lambda f: f[0]["k"]) if c.get("kept") or c.get("reason") is None), arts[0]))
         for name, key in (("likelihood: mean", "mean"), ("likelihood: worst 5%", "worst 5%")):
             chosen[name].append(arts[max(usable, key=lambda i: s[key][i])] if usable else arts[0])
-        near, real_score = realism(arts, training)
+        near, real_score = realism(arts, training_labs, reference, radii)
         chosen["nearest a training punk"].append(arts[min(usable, key=lambda i: near[i])] if usable else arts[0])
         chosen["realism score"].append(arts[max(usable, key=lambda i: real_score[i])] if usable else arts[0])
     print(f"{count} tokens, epoch {epoch}; against {len(real)} real punks")
