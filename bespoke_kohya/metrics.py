@@ -507,6 +507,16 @@ def _labs(images: np.ndarray) -> np.ndarray:
     return rgb_to_lab(images).reshape(len(images), -1, 3).astype(np.float32)
 
 
+def even_sample(total: int, limit: int) -> list[int]:
+    """At most ``limit`` indices of ``range(total)``, evenly spread and in order, the first and last included: the same
+    ones every time (large sets are measured on such a sample, since nearest-neighbour distances grow with its square)."""
+    if limit <= 0 or total <= 0:
+        return []
+    if total <= limit:
+        return list(range(total))
+    return list(dict.fromkeys(np.linspace(0, total - 1, limit).round().astype(int).tolist()))
+
+
 def difference_matrix(query_labs: np.ndarray, ref_labs: np.ndarray, threshold: float = DIFFERENT_DELTA_E) -> np.ndarray:
     """``(M, N)`` share of pixels more than ``threshold`` ΔE apart, for every query × reference pair.
 

@@ -33,6 +33,7 @@ from .engines import get_engine
 from .engines.protocol import EpochSampler, SampleJob, SampleOptions, prompt_ids
 from .errors import UserError
 from .images import enlarge, save_png_atomic
+from .metrics import even_sample
 from .progress import counter
 from .runfolder import ADHOC, ANY, RUN_JSON, SAMPLES, epoch_drawn, epoch_folder, file_sha256, inside_run
 from .runfolder.data import training_colours
@@ -71,11 +72,7 @@ def heldout_id(file: str) -> str:
 
 def heldout_subset(files: list[str], limit: int) -> list[str]:
     """At most ``limit`` of the held-out ``files``, evenly spread over them in their order: the same ones every time."""
-    if len(files) <= limit:
-        return list(files)
-    if limit <= 0:
-        return []
-    return [files[i] for i in dict.fromkeys(np.linspace(0, len(files) - 1, limit).round().astype(int).tolist())]
+    return [files[i] for i in even_sample(len(files), limit)]
 
 
 def heldout_prompts(run: RunHandle, limit: int) -> tuple[list[HeldoutPrompt], list[str]]:

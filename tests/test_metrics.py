@@ -442,3 +442,12 @@ def test_real_punks_follow_their_own_background_captions() -> None:
     assert checked >= 80 and share >= 0.9
     rings = [M.ring_colours(im) for _, im in pairs]
     assert np.median(rings) == pytest.approx(5, abs=1)
+
+
+def test_even_sample_spreads_distinct_indices_over_the_whole_set_first_and_last_included() -> None:
+    assert M.even_sample(10, 3) == [0, 4, 9]
+    assert M.even_sample(1000, 4) == [0, 333, 666, 999]
+    assert M.even_sample(3, 10) == [0, 1, 2]  # a small set is used whole
+    assert M.even_sample(5, 0) == [] and M.even_sample(0, 5) == []
+    picked = M.even_sample(501, 500)  # the spacing is just over one: rounding must not repeat an index
+    assert len(picked) == len(set(picked)) == 500 and picked[0] == 0 and picked[-1] == 500

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import UserError
-from ..metrics import Reference
+from ..metrics import Reference, even_sample
 from ..runfolder import file_sha256
 from ..runfolder.data import art_of, training_images
 from ..runfolder.lock import GENERATE, run_lock
@@ -205,7 +205,7 @@ def generate(o: GenerateOptions, console: Any = None) -> Result:
             wanted = ([] if (out / layout.PILOT).is_file() else pilot_pairs(vocab, rules, o, preset.sample.full_prompt)) + first
             say(f"drawing {len(wanted)} candidates with {o.num_gpus} processes")
             drawer.ready = draw_in_parallel(run.dir, epoch, o.device, wanted, out, o.num_gpus, o.control)
-        pick = np.linspace(0, len(names) - 1, min(len(names), MAX_REFERENCE)).round().astype(int)
+        pick = np.array(even_sample(len(names), MAX_REFERENCE), dtype=int)
         critic, pilot = _critic(out, drawer, vocab, rules, o, arts[pick], preset.sample.full_prompt, say)
         judge = Judge.make(names, arts, Reference.from_images([names[i] for i in pick], arts[pick]), critic, pilot)
         for n in range(1, done + 1):  # the finished tokens stand against the rest exactly as when they were made

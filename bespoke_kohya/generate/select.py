@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..distinguish import NEAR_COPY_DELTA_E, NEAR_COPY_SHARE, critic_scores
-from ..metrics import Reference, _labs, background_colour_names, border_colour, colour_name, colour_names, difference_matrix, style_values
+from ..metrics import Reference, _labs, background_colour_names, border_colour, colour_name, colour_names, difference_matrix, even_sample, style_values
 from ..paths import ART
 
 REASONS = ("near-copy", "duplicate", "background", "off-style", "style", "critic")
@@ -163,7 +163,7 @@ def neighbourhoods(labs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     nearest other in the sample); empty when there are too few punks for a neighbourhood."""
     if len(labs) <= REALISM_K:
         return np.zeros(0, int), np.zeros(0)
-    reference = np.unique(np.linspace(0, len(labs) - 1, min(len(labs), REALISM_REFERENCE)).round().astype(int))
+    reference = np.array(even_sample(len(labs), REALISM_REFERENCE), dtype=int)
     within = difference_matrix(labs[reference], labs[reference], threshold=NEAR_COPY_DELTA_E)
     return reference, np.sort(within, axis=1)[:, REALISM_K]  # column 0 is the punk itself
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..images import load_rgb
+from ..metrics import even_sample
 from ..paths import ART
 from ..runfolder import DATA, SAMPLES_JSON, file_sha256, inside_run, metrics_document
 from ..runfolder.data import art_of, training_folder, training_images
@@ -310,7 +311,7 @@ MAX_REFERENCE = 500
 def _sample_paths(paths: list[Path]) -> tuple[list[Path], list[Notice]]:
     if len(paths) <= MAX_REFERENCE:
         return paths, []
-    picked = [paths[i] for i in np.linspace(0, len(paths) - 1, MAX_REFERENCE).round().astype(int)]
+    picked = [paths[i] for i in even_sample(len(paths), MAX_REFERENCE)]
     note = Notice("info", f"the training set has {len(paths)} images; the metrics compare against an evenly spaced {MAX_REFERENCE} of them (near-copies of the others are not detected)")
     return picked, [note]
 
