@@ -9,7 +9,8 @@ collection: the two-sample test against the real punks (mean of four test seeds;
 own prompt, so the folds are pooled), colours per image, outer-ring colours and near-copies of
 the run's training images. Target (issue 23): the selected collection reads at least 0.08 lower
 on the two-sample test than the first draws. The contact sheet (selected left, first draws right,
-the same tokens on the same rows) goes to OUT/contact-sheet.png and benchmarks/results/.
+the same tokens on the same rows) goes to OUT/contact-sheet.png, and with ``--sheet NAME`` to
+benchmarks/results/NAME.png too (never by default: the sheets there belong to figures in benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=200)
     ap.add_argument("--candidates", type=int, default=4)
     ap.add_argument("--epoch", type=int, default=None, help="default: the run's last epoch")
+    ap.add_argument("--sheet", help="also save the contact sheet as benchmarks/results/SHEET.png (for a figure in benchmarks/README.md)")
     args = ap.parse_args()
     run = RunHandle.open(args.run)
     epoch = args.epoch or max(run.record.checkpoints())
@@ -118,8 +120,9 @@ def main() -> None:
     print(f"\nselection lowers the two-sample test by {gain:.2f} (target ≥ {TARGET}): {'met' if gain >= TARGET else 'NOT met'}")
     out = sheet(selected[:60], unselected[:60])
     out.save(args.out / "contact-sheet.png")
-    (REPO / "benchmarks" / "results").mkdir(exist_ok=True)
-    out.save(REPO / "benchmarks" / "results" / "generate-selected-vs-first.png")
+    if args.sheet:
+        (REPO / "benchmarks" / "results").mkdir(exist_ok=True)
+        out.save(REPO / "benchmarks" / "results" / f"{args.sheet}.png")
     (args.out / "results.json").write_text(json.dumps({"rows": rows, "seconds": seconds, "drawn": drawn, "rejections": rejected, "gain": gain,
                                                       "when": time.strftime("%Y-%m-%d %H:%M")}, indent=1))
     print(f"contact sheet: {args.out / 'contact-sheet.png'} (left: selected, right: the first candidate of the same tokens)")

@@ -1,14 +1,15 @@
 """pixel24 as an artist meets it: cold start to samples, then how real the samples look.
 
     .venv/bin/python benchmarks/pixel24.py                    # both models, ~40 min on 2 idle cores
-    .venv/bin/python benchmarks/pixel24.py --part new         # only today's model (~20 min cold)
+    .venv/bin/python benchmarks/pixel24.py --part new         # only today's model, preset pixel24_v3 (~20 min cold)
     .venv/bin/python benchmarks/pixel24.py --part old         # only version 2 (the last commit before v3)
-    .venv/bin/python benchmarks/pixel24.py --part new --set pixel24.steps=5200 --label "2x steps"   # another recipe
+    .venv/bin/python benchmarks/pixel24.py --part new --preset pixel24 --set pixel24.steps=5200 --label "2x steps"   # another recipe
 
 20 of the real punks are held out with a fixed seed; each model trains on the other
 164 exactly as a user would, through the CLI, from a cold cache (a fresh
 ``BESPOKE_CACHE``: the stand-in is built and, for today's model, the base model trained
-from nothing). Then each held-out caption is drawn with 8 seeds and the samples are
+from nothing). Today's model is the ``pixel24_v3`` preset (``--preset`` names another), version 2
+is that tree's ``pixel24``. Then each held-out caption is drawn with 8 seeds and the samples are
 measured against the real punks:
 
 - wall time: base pretraining, fine-tuning, sampling (seconds);
@@ -116,7 +117,8 @@ def part(args: argparse.Namespace, train_dir: Path, held: list[Path], work: Path
     sets = [x for s in (args.set if name == "new" else []) for x in ("--set", s)]
     load = {"start": uptime()}
     # The benchmark holds out its own 20 punks, so the 164 are all trained on (the preset's own 10% split is for the report).
-    total = run(cli + ["train", "--preset", "pixel24", "--dataset", str(train_dir), "--run-dir", str(run_dir), "--no-sample", "--set", "dataset.validation_split=0",
+    preset = args.preset if name == "new" else "pixel24"  # version 2's tree has only its own pixel24
+    total = run(cli + ["train", "--preset", preset, "--dataset", str(train_dir), "--run-dir", str(run_dir), "--no-sample", "--set", "dataset.validation_split=0",
                        *sets], env, tree or REPO, log)
     load["trained"] = uptime()
     base_cfg = next((Path(env["BESPOKE_CACHE"]) / "pixel24-base").glob("*/pixel24.json"), None) if not args.cache else None
@@ -127,7 +129,7 @@ def part(args: argparse.Namespace, train_dir: Path, held: list[Path], work: Path
     sample_s = run(cli + ["sample", "--run", str(run_dir), "--epochs", str(last), "--prompts", str(prompts), "--seeds", ",".join(map(str, SEEDS))], env, tree or REPO, log)
     load["sampled"] = uptime()
     result = {"base_s": base_s, "finetune_s": total - base_s, "sample_s": sample_s, "images": samples_from(run_dir, last), "load": load,
-              "set": list(args.set) if name == "new" else [], "label": args.label if name == "new" else f"version 2 ({args.old_ref})",
+              "preset": preset, "set": list(args.set) if name == "new" else [], "label": (args.label or f"{preset} (this checkout)") if name == "new" else f"version 2 ({args.old_ref})",
               "cache": str(args.cache) if args.cache else None, "threads": args.threads}
     if tree is None and not args.threads:  # the drawing alone, in this process (the CLI's time adds start-up, loading and writing the PNGs)
         result["draw_s"] = draw_seconds(run_dir, last, [caption(p) for p in held])
@@ -285,7 +287,8 @@ def main() -> None:
     ap.add_argument("--old-ref", default=OLD_REF)
     ap.add_argument("--keep", action="store_true", help="keep the runs and caches in OUT/work instead of a temporary folder")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for the new model's training run (repeatable), as `train --set`")
-    ap.add_argument("--label", default="version 3 (this checkout)", help="the new model's row label")
+    ap.add_argument("--preset", default="pixel24_v3", help="the new model's preset (the old one always trains its tree's pixel24)")
+    ap.add_argument("--label", default=None, help="the new model's row label (default: its preset, this checkout)")
     ap.add_argument("--cache", type=Path, help="reuse this BESPOKE_CACHE (its stand-in and base models) instead of a cold one: for experiments, not cold-start times")
     ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the CLI steps (experiments beside another job); the times are then not the 2-core figures")
     ap.add_argument("--remeasure", action="store_true", help="measure the parts' saved samples (OUT/samples-*.npy) again with today's measures")
