@@ -17,6 +17,9 @@ pixels more than ΔE 3 apart): the candidate nearest any training punk, and the 
 (Kynkäänniemi et al. 2019, as `generate` computes it: generate/select.py). Both pull towards the training punks, which are part
 of the real set the test compares with, so each also prints the mean distance to the nearest of the 20
 held-out punks the run never saw (the dataset's punks not in its data/): a choice that is really more punk-like moves that too.
+
+And what more candidates buy: the realism choice among each token's first 2, 4, 8… candidates only (those
+fewer than the collection drew per round), beside the choice among all of them.
 """
 
 from __future__ import annotations
@@ -117,6 +120,8 @@ def main() -> None:
     chosen: dict[str, list[np.ndarray]] = {"first candidate (no selection)": [], "the collection's (critic)": [], "first passing every rule": [],
                                            "likelihood: mean": [], "likelihood: worst 5%": [], "nearest a training punk": [],
                                            "realism score": []}
+    per_token = settings["settings"]["candidates"]
+    first_k = [k for k in (2, 4, 8, 16) if k < per_token]
     for n in range(1, count + 1):
         found = candidates(args.collection, n)
         arts = np.stack([a for _, a in found])
@@ -131,6 +136,9 @@ def main() -> None:
         near, real_score = realism(arts, training_labs, reference, radii)
         chosen["nearest a training punk"].append(arts[min(usable, key=lambda i: near[i])] if usable else arts[0])
         chosen["realism score"].append(arts[max(usable, key=lambda i: real_score[i])] if usable else arts[0])
+        for k in first_k:  # what more candidates buy: the same choice among each token's first k only
+            some = [i for i in usable if found[i][0]["k"] < k] or [i for i, (c, _) in enumerate(found) if c["k"] == 0]
+            chosen.setdefault(f"realism score, first {k} candidates", []).append(arts[max(some, key=lambda i: real_score[i])])
     print(f"{count} tokens, epoch {epoch}; against {len(real)} real punks")
     print(f"held out: {len(held)} punks the run never trained on")
     print("| choice | two-sample (4 test seeds) | each | near-copies | colours | ring colours | orphans | nearest held-out (share > ΔE 3) |")
