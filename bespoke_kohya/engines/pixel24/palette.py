@@ -72,11 +72,20 @@ def palette_lab(palette: np.ndarray) -> torch.Tensor:
 
 
 def to_indices(images: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """(N, 24, 24) int64: each pixel's nearest palette colour (CIELAB)."""
-    lab = torch.from_numpy(rgb_to_lab(images).reshape(-1, 3).astype(np.float32))
+    """(N, 24, 24) int64: each pixel's nearest palette colour (CIELAB).
+
+    Each distinct colour is matched once: the stand-in's 5.8 M pixels have 11,215 colours (0.4 s, where matching every
+    pixel took 6 s of a cold start), and the indices are the same."""
+    flat = np.asarray(images, dtype=np.uint8).reshape(-1, 3)
+    if not len(flat):
+        return np.zeros(images.shape[:-1], np.int64)
+    keys = (flat[:, 0].astype(np.int32) << 16) | (flat[:, 1].astype(np.int32) << 8) | flat[:, 2]
+    distinct, where = np.unique(keys, return_inverse=True)
+    colours = np.stack([distinct >> 16, (distinct >> 8) & 255, distinct & 255], axis=1).astype(np.uint8)
+    lab = torch.from_numpy(rgb_to_lab(colours).astype(np.float32))
     pal = palette_lab(palette)
-    out = torch.cat([torch.cdist(chunk, pal).argmin(dim=1) for chunk in lab.split(65536)]) if len(lab) else torch.zeros(0, dtype=torch.long)
-    return out.reshape(images.shape[:-1]).numpy()
+    nearest = torch.cat([torch.cdist(chunk, pal).argmin(dim=1) for chunk in lab.split(65536)]).numpy()
+    return nearest[where.reshape(-1)].reshape(images.shape[:-1]).astype(np.int64)
 
 
 def to_hex(palette: np.ndarray) -> list[str]:

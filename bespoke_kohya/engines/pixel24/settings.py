@@ -67,7 +67,7 @@ def background_head_parameters(channels: list[int], in_channels: int, out_channe
 # that sets any of them writes pixel24.json version 3 (model.model_config), which versions reading only 2 refuse.
 VERSION_3_FIELDS = ("attention_levels", "background_head", "background_loss_weight", "recolour_background",
                     "refine_components", "refine_rare_colours", "background_temperature", "background_from_caption", "background_repaint", "background_flatten", "sample_batch", "compile",
-                    "guided_steps", "refine_guidance", "schedule_steps")
+                    "guided_steps", "refine_guidance", "schedule_steps", "fast_step")
 # Settings that act only through the background head: set without it they would change nothing, so they are refused.
 HEAD_ONLY_FIELDS = ("background_loss_weight", "recolour_background", "background_temperature", "background_from_caption", "background_repaint",
                     "background_flatten")
@@ -100,6 +100,7 @@ class Pixel24Settings(_Strict):
     batch_size: int = Field(32, ge=1, le=4096, description="Images per step.")
     learning_rate: float = Field(1e-3, gt=0, le=1, description="AdamW peak learning rate (linear warm-up, then cosine decay to 10%).")
     schedule_steps: int = Field(0, ge=0, le=1_000_000, description="Version 3. The steps the fine-tune's learning-rate cosine spans: 0 = steps (it reaches 10% of the peak at the last step). More than steps stops the run partway down a longer cosine, at a higher rate; with the EMA of the weights that drew better punks for the same steps: 4,000 of 19,000 read 0.67 where 4,000 of 4,000 read 0.73 (benchmarks/README.md, \"The 80-minute row\").")
+    fast_step: bool = Field(False, description="Version 3. A faster training step with the same loss: logits only for the masked pixels the loss reads (not every pixel × every palette colour), and AdamW's fused kernel. The sums are rounded in another order, so a run trained with it is not version 2's byte for byte (off keeps those exact); measured 1.1x the steps per second on 2 CPU cores (benchmarks/README.md).")
     warmup_steps: int = Field(100, ge=0, description="Linear learning-rate warm-up steps (capped at a quarter of the run).")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights, saved in the checkpoints and used for sampling (0 disables); warmed up as min(decay, (1+step)/(10+step)). Measured on the benchmark's 2,600-step fine-tune: 0.999 read 0.70, 0.995 0.71 (two-sample, with refinement).")
     flip: bool = Field(True, description="Mirror training images left-right at random (Bespoke Punks face the viewer, so a mirrored punk is still in style).")

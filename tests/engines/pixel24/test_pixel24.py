@@ -212,11 +212,13 @@ def test_should_stop_keeps_finished_epochs(sixteen: Path, tmp_path: Path) -> Non
     assert result["steps"] == 3
 
 
-def test_resume_continues_exactly_where_it_stopped(sixteen: Path, tmp_path: Path) -> None:
-    """Stopped after epoch 1 then resumed: the same weights, loss log, held-out losses and epochs as one uninterrupted run."""
+@pytest.mark.parametrize("fast_step", [False, True], ids=["plain", "fast_step"])
+def test_resume_continues_exactly_where_it_stopped(sixteen: Path, tmp_path: Path, fast_step: bool) -> None:
+    """Stopped after epoch 1 then resumed: the same weights, loss log, held-out losses and epochs as one uninterrupted run
+    (with fast_step, the fused AdamW's state too)."""
     from safetensors.torch import load_file
 
-    preset = tiny_preset(steps=6, epochs=3)
+    preset = tiny_preset(steps=6, epochs=3, fast_step=fast_step)
     held = sorted(p.name for p in sixteen.glob("*.png"))[:2]
     whole = pixel24.train(preset, sixteen, tmp_path / "whole", device="cpu", heldout=held)
     stop = {"now": False}
@@ -841,6 +843,33 @@ def test_the_training_loss_never_runs_a_compiled_network() -> None:
     loss, _ = _masked_loss(model, x0, torch.ones(2, 24, 24, dtype=torch.bool), torch.ones(2), [[[0]], []], 0.0)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_fast_step_computes_the_same_loss_and_gradients_from_the_masked_pixels_alone() -> None:
+    """settings.fast_step scores only the masked pixels: the loss and every gradient are the full logits' up to rounding,
+    with a background head and some pixels unmasked; and the optimiser is AdamW's fused one."""
+    from bespoke_kohya.engines.pixel24.settings import Pixel24Settings
+    from bespoke_kohya.engines.pixel24.training import Loop, Schedule, _masked_loss
+
+    settings = Pixel24Settings(block_out_channels=[16, 32], text_dim=16, colour_dim=8, feature_dim=16, palette_size=8, background_head=True)
+    palette = np.random.default_rng(0).integers(0, 256, (8, 3)).astype(np.uint8)
+    torch.manual_seed(0)
+    model = pixel24.build_model(pixel24.model_config(settings, ["<reserved>", "lad", "lady"], palette))
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.randint(8, (3, 24, 24), generator=gen)
+    masked = torch.rand(3, 24, 24, generator=gen) < torch.tensor([0.2, 0.6, 1.0])[:, None, None]
+    args = (model, x0, masked, torch.tensor([0.2, 0.6, 1.0]), [[[1]], [[2], [1]], []], 0.05, torch.tensor([0, 3, 7]), torch.full((3,), 0.2))
+    grads = {}
+    for only in (False, True):
+        model.net.zero_grad(set_to_none=True)
+        loss, pixels = _masked_loss(*args, masked_only=only)
+        loss.backward()
+        grads[only] = (loss.detach(), pixels.detach(), [p.grad.clone() for p in model.net.parameters() if p.grad is not None])
+    (full, full_px, full_g), (fast, fast_px, fast_g) = grads[False], grads[True]
+    assert torch.allclose(full, fast, rtol=1e-6) and torch.allclose(full_px, fast_px, rtol=1e-6) and len(full_g) == len(fast_g) > 50
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(full_g, fast_g))
+    loop = Loop(model, x0.numpy(), [[[1]], [[2]], []], settings.model_copy(update={"fast_step": True}), Schedule(4, 2, 1e-3, 0, 0.9))
+    assert loop.opt.param_groups[0]["fused"] and not Loop(model, x0.numpy(), [[[1]], [[2]], []], settings, Schedule(4, 2, 1e-3, 0, 0.9)).opt.param_groups[0]["fused"]
 
 
 def test_compile_without_a_cpp_compiler_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
