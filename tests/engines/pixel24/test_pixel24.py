@@ -92,6 +92,8 @@ def test_config_holds_model_vocabulary_palette_and_settings(trained: tuple[Path,
 
 
 def test_palette_is_exact_when_few_colours_and_real_colours_when_many() -> None:
+    from bespoke_kohya.colour import rgb_to_lab
+
     rng = np.random.default_rng(0)
     few = rng.integers(0, 255, (5, 3)).astype(np.uint8)
     images = few[rng.integers(0, 5, (3, 24, 24))]
@@ -101,6 +103,10 @@ def test_palette_is_exact_when_few_colours_and_real_colours_when_many() -> None:
     many = rng.integers(0, 255, (4, 24, 24, 3)).astype(np.uint8)
     palette = pixel24.build_palette(many, 16)
     assert len(palette) == 16 and {tuple(c) for c in palette.tolist()} <= colours_of(many)
+    # each distinct colour matched once: every pixel still gets its own nearest palette colour
+    lab, pal = rgb_to_lab(many).reshape(-1, 1, 3), rgb_to_lab(palette)[None]
+    assert np.array_equal(pixel24.to_indices(many, palette).reshape(-1), ((lab - pal) ** 2).sum(-1).argmin(1))
+    assert pixel24.to_indices(many[:0], palette).shape == (0, 24, 24)
 
 
 def test_samples_hold_only_palette_colours(model: pixel24.Pixel24Model) -> None:
