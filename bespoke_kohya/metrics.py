@@ -58,7 +58,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .colour import rgb_to_lab
+from .colour import pack_colours, rgb_to_lab, unpack_colours
 from .errors import UserError
 from .images import load_rgb
 from .paths import ART
@@ -131,21 +131,9 @@ def _check_art(img: np.ndarray, what: str) -> np.ndarray:
     return arr
 
 
-def _packed(colours: np.ndarray) -> np.ndarray:
-    """``(..., 3)`` uint8 colours as one int per colour: set operations on ints are far
-    faster than ``np.unique(axis=0)`` on rows."""
-    c = colours.astype(np.int64)
-    return (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
-
-
-def _unpacked(keys: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`_packed`: ``(n,)`` ints -> ``(n, 3)`` uint8."""
-    return np.stack([(keys >> 16) & 255, (keys >> 8) & 255, keys & 255], axis=-1).astype(np.uint8)
-
-
 def colour_count(img: np.ndarray) -> int:
     """Distinct RGB colours."""
-    return len(np.unique(_packed(img.reshape(-1, 3))))
+    return len(np.unique(pack_colours(img.reshape(-1, 3))))
 
 
 def perceptual_colour_count(img: np.ndarray, threshold: float = MERGE_DELTA_E) -> int:
@@ -154,8 +142,8 @@ def perceptual_colour_count(img: np.ndarray, threshold: float = MERGE_DELTA_E) -
     Greedy by frequency (rather than chaining) so a gradient of small steps is not
     collapsed into one colour; this reproduces pixel-facts' 20 (11–38).
     """
-    keys, counts = np.unique(_packed(img.reshape(-1, 3)), return_counts=True)
-    labs = rgb_to_lab(_unpacked(keys[np.argsort(-counts, kind="stable")]))
+    keys, counts = np.unique(pack_colours(img.reshape(-1, 3)), return_counts=True)
+    labs = rgb_to_lab(unpack_colours(keys[np.argsort(-counts, kind="stable")]))
     close = _pairwise_sq(labs, labs) < threshold * threshold
     # A colour is merged iff it is close to some colour kept before it, so one running
     # "covered" mask replaces a distance check per colour (576 colours: 1 ms, not 30).
@@ -172,8 +160,8 @@ def palette_adherence(img: np.ndarray, palette_lab: np.ndarray, threshold: float
     """Share of pixels within ``threshold`` ΔE of some colour of ``palette_lab`` ``(K, 3)``."""
     if len(palette_lab) == 0:
         return 0.0
-    keys, inverse = np.unique(_packed(img.reshape(-1, 3)), return_inverse=True)
-    near = _near_palette(rgb_to_lab(_unpacked(keys)), palette_lab, threshold)
+    keys, inverse = np.unique(pack_colours(img.reshape(-1, 3)), return_inverse=True)
+    near = _near_palette(rgb_to_lab(unpack_colours(keys)), palette_lab, threshold)
     return float(near[inverse.ravel()].mean())
 
 
@@ -220,9 +208,9 @@ def _border(img: np.ndarray) -> np.ndarray:
 
 def _border_mode(img: np.ndarray) -> tuple[np.ndarray, float]:
     """The border's most common colour and its share of the border."""
-    keys, counts = np.unique(_packed(_border(img)), return_counts=True)
+    keys, counts = np.unique(pack_colours(_border(img)), return_counts=True)
     best = int(np.argmax(counts))
-    return _unpacked(keys[best : best + 1])[0], float(counts[best] / counts.sum())
+    return unpack_colours(keys[best : best + 1])[0], float(counts[best] / counts.sum())
 
 
 def border_solidity(img: np.ndarray) -> float:
@@ -300,7 +288,7 @@ def ring_colours(img: np.ndarray) -> int:
     A clean pixel-art background is one flat colour, plus the few colours of the figure where its
     shoulders or hair reach the edge; a patchy background adds many. Real Bespoke Punks: median 5.
     """
-    return len(np.unique(_packed(_border(_check_art(img, "ring colours image")))))
+    return len(np.unique(pack_colours(_border(_check_art(img, "ring colours image")))))
 
 
 # Colour names and the words people use for them; a word may stand for two ("tan": brown or beige).
@@ -669,8 +657,8 @@ class Reference:
         if len(shapes) != 1:
             raise UserError(f"reference: training images differ in size ({sorted(shapes)}); use one size (24×24 originals)")
         stack = np.stack(arrays)
-        keys, owners = np.unique(np.concatenate([np.unique(_packed(a.reshape(-1, 3))) for a in arrays]), return_counts=True)
-        palette = _unpacked(keys)
+        keys, owners = np.unique(np.concatenate([np.unique(pack_colours(a.reshape(-1, 3))) for a in arrays]), return_counts=True)
+        palette = unpack_colours(keys)
         ref = cls(list(names), stack, _labs(stack), palette, rgb_to_lab(palette), owners)
         ref._measure()
         return ref
@@ -697,7 +685,7 @@ class Reference:
     def _adherence_without(self, i: int) -> float:
         """Palette adherence of training image ``i`` against the colours of the *other* images."""
         img = self.images[i]
-        mine = np.isin(_packed(self.palette), _packed(img.reshape(-1, 3)))
+        mine = np.isin(pack_colours(self.palette), pack_colours(img.reshape(-1, 3)))
         others = self.palette_users - mine.astype(int) >= 1
         return palette_adherence(img, self.palette_lab[others])
 
