@@ -35,8 +35,9 @@ def test_pixel24_v3_is_pixel24_long_in_4000_steps_at_twice_the_rate_refined_by_p
     long, v3 = load_preset("pixel24_long").pixel24, load_preset("pixel24_v3").pixel24
     differ = {k for k in type(long).model_fields if getattr(long, k) != getattr(v3, k)}
     assert differ == {"steps", "schedule_steps", "learning_rate", "refine_components", "refine_rare_colours", "refine_rounds", "guided_steps", "sample_batch",
-                      "fast_step"}
+                      "fast_step", "fast_draw"}
     assert v3.fast_step and not long.fast_step  # the same loss in less time per step
+    assert v3.fast_draw and not long.fast_draw  # the same distribution in less time per drawing pass
     assert (v3.steps, v3.schedule_steps, v3.learning_rate) == (4000, 19000, 2 * long.learning_rate)
     assert (v3.refine_components, v3.refine_rare_colours, v3.refine_rounds) == (0, 0, 1)  # one round of refinement by pixel
     assert (v3.guided_steps, v3.sample_steps, v3.sample_batch) == (8, 16, 20) and v3.refine_guidance  # drawing 160 in ~18 s on 2 cores

@@ -143,8 +143,11 @@ class Pixel24Net(nn.Module):
     def logits_at(self, indices: torch.Tensor, mask_ratio: torch.Tensor, conditions: torch.Tensor, lab: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
         """(M, K) logits of only the M pixels ``where`` (B, 24, 24) is true, in ``logits.permute(0, 2, 3, 1)[where]``'s order:
         the training loss reads no others, and scoring all 576 × K was a tenth of a training step."""
-        picked = self.features(indices, mask_ratio, conditions, lab).permute(0, 2, 3, 1)[where]
-        return (picked @ self.colour_out(lab).T) * self.scale
+        return self.project(self.features(indices, mask_ratio, conditions, lab).permute(0, 2, 3, 1)[where], lab)
+
+    def project(self, features: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+        """(M, F) per-pixel features -> (M, K) logits over the palette ``lab`` (K, 3), as :meth:`forward` scores every pixel."""
+        return (features @ self.colour_out(lab).T) * self.scale
 
 
 @dataclass
@@ -161,6 +164,7 @@ class Pixel24Model:
     _lab: torch.Tensor | None = field(default=None, repr=False)
     _names: list[frozenset[str]] | None = field(default=None, repr=False)  # the colour names of each palette colour (sampling)
     _compiled: Any = field(default=None, repr=False)  # torch.compile of net, after compile()
+    _compiled_features: Any = field(default=None, repr=False)  # torch.compile of net.features (fast_draw), after compile()
 
     def __post_init__(self) -> None:
         self._index = {w: i for i, w in enumerate(self.vocab)}
@@ -180,11 +184,13 @@ class Pixel24Model:
         self.config["palette"] = to_hex(palette)
 
     def compile(self) -> None:
-        """From now on :meth:`logits` runs the network through torch.compile (settings.compile, for drawing); once per model."""
+        """From now on :meth:`logits` and :meth:`features` run the network through torch.compile (settings.compile, for
+        drawing); once per model. Each compiles at its first call, so the one a sampler never calls costs nothing."""
         if self._compiled is None:
             require_compiler()
             # dynamic=False: drawing uses one fixed batch shape, so it compiles once
             self._compiled = torch.compile(self.net, dynamic=False)
+            self._compiled_features = torch.compile(self.net.features, dynamic=False)
 
     def logits(self, indices: torch.Tensor, mask_ratio: torch.Tensor, conditions: torch.Tensor, *, compiled: bool = True) -> torch.Tensor:
         """The network's (B, K, 24, 24) logits (Pixel24Net.forward), compiled after :meth:`compile` unless ``compiled`` is
@@ -192,6 +198,12 @@ class Pixel24Model:
         which would compile again)."""
         net = self._compiled if compiled and self._compiled is not None else self.net
         return net(indices, mask_ratio, conditions, self.lab)
+
+    def features(self, indices: torch.Tensor, mask_ratio: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """The network's (B, F, 24, 24) per-pixel features (Pixel24Net.features), compiled after :meth:`compile`: the
+        fast_draw sampler projects only the pixels it draws onto the palette."""
+        features = self._compiled_features if self._compiled_features is not None else self.net.features
+        return features(indices, mask_ratio, conditions, self.lab)
 
     def to(self, device: torch.device | str) -> "Pixel24Model":
         self.device = torch.device(device)

@@ -80,6 +80,54 @@ def _logits(model: Pixel24Model, x: torch.Tensor, conditions: torch.Tensor, guid
     return logits.permute(0, 2, 3, 1).float().cpu()
 
 
+def _logits_where(model: Pixel24Model, x: torch.Tensor, conditions: torch.Tensor, guidance: float, where: torch.Tensor) -> torch.Tensor:
+    """(M, K) guided logits on the CPU of only the M pixels ``where`` (B, 24, 24) is true, in ``x[where]``'s order (fast_draw).
+
+    Guidance mixes the features, not the logits: the palette projection is linear, so the mix projects to the same
+    ``uncond + g·(cond − uncond)`` of the logits, for one projection of the pixels drawn instead of two of all 576 × K."""
+    k = len(model.palette)
+    x = x.to(model.device)
+    ratio = (x == k).float().mean(dim=(1, 2))
+    if guidance != 1.0:
+        cond, uncond = model.features(torch.cat([x, x]), torch.cat([ratio, ratio]), conditions).chunk(2)
+        features = uncond + guidance * (cond - uncond)
+    else:
+        features = model.features(x, ratio, conditions)
+    picked = features.permute(0, 2, 3, 1)[where.to(model.device)]
+    return model.net.project(picked, model.lab).float().cpu()
+
+
+def _categorical(logp: torch.Tensor, counts: list[int], generators: list[torch.Generator]) -> torch.Tensor:
+    """(M,) one colour per row of ``logp`` (M, K), drawn from its probabilities by inverse CDF with one uniform number per
+    row, rows ``counts[i]`` at a time from image i's generator: the same distribution as Gumbel-max, from one random
+    number a pixel instead of K (the Gumbel noise over 576 × K was a twelfth of drawing)."""
+    u = torch.cat([torch.rand(n, generator=g) for n, g in zip(counts, generators)])
+    cdf = logp.exp().cumsum(dim=-1)
+    # right=True: the first colour whose cumulative share exceeds u·total, so a colour of probability 0 is never drawn
+    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp_(max=logp.shape[-1] - 1)
+
+
+def _draw(model: Pixel24Model, x: torch.Tensor, masked: torch.Tensor, conditions: torch.Tensor, guidance: float, temperature: float,
+          generators: list[torch.Generator], allowed: torch.Tensor | None, fast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 24, 24) colours drawn at ``temperature`` for the ``masked`` pixels of ``x``, and their log-probabilities (the
+    MaskGIT confidence); both meaningful only where ``masked``. ``fast`` (fast_draw): those pixels alone are scored."""
+    k, b = len(model.palette), len(generators)
+    if not fast:
+        logp = (_logits(model, x, conditions, guidance) / max(temperature, 1e-4)).log_softmax(dim=-1)
+        if allowed is not None:
+            logp = torch.where(allowed[:, None, None, :], logp, torch.full_like(logp, -math.inf))
+        drawn = (logp + _gumbel((ART, ART, k), generators)).argmax(dim=-1)  # Gumbel-max: a draw at this temperature
+        return drawn, logp.gather(-1, drawn[..., None])[..., 0]
+    logp = (_logits_where(model, x, conditions, guidance, masked) / max(temperature, 1e-4)).log_softmax(dim=-1)
+    if allowed is not None:
+        image = torch.arange(b)[:, None, None].expand_as(masked)[masked]  # each row's image
+        logp = torch.where(allowed[image], logp, torch.full_like(logp, -math.inf))
+    picked = _categorical(logp, masked.view(b, -1).sum(dim=1).tolist(), generators)
+    drawn, confidence = torch.full_like(x, k), torch.zeros(x.shape)
+    drawn[masked], confidence[masked] = picked, logp.gather(-1, picked[:, None])[:, 0]
+    return drawn, confidence
+
+
 def _remask(x: torch.Tensor, masked: torch.Tensor, confidence: torch.Tensor, still: list[int], k: int) -> torch.Tensor:
     """``x`` with each image's ``still[i]`` least confident of its ``masked`` pixels masked (index ``k``) again."""
     b = len(x)
@@ -96,11 +144,12 @@ def _unguided(conditions: torch.Tensor, b: int) -> torch.Tensor:
 
 
 def _fill(model: Pixel24Model, x: torch.Tensor, conditions: torch.Tensor, generators: list[torch.Generator], steps: int, guidance: float,
-          temperature: float, choice_noise: float, allowed: torch.Tensor | None = None, guided_steps: int = 0) -> torch.Tensor:
+          temperature: float, choice_noise: float, allowed: torch.Tensor | None = None, guided_steps: int = 0, fast: bool = False) -> torch.Tensor:
     """``x`` with its masked pixels drawn over ``steps`` steps, each image's masked share following a cosine down to none.
 
     ``allowed`` (B, K) bool: the colours each image may draw (None: all). ``guided_steps`` > 0: only the first that many
     steps are guided, the rest run the captioned pass alone (half the images per pass); 0: every step is guided.
+    ``fast``: see :func:`_draw`.
     """
     k, b = len(model.palette), len(generators)
     start = (x == k).view(b, -1).sum(dim=1).tolist()  # per image, so that an image's schedule never depends on its batch-mates
@@ -108,11 +157,7 @@ def _fill(model: Pixel24Model, x: torch.Tensor, conditions: torch.Tensor, genera
         masked = x == k
         guided = not guided_steps or step < guided_steps
         step_conditions, step_guidance = (conditions, guidance) if guided else (_unguided(conditions, b), 1.0)
-        logp = (_logits(model, x, step_conditions, step_guidance) / max(temperature, 1e-4)).log_softmax(dim=-1)
-        if allowed is not None:
-            logp = torch.where(allowed[:, None, None, :], logp, torch.full_like(logp, -math.inf))
-        drawn = (logp + _gumbel((ART, ART, k), generators)).argmax(dim=-1)  # Gumbel-max: a draw at this temperature
-        confidence = logp.gather(-1, drawn[..., None])[..., 0]
+        drawn, confidence = _draw(model, x, masked, step_conditions, step_guidance, temperature, generators, allowed, fast)
         if choice_noise:
             confidence = confidence + choice_noise * (1 - (step + 1) / steps) * _gumbel((ART, ART), generators)
         x = torch.where(masked, drawn, x)
@@ -140,11 +185,12 @@ def components(x: torch.Tensor) -> torch.Tensor:
 
 
 def _scores(model: Pixel24Model, x: torch.Tensor, conditions: torch.Tensor, generators: list[torch.Generator], guidance: float,
-            component_limit: int = 0) -> torch.Tensor:
+            component_limit: int = 0, fast: bool = False) -> torch.Tensor:
     """(B, 24, 24): each pixel's log-probability of its own colour, with it and a random 1/CRITIC_GROUPS of the image masked.
 
     ``component_limit`` > 0: a one-colour area of at most that many pixels is masked whole (and its pixels share
     the area's mean score), so a blotch of wrong pixels cannot vouch for itself; larger areas go pixel by pixel.
+    ``fast`` (fast_draw): each pass scores only the pixels it hides.
     """
     k, b = len(model.palette), len(generators)
     groups = torch.stack([torch.randint(CRITIC_GROUPS, (ART, ART), generator=g) for g in generators])
@@ -157,7 +203,11 @@ def _scores(model: Pixel24Model, x: torch.Tensor, conditions: torch.Tensor, gene
     scores = torch.zeros(x.shape)
     for group in range(CRITIC_GROUPS):
         hidden = groups == group
-        logp = _logits(model, torch.where(hidden, torch.full_like(x, k), x), conditions, guidance).log_softmax(dim=-1)
+        shown = torch.where(hidden, torch.full_like(x, k), x)
+        if fast:
+            scores[hidden] = _logits_where(model, shown, conditions, guidance, hidden).log_softmax(dim=-1).gather(-1, x[hidden][:, None])[:, 0]
+            continue
+        logp = _logits(model, shown, conditions, guidance).log_softmax(dim=-1)
         scores = torch.where(hidden, logp.gather(-1, x[..., None])[..., 0], scores)
     if component_limit:
         mean = torch.zeros(b, PIXELS).scatter_add_(1, label, scores.view(b, -1)) / size.clamp(min=1)
@@ -176,15 +226,17 @@ def _allowed_colours(x: torch.Tensor, k: int, rare: int) -> torch.Tensor:
 @torch.no_grad()
 def _unmask(model: Pixel24Model, conditions: torch.Tensor, generators: list[torch.Generator], steps: int, guidance: float, temperature: float, *,
             refine_rounds: int, refine_share: float, refine_steps: int, refine_temperature: float, refine_components: int = 0,
-            refine_rare_colours: int = 0, background: torch.Tensor | None = None, guided_steps: int = 0, refine_guidance: bool = True) -> torch.Tensor:
+            refine_rare_colours: int = 0, background: torch.Tensor | None = None, guided_steps: int = 0, refine_guidance: bool = True,
+            fast_draw: bool = False) -> torch.Tensor:
     """(B, 24, 24) palette indices for one batch: MaskGIT, then ``refine_rounds`` rounds of re-drawing the least likely pixels.
 
     ``background`` (B,): each image's background repainted in that colour after MaskGIT, before refinement. ``guided_steps``:
-    see :func:`_fill`; ``refine_guidance`` False: refinement scores and re-draws with the captioned pass alone.
+    see :func:`_fill`; ``refine_guidance`` False: refinement scores and re-draws with the captioned pass alone. ``fast_draw``:
+    every pass scores only the pixels it draws or scores (:func:`_draw`).
     """
     k, b = len(model.palette), len(generators)
     x = _fill(model, torch.full((b, ART, ART), k, dtype=torch.long), conditions, generators, steps, guidance, temperature, CHOICE_NOISE,
-              guided_steps=guided_steps)
+              guided_steps=guided_steps, fast=fast_draw)
     if background is not None:
         x = repaint_backgrounds(model, x, background)
     if not refine_guidance:
@@ -192,14 +244,14 @@ def _unmask(model: Pixel24Model, conditions: torch.Tensor, generators: list[torc
     redraw = int(round(refine_share * PIXELS))
     for _ in range(refine_rounds if redraw and refine_steps else 0):
         # The least likely `redraw` pixels of each image (ties by position: exactly that many) are masked and drawn again.
-        least = _scores(model, x, conditions, generators, guidance, refine_components).view(b, -1).argsort(dim=1, stable=True)[:, :redraw]
+        least = _scores(model, x, conditions, generators, guidance, refine_components, fast_draw).view(b, -1).argsort(dim=1, stable=True)[:, :redraw]
         again = torch.zeros(b, PIXELS, dtype=torch.bool).scatter_(1, least, True)
         allowed = None
         if refine_rare_colours:  # colours on at most that many pixels of an image are re-drawn too, from the image's other colours only
             allowed = _allowed_colours(x, k, refine_rare_colours)
             again |= ~allowed.gather(1, x.view(b, -1))
         x = _fill(model, torch.where(again.view(b, ART, ART), torch.full_like(x, k), x), conditions, generators, refine_steps, guidance,
-                  refine_temperature, 0.0, allowed)
+                  refine_temperature, 0.0, allowed, fast=fast_draw)
     return x
 
 
@@ -286,7 +338,7 @@ def sample_pairs(model: Pixel24Model, pairs: list[tuple[str, int]], *, steps: in
                  refine_rounds: int = 0, refine_share: float = 0.1, refine_steps: int = 4, refine_temperature: float = 0.3, refine_components: int = 0,
                  refine_rare_colours: int = 0, background_temperature: float = 1.0, background_from_caption: bool = False,
                  background_repaint: bool = False, background_flatten: float = 0.0, batch: int = SAMPLE_BATCH, compile: bool = False,
-                 guided_steps: int = 0, refine_guidance: bool = True) -> list[np.ndarray]:
+                 guided_steps: int = 0, refine_guidance: bool = True, fast_draw: bool = False) -> list[np.ndarray]:
     """The image of each (prompt, seed) pair, in order, drawn ``batch`` at a time whatever their prompts.
 
     ``refine_rounds`` rounds each re-draw the ``refine_share`` least likely pixels (0: plain MaskGIT); ``refine_components``
@@ -297,7 +349,9 @@ def sample_pairs(model: Pixel24Model, pairs: list[tuple[str, int]], *, steps: in
     ``background_repaint``, the background MaskGIT drew is repainted in that colour before refinement; with
     ``background_flatten`` > 0, the finished image's background pixels within that ΔE76 of it are painted it). ``guided_steps`` > 0 guides only
     the first that many MaskGIT steps and ``refine_guidance`` False none of refinement's passes (the captioned pass alone: half the
-    images per pass, as guidance interval methods do). Every batch is padded to ``batch`` images
+    images per pass, as guidance interval methods do). ``fast_draw`` scores only the pixels each pass draws or scores and
+    draws each by inverse CDF (one random number a pixel, not Gumbel noise over the palette): the same distribution, other
+    pixels for a seed than without it. Every batch is padded to ``batch`` images
     (fixed, so an image never depends on its batch-mates, and a compiled network, ``compile``, compiles once).
     """
     if steps < 1:
@@ -324,7 +378,7 @@ def sample_pairs(model: Pixel24Model, pairs: list[tuple[str, int]], *, steps: in
         indices = _unmask(model, conditions, generators, steps, guidance_scale, temperature, refine_rounds=refine_rounds, refine_share=refine_share,
                           refine_steps=refine_steps, refine_temperature=refine_temperature, refine_components=refine_components,
                           refine_rare_colours=refine_rare_colours, background=background if background_repaint else None,
-                          guided_steps=guided_steps, refine_guidance=refine_guidance)
+                          guided_steps=guided_steps, refine_guidance=refine_guidance, fast_draw=fast_draw)
         if background is not None and background_flatten > 0:
             indices = flatten_backgrounds(model, indices, background, background_flatten)
         out += [model.palette[idx.numpy()] for idx in indices[: len(chunk)]]

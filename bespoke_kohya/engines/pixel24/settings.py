@@ -67,7 +67,7 @@ def background_head_parameters(channels: list[int], in_channels: int, out_channe
 # that sets any of them writes pixel24.json version 3 (model.model_config), which versions reading only 2 refuse.
 VERSION_3_FIELDS = ("attention_levels", "background_head", "background_loss_weight", "recolour_background",
                     "refine_components", "refine_rare_colours", "background_temperature", "background_from_caption", "background_repaint", "background_flatten", "sample_batch", "compile",
-                    "guided_steps", "refine_guidance", "schedule_steps", "fast_step")
+                    "guided_steps", "refine_guidance", "schedule_steps", "fast_step", "fast_draw")
 # Settings that act only through the background head: set without it they would change nothing, so they are refused.
 HEAD_ONLY_FIELDS = ("background_loss_weight", "recolour_background", "background_temperature", "background_from_caption", "background_repaint",
                     "background_flatten")
@@ -75,7 +75,7 @@ HEAD_ONLY_FIELDS = ("background_loss_weight", "recolour_background", "background
 SAMPLER_OPTIONS = {"refine_components": "refine_components", "refine_rare_colours": "refine_rare_colours",
                    "background_temperature": "background_temperature", "background_from_caption": "background_from_caption",
                    "background_repaint": "background_repaint", "background_flatten": "background_flatten", "sample_batch": "batch", "compile": "compile",
-                   "guided_steps": "guided_steps", "refine_guidance": "refine_guidance"}
+                   "guided_steps": "guided_steps", "refine_guidance": "refine_guidance", "fast_draw": "fast_draw"}
 
 
 class Pixel24Settings(_Strict):
@@ -126,6 +126,7 @@ class Pixel24Settings(_Strict):
     compile: bool = Field(False, description="Version 3. Draw through torch.compile of the U-Net (the fixed batch shape compiles once per process): faster drawing once compiled (many candidates in `generate`; benchmarks/README.md), at the cost of compiling first (about 20-90 s per process) and of needing a C++ compiler (g++ or clang++). Training always runs the eager network: torch 2.13's compiler computes wrong gradients for this U-Net (a run trained through it drew flat punks, two-sample 0.93 against 0.78), and the real run was only 1.03x faster. The compiled kernels round differently, so a seed may draw slightly different pixels than without it.")
     guided_steps: int = Field(0, ge=0, le=576, description="Version 3. Only the first this many of the sample_steps MaskGIT steps use classifier-free guidance; the later ones, which fill the last pixels with most of the picture drawn, run the captioned pass alone (half the images per pass: faster drawing). 0 = every step guided (version 2).")
     refine_guidance: bool = Field(True, description="Version 3. Refinement scores and re-draws pixels with classifier-free guidance, as MaskGIT draws them; false: with the captioned pass alone (half the images per refinement pass: faster drawing).")
+    fast_draw: bool = Field(False, description="Version 3. Faster drawing from the same model and distribution: each pass projects only the pixels it draws (or refinement scores) onto the palette, guidance mixes the U-Net's features before that one projection, and each pixel's colour is drawn by inverse CDF from one random number instead of Gumbel noise over the whole palette. A seed draws other pixels than without it (off keeps version 2's pictures exact); measured on 2 CPU cores in benchmarks/README.md, `fast_draw`.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Training seed (weights, data order, masks; 0 to 2**32-1).")
 
     def sampler_options(self) -> dict[str, Any]:

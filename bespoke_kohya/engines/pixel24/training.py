@@ -179,7 +179,7 @@ def _masked_loss(model: Pixel24Model, x0: torch.Tensor, masked: torch.Tensor, ra
     """(loss to minimise, its pixel part): cross-entropy of the model's guesses for the masked pixels of ``x0`` (palette
     indices) given the rest, the captions and (with a background head) each image's ``background`` colour; plus, weighted
     per image by ``head_weight``, the head's cross-entropy on that colour. ``masked_only`` (settings.fast_step): the logits
-    of the masked pixels alone, the same loss rounded another way.
+    of the masked pixels alone and :func:`smoothed_cross_entropy`, the same loss rounded another way.
 
     Always the eager network, even on a model compiled for drawing: torch 2.13's inductor computes wrong gradients for
     this U-Net (134 of its 207 parameters get none, 0.48-0.85 relative error; aot_eager is exact), and a model trained
@@ -192,13 +192,41 @@ def _masked_loss(model: Pixel24Model, x0: torch.Tensor, masked: torch.Tensor, ra
     inputs, conditions = torch.where(masked, torch.full_like(x0, k), x0), model.net.condition(text, background, model.lab)
     if masked_only:
         logits = model.net.logits_at(inputs, ratio, conditions, model.lab, masked)
+        pixels = smoothed_cross_entropy(logits, x0[masked], label_smoothing)
     else:
         logits = model.logits(inputs, ratio, conditions, compiled=False).permute(0, 2, 3, 1)[masked]
-    pixels = F.cross_entropy(logits, x0[masked], label_smoothing=label_smoothing)
+        pixels = F.cross_entropy(logits, x0[masked], label_smoothing=label_smoothing)
     if head_weight is None or background is None or not model.net.has_background:
         return pixels, pixels
     head = F.cross_entropy(model.net.background_logits(text, model.lab), background, reduction="none")
     return pixels + (head * head_weight.to(dev)).mean(), pixels
+
+
+class _SmoothedCrossEntropy(torch.autograd.Function):
+    """F.cross_entropy(logits, target, label_smoothing=eps), the mean over rows, with its gradient written out:
+    softmax − (1 − eps)·onehot − eps/K, from the saved logsumexp. torch's own backward of the smoothed loss took three
+    times as long as this on the training step's (M, 256) logits (a twentieth of the step)."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
+        lse = torch.logsumexp(logits, dim=1, keepdim=True)
+        ctx.save_for_backward(logits, lse, target)
+        ctx.eps = eps
+        # (1 − eps)·(lse − x_target) + eps·(lse − mean_k x_k): the nll and the smoothing term of torch's definition
+        return (lse[:, 0] - (1 - eps) * logits.gather(1, target[:, None])[:, 0] - eps * logits.mean(dim=1)).mean()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, lse, target = ctx.saved_tensors
+        eps, (rows, k) = ctx.eps, logits.shape
+        out = (logits - lse).exp_().sub_(eps / k)
+        out.scatter_add_(1, target[:, None], torch.full((rows, 1), -(1 - eps), dtype=out.dtype, device=out.device))
+        return out.mul_(grad / rows), None, None
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """The mean label-smoothed cross-entropy of ``logits`` (M, K) against ``target`` (M,): torch's loss, a faster backward."""
+    return _SmoothedCrossEntropy.apply(logits, target, label_smoothing)
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -853,13 +854,24 @@ def test_the_training_loss_never_runs_a_compiled_network() -> None:
 
 def test_fast_step_computes_the_same_loss_and_gradients_from_the_masked_pixels_alone() -> None:
     """settings.fast_step scores only the masked pixels: the loss and every gradient are the full logits' up to rounding,
-    with a background head and some pixels unmasked; and the optimiser is AdamW's fused one."""
+    with a background head and some pixels unmasked; and the optimiser is AdamW's fused one. In float64: this tiny random
+    network amplifies float32's last-bit differences (its own cross-entropy's, ~1e-7) to 1e-5 in some gradients."""
     from bespoke_kohya.engines.pixel24.settings import Pixel24Settings
-    from bespoke_kohya.engines.pixel24.training import Loop, Schedule, _masked_loss
 
     settings = Pixel24Settings(block_out_channels=[16, 32], text_dim=16, colour_dim=8, feature_dim=16, palette_size=8, background_head=True)
     palette = np.random.default_rng(0).integers(0, 256, (8, 3)).astype(np.uint8)
     torch.manual_seed(0)
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        _fast_step_against_the_full_logits(settings, palette)
+    finally:
+        torch.set_default_dtype(dtype)
+
+
+def _fast_step_against_the_full_logits(settings: Any, palette: np.ndarray) -> None:
+    from bespoke_kohya.engines.pixel24.training import Loop, Schedule, _masked_loss
+
     model = pixel24.build_model(pixel24.model_config(settings, ["<reserved>", "lad", "lady"], palette))
     gen = torch.Generator().manual_seed(1)
     x0 = torch.randint(8, (3, 24, 24), generator=gen)
@@ -872,10 +884,73 @@ def test_fast_step_computes_the_same_loss_and_gradients_from_the_masked_pixels_a
         loss.backward()
         grads[only] = (loss.detach(), pixels.detach(), [p.grad.clone() for p in model.net.parameters() if p.grad is not None])
     (full, full_px, full_g), (fast, fast_px, fast_g) = grads[False], grads[True]
-    assert torch.allclose(full, fast, rtol=1e-6) and torch.allclose(full_px, fast_px, rtol=1e-6) and len(full_g) == len(fast_g) > 50
-    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(full_g, fast_g))
+    assert full.dtype == torch.float64 and len(full_g) == len(fast_g) > 50
+    assert torch.allclose(full, fast, rtol=1e-12) and torch.allclose(full_px, fast_px, rtol=1e-12)
+    assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(full_g, fast_g))
     loop = Loop(model, x0.numpy(), [[[1]], [[2]], []], settings.model_copy(update={"fast_step": True}), Schedule(4, 2, 1e-3, 0, 0.9))
     assert loop.opt.param_groups[0]["fused"] and not Loop(model, x0.numpy(), [[[1]], [[2]], []], settings, Schedule(4, 2, 1e-3, 0, 0.9)).opt.param_groups[0]["fused"]
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.05, 0.3])
+def test_the_fast_step_s_cross_entropy_is_torch_s_loss_and_gradient(eps: float) -> None:
+    from bespoke_kohya.engines.pixel24.training import smoothed_cross_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(300, 17, generator=gen) * 4).requires_grad_()
+    target = torch.randint(17, (300,), generator=gen)
+    grads = []
+    for loss_fn in (lambda: torch.nn.functional.cross_entropy(logits, target, label_smoothing=eps), lambda: smoothed_cross_entropy(logits, target, eps)):
+        logits.grad = None
+        loss = loss_fn()
+        (3.0 * loss).backward()  # an upstream gradient other than 1
+        grads.append((loss.detach(), logits.grad.clone()))
+    (ref, ref_g), (ours, ours_g) = grads
+    assert torch.allclose(ref, ours, rtol=1e-6) and torch.allclose(ref_g, ours_g, rtol=1e-5, atol=1e-8)
+
+
+def test_fast_draw_s_inverse_cdf_draws_each_colour_at_its_probability_and_never_an_excluded_one() -> None:
+    from bespoke_kohya.engines.pixel24.sampling import _categorical
+
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2], [0.0, 0.0, 1.0, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    logp = probs.log()  # log 0 = -inf: what the sampler gives an excluded colour
+    rows = logp.repeat(4000, 1)  # image 0's 6,000 rows, then image 1's
+    drawn = _categorical(rows, [6000, 6000], [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)])
+    counts = torch.zeros(3, 4)
+    counts.index_put_((torch.arange(12000) % 3, drawn), torch.ones(12000), accumulate=True)
+    assert torch.allclose(counts / counts.sum(1, keepdim=True), probs, atol=0.03)
+    assert counts[0, 1] == counts[1, 0] == counts[1, 1] == counts[1, 3] == 0
+    again = _categorical(rows[:6000], [6000], [torch.Generator().manual_seed(1)])
+    assert torch.equal(again, drawn[:6000])  # an image's draws come from its own generator alone
+
+
+def test_fast_draw_scores_the_drawn_pixels_as_the_full_logits_do_and_draws_one_image_per_seed(v3: pixel24.Pixel24Model) -> None:
+    """fast_draw projects only the pixels a pass draws, guidance mixed on the features: those pixels' logits are the full
+    pass's; then it draws palette colours, one image per seed whatever its batch-mates, other pixels than Gumbel-max."""
+    from bespoke_kohya.engines.pixel24.sampling import _logits, _logits_where
+
+    v3.eval()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(len(v3.palette) + 1, (3, 24, 24), generator=gen)
+    where = torch.rand(3, 24, 24, generator=gen) < 0.4
+    with torch.no_grad():
+        text = v3.net.text([[[1]], [[2]], [], [], [], []])
+        cond = v3.net.condition(text, torch.tensor([0, 1, 2, 0, 1, 2]), v3.lab)
+        for guidance, conditions in ((2.0, cond), (1.0, cond[:3])):
+            full = _logits(v3, x, conditions, guidance)[where]
+            assert torch.allclose(_logits_where(v3, x, conditions, guidance, where), full, atol=1e-4, rtol=1e-4)
+    knobs = {"steps": 4, "guidance_scale": 2.0, "temperature": 0.7, "refine_rounds": 1, "refine_steps": 2, "refine_rare_colours": 2,
+             "background_from_caption": True, "background_repaint": True, "batch": 3}
+    fast = pixel24.sample(v3, BASE_PROMPTS, [1, 2], **knobs, fast_draw=True)
+    palette = {tuple(c) for c in v3.palette.tolist()}
+    assert all(colours_of(img) <= palette for row in fast for img in row)
+    alone = pixel24.sample(v3, BASE_PROMPTS[-1:], [2], **knobs, fast_draw=True)[0][0]
+    assert np.array_equal(alone, fast[-1][-1])
+    assert not np.array_equal(fast[0][0], fast[0][1])
+    plain = pixel24.sample(v3, BASE_PROMPTS, [1, 2], **knobs)
+    assert not all(np.array_equal(a, b) for a, b in zip(np.concatenate(plain), np.concatenate(fast)))  # another draw of the same distribution
+    from bespoke_kohya.engines.pixel24.settings import Pixel24Settings
+
+    assert Pixel24Settings(fast_draw=True).sampler_options()["fast_draw"] is True and "fast_draw" not in Pixel24Settings().sampler_options()
 
 
 def test_compile_without_a_cpp_compiler_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
