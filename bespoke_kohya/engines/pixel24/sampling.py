@@ -35,6 +35,7 @@ its batch-mates even when refinement re-masks different counts per image.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -67,17 +68,22 @@ def _gumbel(shape: tuple[int, ...], generators: list[torch.Generator]) -> torch.
     return u.clamp_(1e-10, 1.0 - 1e-7).log_().neg_().log_().neg_()
 
 
-def _logits(model: Pixel24Model, x: torch.Tensor, conditions: torch.Tensor, guidance: float) -> torch.Tensor:
-    """(B, 24, 24, K) guided logits on the CPU for indices ``x`` (B, 24, 24), index K = masked."""
+def _guided(forward: Callable[..., torch.Tensor], model: Pixel24Model, x: torch.Tensor, conditions: torch.Tensor,
+            guidance: float) -> torch.Tensor:
+    """``forward`` (the model's logits or features) of indices ``x`` (B, 24, 24), index K = masked, mixed as
+    ``uncond + g·(cond − uncond)`` when guided: one batch of twice the images, the captioned and the empty caption."""
     k = len(model.palette)
     x = x.to(model.device)
     ratio = (x == k).float().mean(dim=(1, 2))
-    if guidance != 1.0:
-        cond, uncond = model.logits(torch.cat([x, x]), torch.cat([ratio, ratio]), conditions).chunk(2)
-        logits = uncond + guidance * (cond - uncond)
-    else:
-        logits = model.logits(x, ratio, conditions)
-    return logits.permute(0, 2, 3, 1).float().cpu()
+    if guidance == 1.0:
+        return forward(x, ratio, conditions)
+    cond, uncond = forward(torch.cat([x, x]), torch.cat([ratio, ratio]), conditions).chunk(2)
+    return uncond + guidance * (cond - uncond)
+
+
+def _logits(model: Pixel24Model, x: torch.Tensor, conditions: torch.Tensor, guidance: float) -> torch.Tensor:
+    """(B, 24, 24, K) guided logits on the CPU for indices ``x`` (B, 24, 24), index K = masked."""
+    return _guided(model.logits, model, x, conditions, guidance).permute(0, 2, 3, 1).float().cpu()
 
 
 def _logits_where(model: Pixel24Model, x: torch.Tensor, conditions: torch.Tensor, guidance: float, where: torch.Tensor) -> torch.Tensor:
@@ -85,14 +91,7 @@ def _logits_where(model: Pixel24Model, x: torch.Tensor, conditions: torch.Tensor
 
     Guidance mixes the features, not the logits: the palette projection is linear, so the mix projects to the same
     ``uncond + g·(cond − uncond)`` of the logits, for one projection of the pixels drawn instead of two of all 576 × K."""
-    k = len(model.palette)
-    x = x.to(model.device)
-    ratio = (x == k).float().mean(dim=(1, 2))
-    if guidance != 1.0:
-        cond, uncond = model.features(torch.cat([x, x]), torch.cat([ratio, ratio]), conditions).chunk(2)
-        features = uncond + guidance * (cond - uncond)
-    else:
-        features = model.features(x, ratio, conditions)
+    features = _guided(model.features, model, x, conditions, guidance)
     picked = features.permute(0, 2, 3, 1)[where.to(model.device)]
     return model.net.project(picked, model.lab).float().cpu()
 

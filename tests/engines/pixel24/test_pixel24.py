@@ -497,16 +497,21 @@ def test_resume_with_a_damaged_config_is_one_line(sixteen: Path, tmp_path: Path)
 
 # What 3b426a3 (the last commit before version 3 on this layout) trains and draws, computed by running its code on the
 # `trained` fixture's run (tiny_preset() on `sixteen`) and on a seed-0 model; torch 2.13.0+cpu, x86_64, 2 threads, per
-# CPU capability (torch.backends.cpu.get_cpu_capability(): its kernels round sums differently). AVX2's were taken on
-# an AMD EPYC with both trees (3b426a3's and this one) and agreed.
+# CPU vendor and capability (torch.backends.cpu.get_cpu_capability()): their kernels round sums differently, and an
+# AMD EPYC's AVX512 checkpoint is not an Intel Xeon's. The AMD ones were taken with both trees (3b426a3's and this
+# one), which agreed.
 PINNED = {
-    "AVX512": {
+    ("GenuineIntel", "AVX512"): {
         "checkpoint": "451265dc5f560aa5b2fd2357b31168d30f31ed117dff30a364d25ec7671090e3",  # pixel24-000002.safetensors, byte for byte
         "pairs": "a753201abd7b2c54c62058602fcffad1470157e7a25fa41a889d0269f6e3f5cb",  # sample_pairs(), 20 pairs: two batches
     },
-    "AVX2": {
+    ("AuthenticAMD", "AVX2"): {
         "checkpoint": "a4baceb7192e11989aa1cbc342a690c0ae7f39d8e8e0443bebea4b1232255d08",
         "pairs": "8c9aff44a62f6b075f7bd68e286dd7f01cd942cb23bfa194b0617b313212a2d2",
+    },
+    ("AuthenticAMD", "AVX512"): {
+        "checkpoint": "50532ea4082926ef787c5a94809fc3cdbd500b7ff39ed6bb37e2b84989b8ded2",
+        "pairs": "053084f1e23755636568a913e257eb936041997fabeeb28d1c4aea7dccbf36dd",
     },
 }
 BASE_SETTINGS_SHA256 = "ecfd49702016a69fd53a361a44a051be2d43be3eca42734d15f8e1fc874fc1ca"  # pixel24.json's settings, json.dumps(sort_keys=True)
@@ -532,7 +537,16 @@ def _pinned() -> dict[str, str] | None:
 
     if torch.__version__ != "2.13.0+cpu" or platform.machine() != "x86_64" or torch.get_num_threads() != 2:
         return None
-    return PINNED.get(torch.backends.cpu.get_cpu_capability())
+    return PINNED.get((_cpu_vendor(), torch.backends.cpu.get_cpu_capability()))
+
+
+def _cpu_vendor() -> str:
+    """/proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD), or "" where there is none."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")), "")
 
 
 def test_default_settings_train_and_draw_exactly_what_3b426a3_did(trained: tuple[Path, dict, list[dict]], model: pixel24.Pixel24Model) -> None:
@@ -555,7 +569,7 @@ def test_default_settings_train_and_draw_exactly_what_3b426a3_did(trained: tuple
     assert hashlib.sha256(json.dumps(config["settings"], sort_keys=True).encode()).hexdigest() == BASE_SETTINGS_SHA256
     pinned = _pinned()
     if pinned is None:
-        pytest.skip("the digests were taken with torch 2.13.0+cpu on x86_64, 2 threads, AVX512 and AVX2 kernels")
+        pytest.skip("the digests were taken with torch 2.13.0+cpu on x86_64, 2 threads, on Intel AVX512 and AMD AVX2 / AVX512 kernels")
     assert hashlib.sha256((run / result["epochs"][2]).read_bytes()).hexdigest() == pinned["checkpoint"]
     assert _digest(drawn) == BASE_SAMPLES_SHA256
     assert _digest(pairs) == pinned["pairs"]
