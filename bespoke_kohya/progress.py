@@ -97,16 +97,25 @@ def counter(label: str, total: int, enabled: bool = True, console: Console | Non
     said = status or (lambda: "")
     if not console.is_terminal:
         plain, done, started = _Plain(console), [0], time.monotonic()
+        previous = [started]  # when the item before this one was done
 
         def line() -> str:
-            elapsed = time.monotonic() - started
-            left = elapsed / done[0] * (total - done[0]) if done[0] and total > done[0] else 0.0
+            now = time.monotonic()
             extra = f"; {said()}" if said() else ""
-            return f"{label} {done[0]}/{total}" + (f", about {left / 60:.1f} min left" if left else f" in {elapsed / 60:.1f} min") + extra
+            if done[0] >= total:
+                return f"{label} {done[0]}/{total} in {(now - started) / 60:.1f} min" + extra
+            # Items often come in bursts (a batch drawn, then its images written in a blink): the rate is the items
+            # before this one over the time they took, so the first of a burst does not stand for all of it.
+            before = done[0] - 1
+            if before < 1:
+                return f"{label} {done[0]}/{total}" + extra
+            left = max((previous[0] - started) / before * (total - before) - (now - previous[0]), 0.0)
+            return f"{label} {done[0]}/{total}, about {left / 60:.1f} min left" + extra
 
         def tick() -> None:
             done[0] += 1
             plain.maybe(line, force=done[0] == total)
+            previous[0] = time.monotonic()
 
         yield tick
         return
